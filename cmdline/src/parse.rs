@@ -1,0 +1,349 @@
+//! Reading `/proc/cmdline`: words, keys, values, diagnostics. Lenient by design: PID 1 must
+//! boot whatever the command line says, so every problem becomes a diagnostic and the
+//! parameter concerned keeps its default.
+
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use core::str::FromStr;
+
+use crate::MAX_CMDLINE_LEN;
+use crate::cmds::split_cmds;
+use crate::config::{Config, KNOWN_KEYS};
+use crate::error::Error;
+use crate::value::{DEFAULT_PREFIX, IpCidr, NODE_EXPECTED, is_valid_node, parse_bool};
+use crate::words::{is_space, split_words};
+
+/// What [`parse`] found: the config, and every problem in the order met.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub config: Config,
+    pub diagnostics: Vec<Error>,
+}
+
+/// Parses a command line (the bytes of `/proc/cmdline`, trailing newline allowed). Never
+/// fails and never panics: a problem is reported in `diagnostics` and the parameter
+/// concerned keeps its default.
+pub fn parse(bytes: &[u8]) -> Parsed {
+    let mut out = Parsed::default();
+    // The kernel's command line is a C string.
+    let line = match bytes.iter().position(|&b| b == 0) {
+        Some(nul) => bytes.get(..nul).unwrap_or_default(),
+        None => bytes,
+    };
+    let line = trim_end(line);
+    if line.len() > MAX_CMDLINE_LEN {
+        out.diagnostics.push(Error::TooLong { len: line.len(), max: MAX_CMDLINE_LEN });
+    }
+    for word in tokenize(line) {
+        let raw = line.get(word.start..word.end).unwrap_or_default();
+        if !word.unclosed && word.text == b"--" {
+            // The kernel's convention: the rest is for init's argv.
+            break;
+        }
+        let (key, value) = match word.text.iter().position(|&b| b == b'=') {
+            Some(eq) => (word.text.get(..eq).unwrap_or_default(), Some(word.text.get(eq + 1..).unwrap_or_default())),
+            None => (word.text.as_slice(), None),
+        };
+        let param = || value.map(|_| String::from_utf8_lossy(key).into_owned());
+        if word.unclosed {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            out.diagnostics.push(Error::UnbalancedQuote { param: param(), text });
+        } else if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            out.diagnostics.push(Error::OddDoubleQuotes { param: param(), text });
+        }
+        let bad_utf8 = || {
+            let at = core::str::from_utf8(raw).err().map_or(0, |e| e.valid_up_to());
+            word.start.saturating_add(at)
+        };
+        match KNOWN_KEYS.iter().find(|k| k.as_bytes() == key) {
+            Some(&known) => match value.map(core::str::from_utf8).transpose() {
+                Ok(value) => apply(&mut out, known, value),
+                Err(_) => {
+                    out.diagnostics.push(Error::NotUtf8 { param: known.to_owned(), offset: bad_utf8() });
+                    reset(&mut out.config, known);
+                }
+            },
+            None if looks_like_ours(key) => match core::str::from_utf8(key) {
+                Ok(key) => {
+                    out.diagnostics.push(Error::UnknownParameter { key: key.to_owned(), suggestion: suggest(key) })
+                }
+                Err(_) => out
+                    .diagnostics
+                    .push(Error::NotUtf8 { param: String::from_utf8_lossy(key).into_owned(), offset: bad_utf8() }),
+            },
+            // Someone else's word: console=, quiet, root=...
+            None => {}
+        }
+    }
+    out
+}
+
+/// Parses and fails on the first diagnostic: for host tools that check a command line
+/// before booting it.
+pub fn parse_strict(bytes: &[u8]) -> Result<Config, Error> {
+    let parsed = parse(bytes);
+    match parsed.diagnostics.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(parsed.config),
+    }
+}
+
+fn trim_end(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., last] = line {
+        if !is_space(*last) {
+            break;
+        }
+        line = rest;
+    }
+    line
+}
+
+/// One word of the command line, quotes removed; `start..end` is its raw span.
+struct Word {
+    text: Vec<u8>,
+    start: usize,
+    end: usize,
+    unclosed: bool,
+}
+
+/// Splits on whitespace outside quotes; `"..."` and `'...'` segments may be concatenated
+/// with unquoted text and are removed; no backslash escapes (the kernel has none).
+fn tokenize(line: &[u8]) -> Vec<Word> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Between,
+        Plain,
+        Double,
+        Single,
+    }
+    let mut words = Vec::new();
+    let mut state = State::Between;
+    let mut word = Word { text: Vec::new(), start: 0, end: 0, unclosed: false };
+    for (i, &b) in line.iter().enumerate() {
+        if state == State::Between {
+            if is_space(b) {
+                continue;
+            }
+            word.start = i;
+            state = State::Plain;
+        }
+        match (state, b) {
+            (State::Plain, b) if is_space(b) => {
+                word.end = i;
+                words.push(core::mem::replace(&mut word, Word { text: Vec::new(), start: 0, end: 0, unclosed: false }));
+                state = State::Between;
+            }
+            (State::Plain, b'"') => state = State::Double,
+            (State::Plain, b'\'') => state = State::Single,
+            (State::Double, b'"') | (State::Single, b'\'') => state = State::Plain,
+            (_, b) => word.text.push(b),
+        }
+    }
+    if state != State::Between {
+        word.end = line.len();
+        word.unclosed = state != State::Plain;
+        words.push(word);
+    }
+    words
+}
+
+/// `app` + an upper-case letter, or a known key in another case: a word meant for us.
+/// (Not every `app...`: `apparmor=` is a kernel parameter.)
+fn looks_like_ours(key: &[u8]) -> bool {
+    (key.starts_with(b"app") && key.get(3).is_some_and(u8::is_ascii_uppercase))
+        || KNOWN_KEYS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(key))
+}
+
+/// The known key closest to `key` by edit distance, ignoring case, if it is close enough
+/// to be a typo (a third of the key's length, 1 to 3 edits).
+fn suggest(key: &str) -> Option<&'static str> {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    let mut best: Option<(usize, &'static str)> = None;
+    for &known in KNOWN_KEYS {
+        let d = distance(key, known);
+        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, known));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// Levenshtein distance over ASCII-lower-cased characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().map(|c| c.to_ascii_lowercase()).enumerate() {
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for (j, &cb) in b.iter().enumerate() {
+            let at = |v: &Vec<usize>, k: usize| v.get(k).copied().unwrap_or(usize::MAX);
+            let substitute = at(&prev, j).saturating_add(usize::from(ca != cb));
+            let delete = at(&prev, j + 1).saturating_add(1);
+            let insert = at(&cur, j).saturating_add(1);
+            cur.push(substitute.min(delete).min(insert));
+        }
+        prev = cur;
+    }
+    prev.last().copied().unwrap_or(0)
+}
+
+/// Sets the parameter `key` back to its default.
+fn reset(config: &mut Config, key: &str) {
+    let d = Config::default();
+    match key {
+        "appCmds" | "appCmd" => config.cmds = d.cmds,
+        "appCmdsFile" => config.cmds_file = d.cmds_file,
+        "appEnd" => config.end = d.end,
+        "appDebug" => config.debug = d.debug,
+        "appArgs" => config.args = d.args,
+        "appMac" => config.mac = d.mac,
+        "appIp" => config.ip = d.ip,
+        "appNode" => config.node = d.node,
+        "appCtlServer" => config.ctl_server = d.ctl_server,
+        "appCtlUser" => config.ctl_user = d.ctl_user,
+        "appCtlDir" => config.ctl_dir = d.ctl_dir,
+        "appCtlFile" => config.ctl_file = d.ctl_file,
+        "appLog" => config.log = d.log,
+        _ => {}
+    }
+}
+
+/// Applies `key=value` (`value` is `None` for a bare word). The last occurrence wins; an
+/// empty value resets to the default; an invalid one is reported and resets too.
+fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
+    reset(&mut out.config, key);
+    let value = match value {
+        None if key == "appDebug" => {
+            out.config.debug = true;
+            return;
+        }
+        None => {
+            out.diagnostics.push(Error::MissingValue { param: key.to_owned() });
+            return;
+        }
+        Some("") => return,
+        Some(v) => v,
+    };
+    let c = &mut out.config;
+    let result = match key {
+        "appCmds" | "appCmd" => {
+            c.cmds = split_cmds(value);
+            Ok(())
+        }
+        "appCmdsFile" => {
+            c.cmds_file = Some(value.to_owned());
+            Ok(())
+        }
+        "appEnd" => value.parse().map(|e| c.end = e),
+        "appDebug" => parse_bool(key, value).map(|b| c.debug = b),
+        "appArgs" => {
+            let words = split_words(value);
+            c.args = words.words;
+            if words.unclosed_quote {
+                Err(Error::UnbalancedQuote { param: Some(key.to_owned()), text: value.to_owned() })
+            } else {
+                Ok(())
+            }
+        }
+        "appMac" => value.parse().map(|m| c.mac = Some(m)),
+        "appIp" => match value.parse() {
+            Ok(ip) => {
+                c.ip = Some(ip);
+                Ok(())
+            }
+            Err(e) => match Ipv4Addr::from_str(value) {
+                Ok(addr) => {
+                    c.ip = IpCidr::new(addr, DEFAULT_PREFIX);
+                    Err(Error::IpWithoutPrefix { value: value.to_owned(), assumed: DEFAULT_PREFIX })
+                }
+                Err(_) => Err(e),
+            },
+        },
+        "appNode" => {
+            if is_valid_node(value) {
+                c.node = Some(value.to_owned());
+                Ok(())
+            } else {
+                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: NODE_EXPECTED })
+            }
+        }
+        "appCtlServer" => {
+            c.ctl_server = Some(value.to_owned());
+            Ok(())
+        }
+        "appCtlUser" => {
+            c.ctl_user = Some(value.to_owned());
+            Ok(())
+        }
+        "appCtlDir" => {
+            c.ctl_dir = Some(value.to_owned());
+            Ok(())
+        }
+        "appCtlFile" => {
+            c.ctl_file = Some(value.to_owned());
+            Ok(())
+        }
+        "appLog" => value.parse().map(|l| c.log = Some(l)),
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        out.diagnostics.push(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn texts(line: &str) -> Vec<String> {
+        tokenize(line.as_bytes()).into_iter().map(|w| String::from_utf8(w.text).unwrap()).collect()
+    }
+
+    #[test]
+    fn tokenizer_handles_both_quote_kinds_and_concatenation() {
+        assert_eq!(texts("  a  b\t\nc "), ["a", "b", "c"]);
+        assert_eq!(texts("\"appCmds=ls /app:echo hi\" x"), ["appCmds=ls /app:echo hi", "x"]);
+        assert_eq!(texts("appCmds=\"ls /app\""), ["appCmds=ls /app"]);
+        assert_eq!(texts("appCmds='ls /app:echo hi'"), ["appCmds=ls /app:echo hi"]);
+        assert_eq!(texts("appArgs='10 \"a b\"'"), ["appArgs=10 \"a b\""]);
+        assert_eq!(texts("a\"b c\"'d e'f"), ["ab cd ef"]);
+        assert_eq!(texts("'' x"), ["", "x"]);
+        assert_eq!(texts("a\\ b"), ["a\\", "b"]);
+    }
+
+    #[test]
+    fn tokenizer_spans_are_raw() {
+        let line = b"x 'a b' \"c";
+        let w = tokenize(line);
+        assert_eq!((w[1].start, w[1].end, w[1].unclosed), (2, 7, false));
+        assert_eq!((w[2].start, w[2].end, w[2].unclosed), (8, 10, true));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("appEdn"), Some("appEnd"));
+        assert_eq!(suggest("appdebug"), Some("appDebug"));
+        assert_eq!(suggest("appCtlServr"), Some("appCtlServer"));
+        assert_eq!(suggest("appCmdFile"), Some("appCmdsFile"));
+        assert_eq!(suggest("appArg"), Some("appArgs"));
+        assert_eq!(suggest("appXyzzyPlugh"), None);
+        assert_eq!(suggest(""), None);
+        assert_eq!(distance("kitten", "sitting"), 3);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("abc", ""), 3);
+    }
+
+    #[test]
+    fn app_like_keys() {
+        assert!(looks_like_ours(b"appFoo"));
+        assert!(looks_like_ours(b"APPEND"));
+        assert!(!looks_like_ours(b"apparmor"));
+        assert!(!looks_like_ours(b"app"));
+        assert!(!looks_like_ours(b"xappDebug"));
+        assert_eq!(vec![0u8; 0], trim_end(b" \n"));
+    }
+}
