@@ -1,0 +1,50 @@
+//! `appliance-init`: the PID 1 of an appliance. It mounts the basic file systems, reads
+//! the kernel command line (`appliance_cmdline`), runs the application's phases as
+//! supervised children, reports each phase on the status port, and ends the way `appEnd`
+//! says, always through an orderly shutdown.
+//!
+//! It is a `no_std` program without any C library (system calls through rustix's raw
+//! Linux backend, start-up in [`rt`]), which keeps the static binary small. Run as an
+//! ordinary process it is a subreaper supervisor instead, so its process handling is
+//! tested on the host ([`cli`]).
+//!
+//! It does not configure networks, load modules or switch roots.
+#![cfg_attr(not(test), no_std)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+extern crate alloc;
+
+pub mod cli;
+pub mod console;
+pub mod logger;
+pub mod mem;
+pub mod mount;
+pub mod plan;
+pub mod rt;
+pub mod sequence;
+pub mod shutdown;
+pub mod status;
+pub mod supervisor;
+pub mod sys;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Reads a whole file as text (lossy); `None` when it cannot be read.
+pub fn read_to_string(path: &str) -> Option<String> {
+    let fd =
+        rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(buf.get(..n)?),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    Some(String::from(String::from_utf8_lossy(&data)))
+}

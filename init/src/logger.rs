@@ -1,0 +1,79 @@
+//! The `log` backend: records go to `/dev/kmsg` with their level, so they interleave with
+//! the kernel's messages and carry its timestamps; before `/dev` exists, or when the
+//! kernel would not show a warning on the console (`quiet`), they go to the console too.
+
+use alloc::format;
+use core::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use rustix::fd::IntoRawFd;
+use rustix::fs::{Mode, OFlags};
+
+static KMSG: AtomicI32 = AtomicI32::new(-1);
+/// The kernel's console log level: records below it reach the console through the kernel.
+static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(0);
+
+struct Logger;
+static LOGGER: Logger = Logger;
+
+/// Installs the logger at `level`. Call `attach_kmsg` once `/dev` is mounted.
+pub fn init(level: LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Sends records to `/dev/kmsg` from now on, and reads the console log level (the first
+/// field of /proc/sys/kernel/printk) to know which records the kernel will print.
+pub fn attach_kmsg() {
+    if let Ok(fd) = rustix::fs::open("/dev/kmsg", OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+        KMSG.store(fd.into_raw_fd(), Ordering::Relaxed);
+    }
+    let mut buf = [0u8; 64];
+    if let Ok(fd) = rustix::fs::open("/proc/sys/kernel/printk", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        && let Ok(n) = rustix::io::read(&fd, &mut buf)
+        && let Some(level) = core::str::from_utf8(buf.get(..n).unwrap_or_default())
+            .ok()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse::<u8>().ok())
+    {
+        CONSOLE_LEVEL.store(level, Ordering::Relaxed);
+    }
+}
+
+/// The syslog priority of a level.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let prio = priority(record.level());
+        let kmsg = KMSG.load(Ordering::Relaxed);
+        let shown_by_kernel = kmsg >= 0 && prio < CONSOLE_LEVEL.load(Ordering::Relaxed);
+        if kmsg >= 0 {
+            let line = format!("<{prio}>appliance-init: {}\n", record.args());
+            let _ = rustix::io::write(crate::sys::borrow_raw(kmsg), line.as_bytes());
+        }
+        if !shown_by_kernel && (kmsg < 0 || record.level() <= Level::Warn) {
+            let tag = match record.level() {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                _ => "",
+            };
+            crate::console::write_err(format!("appliance-init: {tag}{}\n", record.args()).as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}

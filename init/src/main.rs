@@ -1,0 +1,238 @@
+//! `appliance-init`: PID 1 of an appliance, or a supervisor when run as a plain process.
+//! `main` reads as the boot sequence; every path ends in `shutdown::power`.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code, unused_imports))]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use appliance_cmdline::status::{Event, STATUS_VERSION};
+use appliance_cmdline::{Config, End};
+use appliance_init::plan::{self, AppPaths, ImageFacts};
+use appliance_init::rt::Args;
+use appliance_init::sequence::{self, Context};
+use appliance_init::status::{StatusWriter, t_us};
+use appliance_init::supervisor::{Command, Stdio, Supervisor};
+use appliance_init::{cli, console, logger, mount, read_to_string, shutdown, sys};
+use rustix::system::RebootCommand;
+
+appliance_init::entry!(main);
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The second serial port carries the status record to the host.
+const STATUS_PORT: &str = "/dev/ttyS1";
+
+fn main(args: Args) -> ! {
+    if rustix::process::getpid().is_init() { pid1() } else { supervise(&args) }
+}
+
+fn pid1() -> ! {
+    let t_init = t_us();
+    logger::init(log::LevelFilter::Info);
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let mount_failures = mount::mount_all(&mut mount::Kernel);
+    attach_console();
+    logger::attach_kmsg();
+    for f in &mount_failures {
+        log::error!("cannot mount {}: {}", f.target, f.errno);
+    }
+    // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
+    let _ = rustix::system::reboot(RebootCommand::CadOff);
+
+    let cmdline = read_to_string("/proc/cmdline").unwrap_or_default();
+    let parsed = appliance_cmdline::parse(cmdline.as_bytes());
+    let config = parsed.config;
+    if let Some(level) = config.log {
+        log::set_max_level(level_filter(level));
+    }
+    let status = StatusWriter::open(STATUS_PORT);
+    status.emit(&Event::Init { t_us: t_init, version: String::from(VERSION), v: STATUS_VERSION });
+    for d in &parsed.diagnostics {
+        log::error!("kernel command line: {d}");
+        status.error(format!("kernel command line: {d}"));
+    }
+
+    if let Some(node) = &config.node
+        && let Err(e) = rustix::system::sethostname(node.as_bytes())
+    {
+        log::warn!("cannot set the hostname to {node}: {e}");
+    }
+    if let Err(e) = sys::loopback_up() {
+        log::warn!("cannot bring up the loopback interface: {e}");
+    }
+    let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
+    let _ = rustix::fs::mkdir("/app", rustix::fs::Mode::from_raw_mode(0o755));
+
+    let mut sup = match Supervisor::new() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot set up process supervision: {e}; powering off");
+            shutdown::power(RebootCommand::PowerOff)
+        }
+    };
+    let app = AppPaths::new("/app");
+    if let Err(e) = sup.set_output(&app.output()) {
+        log::warn!("cannot write {}: {e}", app.output());
+    }
+    let image = image_facts();
+    let tty = console_tty();
+    let mut ctx = Context {
+        env: plan::base_env(&config, &app, plan::ENV_FILE),
+        env_file: plan::ENV_FILE,
+        tty: &tty,
+        status: &status,
+    };
+    let phases = plan::phases(&config, &commands(&config), &app, &image);
+    let outcome = sequence::run(&mut sup, &phases, &mut ctx);
+
+    let end = if outcome.interrupted { End::Poweroff } else { config.end };
+    if matches!(end, End::Shell | End::Sshd) {
+        if end == End::Sshd {
+            log::error!("appEnd=sshd is not supported yet: offering the console shell instead");
+        }
+        end_shell(&mut sup, &image, &mut ctx);
+    }
+    let action = match end {
+        End::Reboot => RebootCommand::Restart,
+        _ => RebootCommand::PowerOff,
+    };
+    let action_name = if action == RebootCommand::Restart { "reboot" } else { "poweroff" };
+    log::info!("{action_name} (run status {})", outcome.run_status);
+    shutdown::terminate_all(&mut sup, shutdown::GRACE);
+    status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: outcome.run_status });
+    status.drain();
+    shutdown::power(action)
+}
+
+/// appEnd=shell: a console shell, then power off. Without a shell, say so and go on.
+fn end_shell(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
+    let Some(shell) = &image.shell else {
+        log::error!("appEnd asks for a console shell, but the image has none: powering off");
+        return;
+    };
+    console::write_err(format!("appliance-init: console shell on {}; exit it to power off\n", ctx.tty).as_bytes());
+    let mut env = ctx.env.clone();
+    plan::set(&mut env, "APP_PHASE", String::from("end"));
+    let env = plan::render_env(&env);
+    let argv = [shell.clone()];
+    sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty)) });
+}
+
+/// appCmds, then the lines of appCmdsFile.
+fn commands(config: &Config) -> Vec<String> {
+    let mut cmds = config.cmds.clone();
+    if let Some(file) = &config.cmds_file {
+        match read_to_string(file) {
+            Some(text) => cmds.extend(appliance_cmdline::parse_cmds_file(&text)),
+            None => log::error!("appCmdsFile: cannot read {file}"),
+        }
+    }
+    cmds
+}
+
+/// Which shells the image has.
+fn image_facts() -> ImageFacts {
+    let first = |paths: &[&str]| {
+        paths.iter().find(|p| rustix::fs::access(**p, rustix::fs::Access::EXEC_OK).is_ok()).map(|s| String::from(*s))
+    };
+    ImageFacts { shell: first(plan::SHELLS), sh: first(&["/bin/sh", "/usr/bin/sh"]) }
+}
+
+/// The terminal behind /dev/console (the last entry of /sys/class/tty/console/active),
+/// which a shell can take as its controlling terminal; /dev/console itself cannot.
+fn console_tty() -> String {
+    read_to_string("/sys/class/tty/console/active")
+        .and_then(|s| s.split_whitespace().last().map(|t| format!("/dev/{t}")))
+        .unwrap_or_else(|| String::from("/dev/console"))
+}
+
+/// Standard input, output and error on the console (the kernel leaves them closed
+/// when the initramfs has no /dev/console).
+fn attach_console() {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open("/dev/console", OFlags::RDWR | OFlags::NOCTTY, Mode::empty()) {
+        for n in 0..3 {
+            let _ = sys::dup_to(rustix::fd::AsFd::as_fd(&fd), n);
+        }
+    }
+}
+
+fn level_filter(level: appliance_cmdline::LogLevel) -> log::LevelFilter {
+    use appliance_cmdline::LogLevel as L;
+    match level {
+        L::Error => log::LevelFilter::Error,
+        L::Warn => log::LevelFilter::Warn,
+        L::Info => log::LevelFilter::Info,
+        L::Debug => log::LevelFilter::Debug,
+        L::Trace => log::LevelFilter::Trace,
+    }
+}
+
+/// Supervisor mode: not PID 1.
+fn supervise(args: &Args) -> ! {
+    logger::init(log::LevelFilter::Warn);
+    let mode = match cli::parse(args.argv.get(1..).unwrap_or_default()) {
+        Ok(m) => m,
+        Err(e) => {
+            console::write_err(format!("appliance-init: {e}\n{}", cli::USAGE).as_bytes());
+            sys::exit(2)
+        }
+    };
+    let status_path = match &mode {
+        cli::Mode::Help => {
+            console::write_out(cli::USAGE.as_bytes());
+            sys::exit(0)
+        }
+        cli::Mode::Command { status, .. } | cli::Mode::Phases { status, .. } => status.clone(),
+    };
+    // Orphans of our children become ours, so we can reap them as PID 1 would.
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        log::warn!("cannot become a child subreaper: {e}");
+    }
+    let mut sup = match Supervisor::new() {
+        Ok(s) => s,
+        Err(e) => {
+            console::write_err(format!("appliance-init: cannot set up supervision: {e}\n").as_bytes());
+            sys::exit(126)
+        }
+    };
+    let status = status_path.as_deref().map(StatusWriter::open).unwrap_or_else(StatusWriter::none);
+    status.emit(&Event::Init { t_us: t_us(), version: String::from(VERSION), v: STATUS_VERSION });
+    let result = match mode {
+        cli::Mode::Command { argv, .. } => {
+            let env = args.envp.clone();
+            sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Inherit }).status()
+        }
+        cli::Mode::Phases { app_dir, cmdline, .. } => {
+            let parsed = appliance_cmdline::parse(cmdline.as_bytes());
+            for d in &parsed.diagnostics {
+                log::error!("command line: {d}");
+                status.error(format!("command line: {d}"));
+            }
+            let app = AppPaths::new(&app_dir);
+            if let Err(e) = sup.set_output(&app.output()) {
+                log::warn!("cannot write {}: {e}", app.output());
+            }
+            let env_file = app.file(".appliance-env");
+            let mut env = plan::base_env(&parsed.config, &app, &env_file);
+            // Keep the caller's PATH: the host's programs are where it says.
+            if let Some(path) = args.envp.iter().find_map(|e| e.strip_prefix("PATH=")) {
+                plan::set(&mut env, "PATH", String::from(path));
+            }
+            let mut ctx = Context { env, env_file: &env_file, tty: "/dev/tty", status: &status };
+            let image = ImageFacts { shell: None, sh: Some(String::from("/bin/sh")) };
+            let phases = plan::phases(&parsed.config, &commands(&parsed.config), &app, &image);
+            sequence::run(&mut sup, &phases, &mut ctx).run_status
+        }
+        cli::Mode::Help => 0,
+    };
+    // Whatever the program left behind is reaped before we go.
+    sup.reap();
+    sup.copy_output();
+    status.emit(&Event::End { t_us: t_us(), action: String::from("exit"), status: result });
+    sys::exit(result)
+}

@@ -1,0 +1,116 @@
+//! Runs the phases of a plan in order, in PID 1 and in supervisor mode alike.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use appliance_cmdline::status::Exit;
+use rustix::process::Signal;
+
+use crate::plan::{self, Phase, PhaseKind};
+use crate::status::StatusWriter;
+use crate::supervisor::{Command, Stdio, Supervisor};
+
+/// What the phases produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The run phase's status: the appliance's result.
+    pub run_status: i32,
+    /// A request to shut down (SIGTERM, SIGPWR, ctrl-alt-del) cut the sequence short.
+    pub interrupted: bool,
+}
+
+/// Inputs of a sequence.
+pub struct Context<'a> {
+    pub env: Vec<(String, String)>,
+    /// The file phases append `NAME=value` lines to.
+    pub env_file: &'a str,
+    /// The terminal for interactive phases.
+    pub tty: &'a str,
+    pub status: &'a StatusWriter,
+}
+
+/// Signals that mean "shut down now" when they reach PID 1 between phases.
+const SHUTDOWN: [Signal; 3] = [Signal::TERM, Signal::POWER, Signal::INT];
+
+/// Runs `phases` in order. A failing phase is reported and the sequence goes on, as the
+/// original did; the run phase's status is the result.
+pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Outcome {
+    let mut outcome = Outcome { run_status: 0, interrupted: false };
+    for phase in phases {
+        if sup.pending.iter().any(|s| SHUTDOWN.iter().any(|d| d.as_raw() == *s)) {
+            log::warn!("shutdown requested: skipping the remaining phases");
+            outcome.interrupted = true;
+            break;
+        }
+        let program = phase.argv.first().map(String::as_str).unwrap_or_default();
+        if phase.optional && !exists(program) {
+            log::debug!("no {program}: skipping {}", phase.kind.name());
+            continue;
+        }
+        ctx.status.phase_start(phase.kind);
+        let exit = if phase.kind == PhaseKind::Run && !exists(program) {
+            let message = format!("no {program} in the image: nothing to run (add an executable {program})");
+            log::error!("{message}");
+            ctx.status.error(message);
+            Exit::Code(127)
+        } else {
+            run_phase(sup, phase, ctx)
+        };
+        ctx.status.phase_end(phase.kind, exit);
+        report(phase, exit);
+        if phase.kind == PhaseKind::Run {
+            outcome.run_status = exit.status();
+            plan::set(&mut ctx.env, "APP_RUN_STATUS", exit.status().to_string());
+        }
+        absorb_env_file(ctx);
+    }
+    outcome
+}
+
+fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
+    let mut env = ctx.env.clone();
+    plan::set(&mut env, "APP_PHASE", String::from(phase.kind.name()));
+    let env = plan::render_env(&env);
+    let stdio = if phase.interactive {
+        crate::console::write_err(
+            format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty).as_bytes(),
+        );
+        Stdio::Terminal(String::from(ctx.tty))
+    } else {
+        log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
+        Stdio::Tee
+    };
+    sup.run(&Command { argv: &phase.argv, env: &env, stdio })
+}
+
+fn label(kind: PhaseKind) -> String {
+    match kind.index() {
+        Some(i) => format!("{} {i}", kind.name()),
+        None => String::from(kind.name()),
+    }
+}
+
+fn report(phase: &Phase, exit: Exit) {
+    match exit {
+        Exit::Code(0) => log::info!("{} finished", label(phase.kind)),
+        Exit::Code(c) => log::warn!("{} exited with status {c}", label(phase.kind)),
+        Exit::Signal(s) => log::warn!("{} killed by signal {s}", label(phase.kind)),
+    }
+}
+
+/// Adds the variables phases wrote to the env file to every later phase.
+fn absorb_env_file(ctx: &mut Context<'_>) {
+    let Some(text) = crate::read_to_string(ctx.env_file) else { return };
+    let (vars, bad) = plan::parse_env_file(&text);
+    for line in bad {
+        log::warn!("{}: ignoring `{line}` (expected NAME=value)", ctx.env_file);
+    }
+    for (k, v) in vars {
+        plan::set(&mut ctx.env, &k, v);
+    }
+}
+
+/// Whether a program exists (bare names count as existing: PATH decides at spawn).
+fn exists(program: &str) -> bool {
+    !program.contains('/') || rustix::fs::access(program, rustix::fs::Access::EXISTS).is_ok()
+}

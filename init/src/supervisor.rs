@@ -1,0 +1,304 @@
+//! Running phases as children, tini's way: the asynchronous signals are blocked and read
+//! from a signalfd; the ones meant for the workload are forwarded to the running phase's
+//! process group; every child that dies, orphans included, is reaped at once.
+//!
+//! A phase's stdout and stderr go into one pipe that the supervisor copies to the console
+//! and to the output file, so both see the same bytes in the same order.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use appliance_cmdline::status::Exit;
+use rustix::event::{PollFd, PollFlags};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::time::Timespec;
+
+use crate::console::write_all;
+use crate::sys::{self, ExecArgs, Fork, SigSet};
+
+/// The signals the supervisor handles itself; all are blocked and read from a signalfd.
+const HANDLED: [Signal; 8] =
+    [Signal::CHILD, Signal::TERM, Signal::INT, Signal::HUP, Signal::USR1, Signal::USR2, Signal::PIPE, Signal::POWER];
+
+/// Signals passed on to the running phase's process group.
+pub const FORWARDED: [Signal; 5] = [Signal::TERM, Signal::INT, Signal::HUP, Signal::USR1, Signal::USR2];
+
+/// Where a child's standard streams go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stdio {
+    /// stdin from ours, stdout and stderr into the tee (console and output file).
+    Tee,
+    /// A new session with this terminal as controlling terminal for all three (shells).
+    Terminal(String),
+    /// Our own streams, unchanged (supervisor mode running one program).
+    Inherit,
+}
+
+/// A program to run.
+pub struct Command<'a> {
+    pub argv: &'a [String],
+    /// `KEY=value` strings.
+    pub env: &'a [String],
+    pub stdio: Stdio,
+}
+
+/// A signal the supervisor received that it did not forward (no phase was running).
+pub type Pending = Vec<i32>;
+
+pub struct Supervisor {
+    sigfd: OwnedFd,
+    tee_r: OwnedFd,
+    tee_w: OwnedFd,
+    output: Option<OwnedFd>,
+    /// Process group of the running phase, for forwarding.
+    current: Option<Pid>,
+    /// Children we started that have not ended yet.
+    spawned: Vec<Pid>,
+    /// Exit statuses of children we started and have not collected yet.
+    exited: Vec<(Pid, Exit)>,
+    /// Signals that arrived while nothing ran (PID 1 acts on them between phases).
+    pub pending: Pending,
+    /// Zombies reaped that were not ours (orphans).
+    pub orphans_reaped: u64,
+}
+
+impl Supervisor {
+    /// Blocks the handled signals and sets up the signalfd and the output pipe.
+    pub fn new() -> Result<Supervisor, Errno> {
+        let set = SigSet::of(&HANDLED);
+        sys::block_signals(set)?;
+        let sigfd = sys::signalfd(set)?;
+        let (tee_r, tee_w) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        Ok(Supervisor {
+            sigfd,
+            tee_r,
+            tee_w,
+            output: None,
+            current: None,
+            spawned: Vec::new(),
+            exited: Vec::new(),
+            pending: Vec::new(),
+            orphans_reaped: 0,
+        })
+    }
+
+    /// Appends phase output to `path` from now on (created if needed).
+    pub fn set_output(&mut self, path: &str) -> Result<(), Errno> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        self.output = Some(fd);
+        Ok(())
+    }
+
+    /// Runs a command to completion and returns how it ended: 127 when the program is
+    /// missing, 126 when it cannot be executed.
+    pub fn run(&mut self, cmd: &Command<'_>) -> Exit {
+        match self.spawn(cmd) {
+            Ok(pid) => self.wait(pid, None).unwrap_or(Exit::Code(127)),
+            Err(exit) => exit,
+        }
+    }
+
+    /// Starts a command in its own process group (or session, for a terminal).
+    pub fn spawn(&mut self, cmd: &Command<'_>) -> Result<Pid, Exit> {
+        let Some(program) = cmd.argv.first() else { return Err(Exit::Code(127)) };
+        let path = match resolve(program, cmd.env) {
+            Some(p) => p,
+            None => {
+                self.tee_line(&format!("appliance-init: {program}: command not found\n"));
+                return Err(Exit::Code(127));
+            }
+        };
+        let exec = ExecArgs::new(&path, cmd.argv, cmd.env);
+        match sys::fork() {
+            Ok(Fork::Child) => self.child(&exec, &path, &cmd.stdio),
+            Ok(Fork::Parent(pid)) => {
+                if !matches!(cmd.stdio, Stdio::Terminal(_)) {
+                    // Also done in the child: whichever runs first wins the race.
+                    let _ = rustix::process::setpgid(Some(pid), Some(pid));
+                }
+                self.current = Some(pid);
+                self.spawned.push(pid);
+                Ok(pid)
+            }
+            Err(e) => {
+                log::error!("cannot start {program}: {e}");
+                Err(Exit::Code(126))
+            }
+        }
+    }
+
+    /// In the forked child: clean signal mask, own process group or session, streams,
+    /// exec. Never returns.
+    fn child(&self, exec: &ExecArgs, path: &str, stdio: &Stdio) -> ! {
+        let _ = sys::set_signal_mask(SigSet::default());
+        match stdio {
+            Stdio::Tee => {
+                let _ = rustix::process::setpgid(None, None);
+                let _ = sys::dup_to(self.tee_w.as_fd(), 1);
+                let _ = sys::dup_to(self.tee_w.as_fd(), 2);
+            }
+            Stdio::Inherit => {
+                let _ = rustix::process::setpgid(None, None);
+            }
+            Stdio::Terminal(tty) => {
+                let _ = rustix::process::setsid();
+                match rustix::fs::open(tty.as_str(), OFlags::RDWR, Mode::empty()) {
+                    Ok(fd) => {
+                        let _ = rustix::process::ioctl_tiocsctty(&fd);
+                        for n in 0..3 {
+                            let _ = sys::dup_to(fd.as_fd(), n);
+                        }
+                    }
+                    Err(e) => {
+                        crate::console::write_err(format!("appliance-init: cannot open {tty}: {e}\n").as_bytes());
+                    }
+                }
+            }
+        }
+        let e = exec.exec();
+        crate::console::write_err(format!("appliance-init: cannot execute {path}: {e}\n").as_bytes());
+        sys::exit(if e == Errno::NOENT || e == Errno::NOTDIR { 127 } else { 126 })
+    }
+
+    /// Waits for `pid` to end (or for `timeout`), copying output, forwarding signals and
+    /// reaping everything meanwhile.
+    pub fn wait(&mut self, pid: Pid, timeout: Option<core::time::Duration>) -> Option<Exit> {
+        let deadline = timeout.map(|t| now() + t);
+        loop {
+            if let Some(i) = self.exited.iter().position(|(p, _)| *p == pid) {
+                let (_, exit) = self.exited.swap_remove(i);
+                if self.current == Some(pid) {
+                    self.current = None;
+                }
+                self.copy_output();
+                return Some(exit);
+            }
+            let left = match deadline {
+                Some(d) if now() >= d => return None,
+                Some(d) => Some(d - now()),
+                None => None,
+            };
+            self.pump(left);
+        }
+    }
+
+    /// Handles whatever happens within `timeout` (all pending events when zero).
+    pub fn pump(&mut self, timeout: Option<core::time::Duration>) {
+        let ts = timeout.map(|t| Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
+        let mut fds = [PollFd::new(&self.sigfd, PollFlags::IN), PollFd::new(&self.tee_r, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let (sig_ready, out_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if out_ready {
+            self.copy_output();
+        }
+        if sig_ready {
+            while let Some(sig) = sys::read_signal(self.sigfd.as_fd()) {
+                self.on_signal(sig);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if sig == Signal::CHILD.as_raw() {
+            self.reap();
+        } else if sig == Signal::PIPE.as_raw() {
+            // Our console or output went away (supervisor mode under a pipe): ignore.
+        } else if FORWARDED.iter().any(|s| s.as_raw() == sig)
+            && let Some(pgid) = self.current
+        {
+            log::debug!("forwarding signal {sig} to process group {}", pgid.as_raw_nonzero());
+            let _ = sys::kill_group_raw(pgid, sig);
+        } else {
+            self.pending.push(sig);
+        }
+    }
+
+    /// Collects every child that has ended.
+    pub fn reap(&mut self) {
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    let exit = match (status.exit_status(), status.terminating_signal()) {
+                        (Some(code), _) => Exit::Code(code),
+                        (None, Some(sig)) => Exit::Signal(sig),
+                        // Stopped or continued: not an end.
+                        (None, None) => continue,
+                    };
+                    if let Some(i) = self.spawned.iter().position(|p| *p == pid) {
+                        self.spawned.swap_remove(i);
+                        self.exited.push((pid, exit));
+                    } else {
+                        // An orphan, or a process a phase started: we only reap it.
+                        self.orphans_reaped += 1;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    /// Whether any child is left (after reaping).
+    pub fn has_children(&mut self) -> bool {
+        self.reap();
+        !matches!(rustix::process::wait(WaitOptions::NOHANG), Err(Errno::CHILD))
+    }
+
+    /// Copies what the phases wrote so far to the console and the output file.
+    pub fn copy_output(&mut self) {
+        let mut buf = [0u8; 16384];
+        loop {
+            match rustix::io::read(&self.tee_r, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self.tee_bytes(buf.get(..n).unwrap_or_default()),
+            }
+        }
+    }
+
+    fn tee_bytes(&self, bytes: &[u8]) {
+        let _ = write_all(sys::stdout(), bytes);
+        if let Some(out) = &self.output {
+            let _ = write_all(out.as_fd(), bytes);
+        }
+    }
+
+    /// Writes a line of our own to the console and the output file.
+    pub fn tee_line(&self, line: &str) {
+        self.tee_bytes(line.as_bytes());
+    }
+
+    /// Sends `sig` to the running phase's group, if any.
+    pub fn signal_current(&self, sig: Signal) {
+        if let Some(pgid) = self.current {
+            let _ = sys::kill_group_raw(pgid, sig.as_raw());
+        }
+    }
+}
+
+/// The monotonic clock.
+pub fn now() -> core::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    core::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Finds `program` as execve needs it: paths as given, bare names through PATH.
+fn resolve(program: &str, env: &[String]) -> Option<String> {
+    if program.contains('/') {
+        return Some(String::from(program));
+    }
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{program}"))
+        .find(|candidate| rustix::fs::access(candidate.as_str(), rustix::fs::Access::EXEC_OK).is_ok())
+}

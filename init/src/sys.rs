@@ -1,0 +1,189 @@
+//! The system calls rustix does not expose (process creation, signal masks, signalfd),
+//! and access to the standard file descriptors. All of the crate's `unsafe` blocks that
+//! talk to the kernel live here.
+
+use alloc::ffi::CString;
+use alloc::vec::Vec;
+use core::ffi::c_char;
+use rustix::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::process::{Pid, Signal};
+use syscalls::{Sysno, syscall};
+
+fn errno(e: syscalls::Errno) -> Errno {
+    Errno::from_raw_os_error(e.into_raw())
+}
+
+/// Standard input.
+pub fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 is never closed by this program; at worst it is not open, and then
+    // system calls on it fail with EBADF.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
+/// Standard output (the console in PID 1).
+pub fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: as for `stdin`.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// Standard error.
+pub fn stderr() -> BorrowedFd<'static> {
+    // SAFETY: as for `stdin`.
+    unsafe { BorrowedFd::borrow_raw(2) }
+}
+
+/// Makes `fd` the descriptor number `target` (0, 1 or 2).
+pub fn dup_to(fd: BorrowedFd<'_>, target: i32) -> Result<(), Errno> {
+    // SAFETY: dup3 takes two descriptor numbers and flags; no memory is passed.
+    unsafe { syscall!(Sysno::dup3, rustix::fd::AsRawFd::as_raw_fd(&fd), target, 0) }.map(drop).map_err(errno)
+}
+
+/// Ends the process.
+pub fn exit(code: i32) -> ! {
+    // SAFETY: exit_group does not return.
+    let _ = unsafe { syscall!(Sysno::exit_group, code) };
+    #[allow(clippy::empty_loop)]
+    loop {}
+}
+
+/// The result of `fork`.
+pub enum Fork {
+    Child,
+    Parent(Pid),
+}
+
+/// fork(2). The program is single-threaded, so the child may allocate and use any code.
+pub fn fork() -> Result<Fork, Errno> {
+    // SAFETY: clone with only SIGCHLD and no new stack behaves like fork(2).
+    let r = unsafe { syscall!(Sysno::clone, rustix::process::Signal::CHILD.as_raw(), 0, 0, 0, 0) }.map_err(errno)?;
+    Ok(match Pid::from_raw(r as i32) {
+        None => Fork::Child,
+        Some(pid) => Fork::Parent(pid),
+    })
+}
+
+/// Arguments prepared for `execve` before forking.
+pub struct ExecArgs {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl ExecArgs {
+    /// Builds the argument vectors; strings with NUL bytes are truncated there.
+    pub fn new(path: &str, argv: &[alloc::string::String], envp: &[alloc::string::String]) -> Self {
+        fn c(s: &str) -> CString {
+            let cut = s.split('\0').next().unwrap_or_default();
+            CString::new(cut).unwrap_or_default()
+        }
+        ExecArgs { path: c(path), argv: argv.iter().map(|s| c(s)).collect(), envp: envp.iter().map(|s| c(s)).collect() }
+    }
+
+    /// execve(2): returns only on failure.
+    pub fn exec(&self) -> Errno {
+        let mut argv: Vec<*const c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(core::ptr::null());
+        let mut envp: Vec<*const c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(core::ptr::null());
+        // SAFETY: path, argv and envp are NUL-terminated strings and NULL-terminated
+        // pointer arrays that outlive the call.
+        let r = unsafe { syscall!(Sysno::execve, self.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        match r {
+            Ok(_) => Errno::NOEXEC,
+            Err(e) => errno(e),
+        }
+    }
+}
+
+/// A set of signals, as the kernel's 64-bit `sigset_t`.
+#[derive(Clone, Copy, Default)]
+pub struct SigSet(u64);
+
+impl SigSet {
+    pub fn of(signals: &[Signal]) -> SigSet {
+        SigSet(signals.iter().fold(0, |m, s| m | 1u64 << (s.as_raw() - 1)))
+    }
+}
+
+const SIG_BLOCK: usize = 0;
+const SIG_SETMASK: usize = 2;
+
+/// Blocks `set` in the calling process.
+pub fn block_signals(set: SigSet) -> Result<(), Errno> {
+    sigprocmask(SIG_BLOCK, set)
+}
+
+/// Replaces the signal mask with `set` (children start with an empty one).
+pub fn set_signal_mask(set: SigSet) -> Result<(), Errno> {
+    sigprocmask(SIG_SETMASK, set)
+}
+
+fn sigprocmask(how: usize, set: SigSet) -> Result<(), Errno> {
+    // SAFETY: the set is a valid 8-byte sigset_t; the old set is not requested.
+    unsafe { syscall!(Sysno::rt_sigprocmask, how, &set.0 as *const u64, 0, 8) }.map(drop).map_err(errno)
+}
+
+/// A signalfd for `set` (non-blocking, close-on-exec).
+pub fn signalfd(set: SigSet) -> Result<OwnedFd, Errno> {
+    const SFD_NONBLOCK: usize = 0o4000;
+    const SFD_CLOEXEC: usize = 0o2000000;
+    // SAFETY: fd -1 asks for a new descriptor; the set is a valid 8-byte sigset_t.
+    let fd = unsafe { syscall!(Sysno::signalfd4, -1isize, &set.0 as *const u64, 8, SFD_NONBLOCK | SFD_CLOEXEC) }
+        .map_err(errno)?;
+    // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Reads one pending signal number from a signalfd, if any.
+pub fn read_signal(fd: BorrowedFd<'_>) -> Option<i32> {
+    // struct signalfd_siginfo is 128 bytes; ssi_signo is its first u32.
+    let mut buf = [0u8; 128];
+    match rustix::io::read(fd, &mut buf) {
+        Ok(128) => Some(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])),
+        _ => None,
+    }
+}
+
+/// kill(-1, sig): every process but PID 1 (and the caller).
+pub fn kill_all(sig: Signal) -> Result<(), Errno> {
+    // SAFETY: kill takes plain integers.
+    unsafe { syscall!(Sysno::kill, -1isize, sig.as_raw()) }.map(drop).map_err(errno)
+}
+
+/// kill(pid, sig) for a raw signal number (forwarding what signalfd reported).
+pub fn kill_group_raw(pgid: Pid, sig: i32) -> Result<(), Errno> {
+    // SAFETY: kill takes plain integers.
+    unsafe { syscall!(Sysno::kill, -(pgid.as_raw_nonzero().get() as isize), sig) }.map(drop).map_err(errno)
+}
+
+/// Waits until the console has sent everything written to it.
+pub fn drain_console() -> Result<(), Errno> {
+    rustix::termios::tcdrain(stdout())
+}
+
+/// Borrows a descriptor this program opened and never closes (kept as a raw number in a
+/// static).
+pub fn borrow_raw(fd: i32) -> BorrowedFd<'static> {
+    // SAFETY: callers only pass descriptors that stay open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Brings the loopback interface up (SIOCGIFFLAGS/SIOCSIFFLAGS on "lo"), so the image
+/// needs no `ip` binary.
+pub fn loopback_up() -> Result<(), Errno> {
+    const SIOCGIFFLAGS: usize = 0x8913;
+    const SIOCSIFFLAGS: usize = 0x8914;
+    const IFF_UP: i16 = 0x1;
+    let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+    let fd = rustix::fd::AsRawFd::as_raw_fd(&sock);
+    // struct ifreq: 16 bytes of name, then a union whose first member is short ifr_flags.
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    // SAFETY: ifr is a 40-byte struct ifreq that lives across the call.
+    unsafe { syscall!(Sysno::ioctl, fd, SIOCGIFFLAGS, ifr.as_mut_ptr()) }.map_err(errno)?;
+    let flags = i16::from_ne_bytes([ifr[16], ifr[17]]) | IFF_UP;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: as above.
+    unsafe { syscall!(Sysno::ioctl, fd, SIOCSIFFLAGS, ifr.as_ptr()) }.map(drop).map_err(errno)
+}
