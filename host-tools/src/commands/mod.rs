@@ -1,0 +1,5 @@
+//! One module per subcommand: each turns its arguments into a library call and
+//! prints the outcome.
+
+pub mod build;
+pub mod run;

@@ -1,0 +1,830 @@
+//! The image builder: turns an image directory (`appliance.toml`, `app/`) into an app
+//! dir that boots: `initrd`, `vmlinuz`, `cmdline`, and `appliance.json` recording how
+//! it was built.
+//!
+//! The initramfs holds `/init` (our static `appliance-init`), the directories the init
+//! mounts over or writes to, `/dev/console` and `/dev/null` (the kernel opens the
+//! console before any devtmpfs exists), the image's `app/` as `/app`, and whatever the
+//! manifest lists. Host files keep their host paths, and every symlink met on the way
+//! to them is recreated, so `/bin/bash` on a merged-/usr host arrives as the symlink
+//! `bin -> usr/bin` plus the file `usr/bin/bash`, and works under either name.
+//!
+//! Booting the result is not this module's job.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, BufWriter, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::compress::{Compression, Encoder};
+use crate::cpio::{self, Archive, Entry, Kind};
+use crate::elf::{self, Resolver};
+use crate::kernel::{self, KernelInfo};
+use crate::manifest::{self, KernelSource, Manifest};
+
+/// The init's file name, next to the `appliance` executable.
+pub const INIT_NAME: &str = "appliance-init";
+/// Overrides where the init is taken from.
+pub const INIT_ENV: &str = "APPLIANCE_INIT";
+/// Overrides where `[programs]` are taken from.
+pub const PROGRAM_DIR_ENV: &str = "APPLIANCE_PROGRAM_DIR";
+/// The directory under the current one holding image directories.
+pub const IMAGES_DIR: &str = "images";
+
+/// Directories the image always has: mount points (`/proc`, `/sys`, `/dev`, `/run`),
+/// scratch space, root's home, and `/app` even for an image without `app/`.
+const BASE_DIRS: [(&str, u32); 8] = [
+    ("/proc", 0o555),
+    ("/sys", 0o555),
+    ("/dev", 0o755),
+    ("/run", 0o755),
+    ("/tmp", 0o1777),
+    ("/root", 0o700),
+    ("/etc", 0o755),
+    ("/app", 0o755),
+];
+
+/// The app phases the init executes directly, so they must be executable.
+const PHASES: [&str; 3] = ["/app/prerun", "/app/run", "/app/postrun"];
+
+/// The loader's cache, needed in the image only for libraries outside its built-in
+/// directories.
+const LD_SO_CACHE: &str = "/etc/ld.so.cache";
+
+/// Linux's own limit on symlinks followed while resolving one path.
+const MAX_SYMLINKS: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
+    #[error(transparent)]
+    Archive(#[from] cpio::Error),
+    #[error(transparent)]
+    Elf(#[from] elf::Error),
+    #[error(transparent)]
+    Kernel(#[from] kernel::Error),
+    #[error(
+        "{INIT_NAME} not found next to {}: build it with \
+         `cargo build --release -p appliance-init`, or set {INIT_ENV}",
+        exe.display()
+    )]
+    InitNotFound { exe: PathBuf },
+    #[error("{INIT_ENV}={} does not exist", path.display())]
+    InitEnvMissing { path: PathBuf },
+    #[error(
+        "program {name} not found in {searched}: build it with \
+         `cargo build --release --workspace`, or set {PROGRAM_DIR_ENV}"
+    )]
+    ProgramNotFound { name: String, searched: String },
+    #[error(
+        "{what} {} is dynamically linked: it would need a loader and libraries the image \
+         does not have; build it static",
+        path.display()
+    )]
+    NotStatic { what: String, path: PathBuf },
+    #[error(
+        "{} is not executable, and the init runs it directly: `chmod +x` it",
+        path.display()
+    )]
+    NotExecutable { path: PathBuf },
+    #[error("cannot add host file {}", path.display())]
+    HostFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("host file {} is a directory: list the files it should contribute", path.display())]
+    HostDirectory { path: PathBuf },
+    #[error("{}: only regular files, directories and symlinks can go into an image", path.display())]
+    UnsupportedFileType { path: PathBuf },
+    #[error("{}: too many levels of symbolic links", path.display())]
+    SymlinkLoop { path: PathBuf },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no image {name:?}: neither a directory with {} nor {IMAGES_DIR}/{name} under {}; {}",
+        manifest::FILE_NAME,
+        cwd.display(),
+        available_images(available)
+    )]
+    ImageNotFound { name: String, cwd: PathBuf, available: Vec<String> },
+}
+
+fn available_images(names: &[String]) -> String {
+    if names.is_empty() {
+        "there are no images here".to_owned()
+    } else {
+        format!("available images: {}", names.join(", "))
+    }
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { action, path: path.to_owned(), source }
+}
+
+/// Where the workspace's own binaries come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tools {
+    /// The `appliance-init` binary, `/init` in every image.
+    pub init: PathBuf,
+    /// Directories searched, in order, for `[programs]`.
+    pub program_dirs: Vec<PathBuf>,
+}
+
+impl Tools {
+    /// `$APPLIANCE_INIT` and `$APPLIANCE_PROGRAM_DIR`, else the directory of the running
+    /// executable (see [`Tools::locate`]).
+    pub fn from_env() -> Result<Tools, Error> {
+        let exe = std::env::current_exe().map_err(io_error("locate", Path::new("the running executable")))?;
+        Tools::locate(std::env::var_os(INIT_ENV), std::env::var_os(PROGRAM_DIR_ENV), &exe)
+    }
+
+    /// The init is `init_env` when given, else `appliance-init` next to `exe`. Because
+    /// the init is built for release (it is copied into every image) while the CLI is
+    /// often run from a debug build, `target/release/` is searched after
+    /// `target/debug/`; programs likewise.
+    pub fn locate(init_env: Option<OsString>, program_dir_env: Option<OsString>, exe: &Path) -> Result<Tools, Error> {
+        let exe_dir = exe.parent().unwrap_or(Path::new("/")).to_owned();
+        let mut dirs = vec![exe_dir.clone()];
+        if exe_dir.file_name() == Some(OsStr::new("debug"))
+            && let Some(target) = exe_dir.parent()
+        {
+            dirs.push(target.join("release"));
+        }
+        let init = match init_env.filter(|value| !value.is_empty()) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                if !path.is_file() {
+                    return Err(Error::InitEnvMissing { path });
+                }
+                path
+            }
+            None => dirs
+                .iter()
+                .map(|dir| dir.join(INIT_NAME))
+                .find(|candidate| candidate.is_file())
+                .ok_or_else(|| Error::InitNotFound { exe: exe.to_owned() })?,
+        };
+        let program_dirs = match program_dir_env.filter(|value| !value.is_empty()) {
+            Some(dir) => vec![PathBuf::from(dir)],
+            None => dirs,
+        };
+        Ok(Tools { init, program_dirs })
+    }
+
+    fn program(&self, name: &str) -> Result<PathBuf, Error> {
+        self.program_dirs.iter().map(|dir| dir.join(name)).find(|candidate| candidate.is_file()).ok_or_else(|| {
+            Error::ProgramNotFound {
+                name: name.to_owned(),
+                searched: self.program_dirs.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", "),
+            }
+        })
+    }
+}
+
+/// How to build, beyond what the manifest says.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Overrides the manifest's `compression`.
+    pub compression: Option<Compression>,
+    /// Overrides the manifest's `kernel`; a relative path is taken as is (relative to
+    /// the current directory, not the image's).
+    pub kernel: Option<KernelSource>,
+    pub tools: Tools,
+    /// The kernel cache; [`kernel::default_cache_dir`] when `None`.
+    pub cache_dir: Option<PathBuf>,
+    /// Modification time of every archive member (see [`cpio::mtime_from_env`]).
+    pub mtime: u32,
+}
+
+/// What a build produced; also written, without `app_dir`, as `appliance.json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BuildReport {
+    pub image: String,
+    pub description: String,
+    #[serde(skip)]
+    pub app_dir: PathBuf,
+    /// The kernel file the app dir's `vmlinuz` was taken from.
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    pub compression: Compression,
+    /// Bytes of the compressed `initrd`.
+    pub initrd_size: u64,
+    /// Bytes of the cpio archive before compression.
+    pub initrd_uncompressed_size: u64,
+    /// Archive members, parent directories included.
+    pub entries: usize,
+    pub cmdline: String,
+}
+
+/// The image directory `arg` names: a directory holding `appliance.toml`, else a bare
+/// name found as `images/<name>` under `cwd`.
+pub fn locate_image(arg: &str, cwd: &Path) -> Result<PathBuf, Error> {
+    let direct = cwd.join(arg);
+    if direct.join(manifest::FILE_NAME).is_file() {
+        return Ok(PathBuf::from(arg));
+    }
+    let bare = Path::new(arg).components().count() == 1
+        && matches!(Path::new(arg).components().next(), Some(Component::Normal(_)));
+    if bare {
+        let named = Path::new(IMAGES_DIR).join(arg);
+        if cwd.join(&named).join(manifest::FILE_NAME).is_file() {
+            return Ok(named);
+        }
+    }
+    let mut available: Vec<String> = fs::read_dir(cwd.join(IMAGES_DIR))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join(manifest::FILE_NAME).is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    available.sort();
+    Err(Error::ImageNotFound { name: arg.to_owned(), cwd: cwd.to_owned(), available })
+}
+
+/// The image's name: its directory's name.
+pub fn image_name(image_dir: &Path) -> Result<String, Error> {
+    let absolute = image_dir.canonicalize().map_err(io_error("resolve", image_dir))?;
+    Ok(absolute.file_name().map_or_else(|| "image".to_owned(), |name| name.to_string_lossy().into_owned()))
+}
+
+/// Builds the image in `image_dir` into the app dir `out_dir` (created if needed;
+/// existing files there are replaced).
+pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result<BuildReport, Error> {
+    let manifest = manifest::load(image_dir)?;
+    let name = image_name(image_dir)?;
+    let archive = collect(image_dir, &manifest, &options.tools)?;
+    let compression = options.compression.unwrap_or(manifest.compression);
+    let kernel = obtain_kernel(image_dir, &manifest, options)?;
+
+    fs::create_dir_all(out_dir).map_err(io_error("create", out_dir))?;
+    let initrd = out_dir.join("initrd");
+    let (summary, initrd_size) = write_initrd(&archive, &initrd, compression, options.mtime)?;
+    log::info!(
+        "wrote {} ({} entries, {} compressed with {compression}, {} uncompressed)",
+        initrd.display(),
+        summary.entries,
+        human_size(initrd_size),
+        human_size(summary.bytes)
+    );
+    let vmlinuz = out_dir.join("vmlinuz");
+    install_kernel(&kernel.vmlinuz, &vmlinuz)?;
+    log::info!(
+        "wrote {} (kernel {}, {})",
+        vmlinuz.display(),
+        kernel.version,
+        human_size(fs::metadata(&vmlinuz).map_or(0, |m| m.len()))
+    );
+    let cmdline = out_dir.join("cmdline");
+    fs::write(&cmdline, format!("{}\n", manifest.cmdline)).map_err(io_error("write", &cmdline))?;
+
+    let report = BuildReport {
+        image: name,
+        description: manifest.description.trim().to_owned(),
+        app_dir: out_dir.to_owned(),
+        kernel: kernel.vmlinuz,
+        kernel_version: kernel.version,
+        compression,
+        initrd_size,
+        initrd_uncompressed_size: summary.bytes,
+        entries: summary.entries,
+        cmdline: manifest.cmdline,
+    };
+    let facts = out_dir.join("appliance.json");
+    let mut json = serde_json::to_string_pretty(&report).map_err(|err| Error::Io {
+        action: "serialise",
+        path: facts.clone(),
+        source: err.into(),
+    })?;
+    json.push('\n');
+    fs::write(&facts, json).map_err(io_error("write", &facts))?;
+    Ok(report)
+}
+
+fn obtain_kernel(image_dir: &Path, manifest: &Manifest, options: &BuildOptions) -> Result<KernelInfo, Error> {
+    let path = match &options.kernel {
+        Some(KernelSource::Path(path)) => Some(path.clone()),
+        Some(KernelSource::DebianCloud) => None,
+        None => manifest.kernel_path(image_dir),
+    };
+    Ok(match path {
+        Some(path) => kernel::from_path(&path)?,
+        None => {
+            let cache = match &options.cache_dir {
+                Some(dir) => dir.clone(),
+                None => kernel::default_cache_dir()?,
+            };
+            kernel::debian_cloud(&cache)?
+        }
+    })
+}
+
+/// Everything that goes into the initramfs of the image in `image_dir`.
+pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<Archive, Error> {
+    let mut archive = Archive::new();
+
+    require_static("the init", &tools.init)?;
+    archive.add(Entry::file("/init", &tools.init, 0o755))?;
+    archive.add(Entry::char_device("/dev/console", 0o600, 5, 1))?;
+    archive.add(Entry::char_device("/dev/null", 0o666, 1, 3))?;
+
+    let app = image_dir.join("app");
+    if app.is_dir() {
+        add_tree(&mut archive, &app, "/app")?;
+    }
+    for (image_path, name) in &manifest.programs {
+        let program = tools.program(name)?;
+        require_static(&format!("program {name}"), &program)?;
+        archive.add(Entry::file(image_path.as_str(), program, 0o755))?;
+    }
+    for (image_path, source) in &manifest.files {
+        let source = image_dir.join(source);
+        let metadata = fs::metadata(&source).map_err(io_error("read", &source))?;
+        if metadata.is_dir() {
+            add_tree(&mut archive, &source, image_path)?;
+        } else {
+            archive.add(Entry::file(image_path.as_str(), &source, metadata.mode()))?;
+        }
+    }
+    if !manifest.host_files.is_empty() {
+        let mut resolver = Resolver::host()?;
+        for path in &manifest.host_files {
+            add_host_program(&mut archive, &mut resolver, path)
+                .map_err(|err| Error::HostFile { path: path.clone(), source: Box::new(err) })?;
+        }
+    }
+    for (dir, mode) in BASE_DIRS {
+        match archive.get(dir) {
+            Some(entry) if *entry.kind() == Kind::Directory => {}
+            _ => archive.add(Entry::directory(dir, mode))?,
+        }
+    }
+
+    for phase in PHASES {
+        if let Some(entry) = archive.get(phase)
+            && matches!(entry.kind(), Kind::File { .. } | Kind::Data(_))
+            && entry.mode() & 0o111 == 0
+        {
+            let path = match entry.kind() {
+                Kind::File { source } => source.clone(),
+                _ => PathBuf::from(phase),
+            };
+            return Err(Error::NotExecutable { path });
+        }
+    }
+    if archive.get("/app/run").is_none() {
+        log::warn!(
+            "{} has no app/run and no [programs] \"/app/run\": the appliance has nothing to run",
+            image_dir.display()
+        );
+    }
+    Ok(archive)
+}
+
+fn require_static(what: &str, path: &Path) -> Result<(), Error> {
+    if elf::inspect_elf(path)?.is_static() {
+        Ok(())
+    } else {
+        Err(Error::NotStatic { what: what.to_owned(), path: path.to_owned() })
+    }
+}
+
+/// Adds a host file with what it needs to run: for an ELF program its loader and
+/// libraries, for a `#!` script its interpreter (and that one's libraries).
+pub fn add_host_program(archive: &mut Archive, resolver: &mut Resolver, path: &Path) -> Result<(), Error> {
+    let mut queue = VecDeque::from([path.to_owned()]);
+    let mut guard = 0;
+    while let Some(path) = queue.pop_front() {
+        let real = add_host_path(archive, &path)?;
+        if let Some(object) = elf::inspect(&real)? {
+            if object.is_static() {
+                continue;
+            }
+            let deps = resolver.resolve(&real)?;
+            if let Some(loader) = &deps.interpreter {
+                add_host_path(archive, loader)?;
+            }
+            for library in &deps.libraries {
+                add_host_path(archive, library)?;
+            }
+            if deps.needs_ld_cache && Path::new(LD_SO_CACHE).is_file() {
+                add_host_path(archive, Path::new(LD_SO_CACHE))?;
+            }
+        } else if let Some(interpreter) = shebang(&real)? {
+            // `#!/usr/bin/env python3` chains are short; a loop of scripts naming each
+            // other as interpreters is not worth following far.
+            guard += 1;
+            if guard < MAX_SYMLINKS {
+                queue.push_back(interpreter);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The absolute interpreter path of a `#!` script, if it is one. Reads at most 256
+/// bytes: the kernel looks no further for the `#!` line.
+fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
+    let file = fs::File::open(path).map_err(io_error("read", path))?;
+    let mut head = Vec::new();
+    file.take(256).read_to_end(&mut head).map_err(io_error("read", path))?;
+    let Some(rest) = head.strip_prefix(b"#!") else {
+        return Ok(None);
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(String::from_utf8_lossy(line)
+        .split_whitespace()
+        .next()
+        .filter(|interpreter| interpreter.starts_with('/'))
+        .map(PathBuf::from))
+}
+
+/// Adds the host file `path` at the same path in the image, recreating each symlink met
+/// on the way (in the directories leading to it and the file itself, chains included),
+/// so the file is reachable in the image under every name it has on the host. Returns
+/// the file's real path.
+pub fn add_host_path(archive: &mut Archive, path: &Path) -> Result<PathBuf, Error> {
+    let mut resolved = PathBuf::from("/");
+    let mut pending: VecDeque<OsString> = parts(path);
+    let mut links = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            // `resolved` holds no symlinks, so its lexical parent is its real parent.
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        let metadata = fs::symlink_metadata(&candidate).map_err(io_error("read", &candidate))?;
+        if metadata.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Error::SymlinkLoop { path: path.to_owned() });
+            }
+            let target = fs::read_link(&candidate).map_err(io_error("read the link", &candidate))?;
+            archive.add(Entry::symlink(image_path(&candidate), &target))?;
+            if target.is_absolute() {
+                resolved = PathBuf::from("/");
+            }
+            for part in parts(&target).into_iter().rev() {
+                pending.push_front(part);
+            }
+        } else {
+            resolved = candidate;
+        }
+    }
+    let metadata = fs::metadata(&resolved).map_err(io_error("read", &resolved))?;
+    if metadata.is_dir() {
+        return Err(Error::HostDirectory { path: path.to_owned() });
+    }
+    if !metadata.is_file() {
+        return Err(Error::UnsupportedFileType { path: resolved });
+    }
+    archive.add(Entry::file(image_path(&resolved), &resolved, metadata.mode()))?;
+    Ok(resolved)
+}
+
+/// A path's components as names, `..` kept (it means something after a symlink), `.`
+/// and the root dropped.
+fn parts(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some(OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+fn image_path(host_path: &Path) -> String {
+    host_path.to_string_lossy().into_owned()
+}
+
+/// Adds the host directory `dir` as `image_dir` and everything below it, keeping modes
+/// and symlinks as they are.
+pub fn add_tree(archive: &mut Archive, dir: &Path, image_dir: &str) -> Result<(), Error> {
+    let metadata = fs::metadata(dir).map_err(io_error("read", dir))?;
+    archive.add(Entry::directory(image_dir, metadata.mode()))?;
+    let mut children: Vec<fs::DirEntry> =
+        fs::read_dir(dir).map_err(io_error("read", dir))?.collect::<Result<_, _>>().map_err(io_error("read", dir))?;
+    children.sort_by_key(fs::DirEntry::file_name);
+    for child in children {
+        let path = child.path();
+        let name = child.file_name();
+        let image_child = format!("{}/{}", image_dir.trim_end_matches('/'), name.to_string_lossy());
+        let metadata = fs::symlink_metadata(&path).map_err(io_error("read", &path))?;
+        let file_type = metadata.file_type();
+        if file_type.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_error("read the link", &path))?;
+            archive.add(Entry::symlink(image_child, target))?;
+        } else if file_type.is_dir() {
+            add_tree(archive, &path, &image_child)?;
+        } else if file_type.is_file() {
+            archive.add(Entry::file(image_child, &path, metadata.mode()))?;
+        } else {
+            return Err(Error::UnsupportedFileType { path });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the compressed archive to a temporary file renamed into place, so that a
+/// failed build never leaves a truncated `initrd` that looks usable.
+fn write_initrd(
+    archive: &Archive,
+    initrd: &Path,
+    compression: Compression,
+    mtime: u32,
+) -> Result<(cpio::Summary, u64), Error> {
+    let dir = initrd.parent().unwrap_or(Path::new("."));
+    let temporary =
+        tempfile::Builder::new().prefix(".initrd-").tempfile_in(dir).map_err(io_error("create a file in", dir))?;
+    let write_error = io_error("write", initrd);
+    let file = temporary.as_file().try_clone().map_err(io_error("write", initrd))?;
+    let mut encoder = Encoder::new(BufWriter::new(file), compression).map_err(io_error("write", initrd))?;
+    let summary = archive.write(&mut encoder, mtime)?;
+    let buffered = encoder.finish().map_err(io_error("write", initrd))?;
+    let file = buffered.into_inner().map_err(|err| write_error(err.into_error()))?;
+    let size = file.metadata().map_err(io_error("write", initrd))?.len();
+    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_error("write", initrd))?;
+    temporary.persist(initrd).map_err(|err| Error::Io {
+        action: "write",
+        path: initrd.to_owned(),
+        source: err.error,
+    })?;
+    Ok((summary, size))
+}
+
+/// Hard-links the kernel into the app dir when on the same filesystem (the cache's
+/// kernel is large and never changes), copies it otherwise.
+fn install_kernel(source: &Path, destination: &Path) -> Result<(), Error> {
+    // hard_link does not follow a symlink given as source; link to the file itself.
+    let source = source.canonicalize().map_err(io_error("read", source))?;
+    match fs::remove_file(destination) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io { action: "replace", path: destination.to_owned(), source });
+        }
+    }
+    if fs::hard_link(&source, destination).is_err() {
+        fs::copy(&source, destination).map_err(io_error("copy the kernel to", destination))?;
+    }
+    Ok(())
+}
+
+/// Sizes for people: "12.3 MiB".
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn symlink_target<'a>(archive: &'a Archive, path: &str) -> Option<&'a Path> {
+        match archive.get(path)?.kind() {
+            Kind::Symlink { target } => Some(target),
+            _ => None,
+        }
+    }
+
+    fn is_file(archive: &Archive, path: &str) -> bool {
+        matches!(archive.get(path).map(Entry::kind), Some(Kind::File { .. }))
+    }
+
+    /// A static program to stand in for the init; `None` where gcc cannot link one.
+    fn static_program(path: &Path) -> Option<PathBuf> {
+        let source = path.with_extension("c");
+        fs::write(&source, "int main(void){return 0;}").ok()?;
+        std::process::Command::new("gcc")
+            .arg("-static")
+            .arg(&source)
+            .arg("-o")
+            .arg(path)
+            .status()
+            .ok()?
+            .success()
+            .then(|| path.to_owned())
+    }
+
+    #[test]
+    fn symlink_chains_and_dot_dot_are_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        // The temporary directory itself may sit behind a symlink; work from its real path.
+        let root = dir.path().canonicalize().unwrap();
+        fs::create_dir(root.join("real")).unwrap();
+        fs::write(root.join("real/file"), "data").unwrap();
+        symlink("real", root.join("dirlink")).unwrap();
+        symlink("../dirlink/file", root.join("real/up")).unwrap();
+        symlink("up", root.join("real/chain")).unwrap();
+        symlink(root.join("real/chain"), root.join("absolute")).unwrap();
+
+        let mut archive = Archive::new();
+        let real = add_host_path(&mut archive, &root.join("absolute")).unwrap();
+        assert_eq!(real, root.join("real/file"));
+        let image = |path: &Path| path.to_string_lossy().into_owned();
+        assert_eq!(symlink_target(&archive, &image(&root.join("absolute"))), Some(root.join("real/chain").as_path()));
+        assert_eq!(symlink_target(&archive, &image(&root.join("real/chain"))), Some(Path::new("up")));
+        assert_eq!(symlink_target(&archive, &image(&root.join("real/up"))), Some(Path::new("../dirlink/file")));
+        assert_eq!(symlink_target(&archive, &image(&root.join("dirlink"))), Some(Path::new("real")));
+        assert!(is_file(&archive, &image(&root.join("real/file"))));
+        // Only what lies on the way, not the whole directory.
+        assert_eq!(archive.len(), 5);
+    }
+
+    #[test]
+    fn symlink_loops_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        let err = add_host_path(&mut Archive::new(), &root.join("a")).unwrap_err();
+        assert!(matches!(err, Error::SymlinkLoop { .. }), "{err}");
+        let err = add_host_path(&mut Archive::new(), &root).unwrap_err();
+        assert!(matches!(err, Error::HostDirectory { .. }), "{err}");
+    }
+
+    /// Debian 12 merges /usr: /bin/bash must arrive as `bin -> usr/bin` plus the file.
+    #[test]
+    fn merged_usr_bin_bash() {
+        let Ok(bin_target) = fs::read_link("/bin") else {
+            eprintln!("SKIPPED: /bin is not a symlink on this host");
+            return;
+        };
+        let mut archive = Archive::new();
+        let mut resolver = Resolver::host().unwrap();
+        add_host_program(&mut archive, &mut resolver, Path::new("/bin/bash")).unwrap();
+        assert_eq!(symlink_target(&archive, "bin"), Some(bin_target.as_path()));
+        let real = fs::canonicalize("/bin/bash").unwrap();
+        assert!(is_file(&archive, real.to_str().unwrap()));
+        let has = |suffix: &str| archive.entries().any(|e| e.path().ends_with(suffix));
+        assert!(has("/libc.so.6") && has("ld-linux-x86-64.so.2"));
+        // The loader is reachable by the name in PT_INTERP: every link on the way exists.
+        let loader = elf::inspect_elf(Path::new("/bin/bash")).unwrap().interpreter.unwrap();
+        let first = loader.components().nth(1).unwrap().as_os_str().to_str().unwrap();
+        assert!(archive.get(first).is_some(), "{first}");
+    }
+
+    #[test]
+    fn scripts_bring_their_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let script = root.join("script");
+        fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        assert_eq!(shebang(&script).unwrap(), Some(PathBuf::from("/bin/sh")));
+        fs::write(root.join("plain"), "echo hi\n").unwrap();
+        assert_eq!(shebang(&root.join("plain")).unwrap(), None);
+        fs::write(root.join("relative"), "#!sh\n").unwrap();
+        assert_eq!(shebang(&root.join("relative")).unwrap(), None);
+
+        if !Path::new("/bin/sh").exists() {
+            return;
+        }
+        let mut archive = Archive::new();
+        let mut resolver = Resolver::host().unwrap();
+        add_host_program(&mut archive, &mut resolver, &script).unwrap();
+        let sh = fs::canonicalize("/bin/sh").unwrap();
+        assert!(is_file(&archive, sh.to_str().unwrap()));
+    }
+
+    #[test]
+    fn tools_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let debug = dir.path().join("target/debug");
+        let release = dir.path().join("target/release");
+        fs::create_dir_all(&debug).unwrap();
+        fs::create_dir_all(&release).unwrap();
+        let exe = debug.join("appliance");
+
+        let err = Tools::locate(None, None, &exe).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "appliance-init not found next to {}: build it with \
+                 `cargo build --release -p appliance-init`, or set APPLIANCE_INIT",
+                exe.display()
+            )
+        );
+
+        fs::write(release.join(INIT_NAME), "").unwrap();
+        let tools = Tools::locate(None, None, &exe).unwrap();
+        assert_eq!(tools.init, release.join(INIT_NAME));
+        assert_eq!(tools.program_dirs, [debug.clone(), release.clone()]);
+
+        fs::write(debug.join(INIT_NAME), "").unwrap();
+        assert_eq!(Tools::locate(None, None, &exe).unwrap().init, debug.join(INIT_NAME));
+
+        let custom = dir.path().join("my-init");
+        fs::write(&custom, "").unwrap();
+        let tools = Tools::locate(Some(custom.clone().into()), Some(dir.path().as_os_str().to_owned()), &exe).unwrap();
+        assert_eq!(tools.init, custom);
+        assert_eq!(tools.program_dirs, [dir.path().to_owned()]);
+
+        let err = Tools::locate(Some("/nonexistent/init".into()), None, &exe).unwrap_err();
+        assert!(matches!(err, Error::InitEnvMissing { .. }), "{err}");
+        let err = tools.program("appliance-hello").unwrap_err();
+        assert!(err.to_string().contains("APPLIANCE_PROGRAM_DIR"), "{err}");
+    }
+
+    #[test]
+    fn image_lookup() {
+        let cwd = tempfile::tempdir().unwrap();
+        let cwd = cwd.path();
+        for name in ["beta", "alpha"] {
+            fs::create_dir_all(cwd.join("images").join(name)).unwrap();
+            fs::write(cwd.join("images").join(name).join(manifest::FILE_NAME), "").unwrap();
+        }
+        fs::create_dir_all(cwd.join("images/not-an-image")).unwrap();
+        assert_eq!(locate_image("alpha", cwd).unwrap(), Path::new("images/alpha"));
+        assert_eq!(locate_image("images/beta", cwd).unwrap(), Path::new("images/beta"));
+        let absolute = cwd.join("images/beta");
+        assert_eq!(locate_image(absolute.to_str().unwrap(), Path::new("/")).unwrap(), absolute);
+        let err = locate_image("gamma", cwd).unwrap_err();
+        assert!(err.to_string().ends_with("available images: alpha, beta"), "{err}");
+        let err = locate_image("gamma", &cwd.join("images")).unwrap_err();
+        assert!(err.to_string().ends_with("there are no images here"), "{err}");
+    }
+
+    #[test]
+    fn collect_an_image_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(init) = static_program(&dir.path().join("appliance-init")) else {
+            eprintln!("SKIPPED: gcc cannot link a static program here");
+            return;
+        };
+        let tools = Tools { init, program_dirs: vec![dir.path().to_owned()] };
+        let image = dir.path().join("image");
+        fs::create_dir_all(image.join("app/lib")).unwrap();
+        fs::create_dir_all(image.join("conf.d")).unwrap();
+        fs::write(image.join("app/run"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(image.join("app/run"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(image.join("app/lib/data"), "x").unwrap();
+        symlink("lib/data", image.join("app/data")).unwrap();
+        fs::write(image.join("motd"), "hi").unwrap();
+        fs::write(image.join("conf.d/a.conf"), "a").unwrap();
+        let manifest = manifest::parse(
+            "description = \"t\"\n[files]\n\"/etc/motd\" = \"motd\"\n\"/etc/conf.d\" = \"conf.d\"\n",
+            Path::new("appliance.toml"),
+        )
+        .unwrap();
+
+        let archive = collect(&image, &manifest, &tools).unwrap();
+        assert!(is_file(&archive, "init"));
+        assert_eq!(archive.get("app/run").unwrap().mode(), 0o750);
+        assert_eq!(symlink_target(&archive, "app/data"), Some(Path::new("lib/data")));
+        assert!(is_file(&archive, "app/lib/data"));
+        assert!(is_file(&archive, "etc/motd"));
+        assert!(is_file(&archive, "etc/conf.d/a.conf"));
+        assert_eq!(archive.get("tmp").unwrap().mode(), 0o1777);
+        assert!(matches!(archive.get("dev/console").unwrap().kind(), Kind::CharDevice { major: 5, minor: 1 }));
+
+        // A phase script that lost its executable bit would fail at boot with 126.
+        fs::set_permissions(image.join("app/run"), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = collect(&image, &manifest, &tools).unwrap_err();
+        assert!(err.to_string().contains("is not executable"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_program_names_itself_and_where_it_was_looked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(init) = static_program(&dir.path().join("appliance-init")) else {
+            eprintln!("SKIPPED: gcc cannot link a static program here");
+            return;
+        };
+        let tools = Tools { init, program_dirs: vec![dir.path().to_owned()] };
+        let manifest = manifest::parse(
+            "description = \"t\"\n[programs]\n\"/app/run\" = \"appliance-hello\"\n",
+            Path::new("appliance.toml"),
+        )
+        .unwrap();
+        let err = collect(dir.path(), &manifest, &tools).unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("program appliance-hello not found in "), "{message}");
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(5 << 20), "5.0 MiB");
+    }
+}

@@ -1,0 +1,62 @@
+//! `appliance`: builds single-application Linux appliances (a kernel, an initramfs
+//! holding one application, and its kernel command line).
+//!
+//! Thin on purpose: parsing arguments and reporting errors live here, the work lives in
+//! the `appliance_host` library. Each subcommand is one file under `commands/` and one
+//! variant of [`Command`].
+
+mod commands;
+mod logger;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The exit status for every error of the tool itself; clap also uses 2 for usage errors.
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "appliance",
+    version,
+    about = "Build single-application Linux appliances",
+    long_about = "Build single-application Linux appliances: a Linux kernel plus an \
+                  initramfs holding one application, started by appliance-init as PID 1.\n\n\
+                  An image is a directory with an appliance.toml (see images/ in the source \
+                  tree); building it writes an app dir with vmlinuz, initrd, cmdline and \
+                  appliance.json."
+)]
+struct Cli {
+    /// Print only warnings and errors, not progress.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Build(commands::build::Args),
+    Run(commands::run::Args),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the whole chain of causes on one line.
+            eprintln!("appliance: error: {err:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    logger::init(if cli.quiet { log::LevelFilter::Warn } else { log::LevelFilter::Info });
+    match cli.command {
+        Command::Build(args) => commands::build::run(args),
+        Command::Run(args) => commands::run::run(args),
+    }
+}

@@ -1,0 +1,215 @@
+//! The QEMU command line for an appliance, as data: every argument has its reason beside
+//! it, and tests check the argv without starting anything.
+
+use std::path::{Path, PathBuf};
+
+/// How the guest CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation.
+    Kvm,
+    /// QEMU's software emulation: works everywhere, slower.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Chooses KVM only when it really works: the device opens read-write *and* the CPU
+/// advertises vmx or svm. A `/dev/kvm` node alone proves nothing (nested setups expose
+/// one whose guests hang). `APPLIANCE_ACCEL=tcg|kvm` overrides. Returns the choice and
+/// why, for `--verbose` and `--dry-run`.
+pub fn detect_accel() -> (Accel, String) {
+    match std::env::var("APPLIANCE_ACCEL").ok().as_deref() {
+        Some("kvm") => return (Accel::Kvm, "APPLIANCE_ACCEL=kvm".into()),
+        Some("tcg") => return (Accel::Tcg, "APPLIANCE_ACCEL=tcg".into()),
+        _ => {}
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    accel_from(cpuinfo_has_virt(&cpuinfo), kvm_device_usable(Path::new("/dev/kvm")))
+}
+
+fn accel_from(cpu_virt: bool, device: Result<(), String>) -> (Accel, String) {
+    match (cpu_virt, device) {
+        (true, Ok(())) => (Accel::Kvm, "/dev/kvm is usable and the CPU has vmx/svm".into()),
+        (false, _) => (Accel::Tcg, "the CPU does not advertise vmx/svm (no working KVM): using TCG".into()),
+        (true, Err(e)) => (Accel::Tcg, format!("{e}: using TCG")),
+    }
+}
+
+/// Whether a `flags` line of /proc/cpuinfo lists vmx (Intel) or svm (AMD).
+pub fn cpuinfo_has_virt(cpuinfo: &str) -> bool {
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+fn kvm_device_usable(dev: &Path) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map(drop)
+        .map_err(|e| format!("cannot open {}: {e}", dev.display()))
+}
+
+/// Everything that decides the QEMU command line.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    /// Where the guest's second serial port (the status record) goes.
+    pub status_file: PathBuf,
+    /// Extra QEMU arguments, appended last.
+    pub extra: Vec<String>,
+}
+
+/// The machine type. `pc` (i440FX) boots reliably and fast under TCG: `microvm` saves
+/// little there and occasionally hangs calibrating its clock without an HPET, and `q35`
+/// emulates more chipset for nothing an appliance uses.
+pub const MACHINE: &str = "pc";
+
+/// Kernel parameters every `appliance run` passes before the appliance's own.
+pub fn base_kernel_params(verbose: bool) -> Vec<&'static str> {
+    let mut p = vec![
+        // The first serial port is the console the user watches.
+        "console=ttyS0",
+        // A kernel panic reboots at once, and -no-reboot turns that into QEMU exiting:
+        // an unattended run never hangs on a panic.
+        "panic=-1",
+    ];
+    if !verbose {
+        // Kernel messages below warnings stay in the log; the console shows the app.
+        p.push("quiet");
+    }
+    p
+}
+
+/// The argv (without argv[0]) for `spec`.
+pub fn argv(spec: &VmSpec) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    // No default devices (VGA, NIC, floppy, CD-ROM, parallel port): less to emulate
+    // and probe at boot, and nothing the appliance did not ask for.
+    push(&["-nodefaults", "-no-user-config"]);
+    push(&["-machine", &format!("{MACHINE},accel={}", spec.accel.as_str())]);
+    if spec.accel == Accel::Kvm {
+        // Under KVM the guest may use every feature of the host CPU.
+        push(&["-cpu", "host"]);
+    }
+    push(&["-m", &spec.memory_mib.to_string(), "-smp", &spec.cpus.to_string()]);
+    push(&["-display", "none"]);
+    // The console: stdio multiplexed with the monitor, so Ctrl-A X quits QEMU while
+    // Ctrl-C goes to the guest (signal=off) as on a real serial line.
+    push(&["-chardev", "stdio,id=console,mux=on,signal=off"]);
+    push(&["-serial", "chardev:console", "-mon", "chardev=console,mode=readline"]);
+    // The second serial port (ttyS1) carries the init's status record to the host.
+    push(&["-serial", &format!("file:{}", spec.status_file.display())]);
+    // A reboot ends the run instead of booting the appliance again (and a kernel panic,
+    // with panic=-1, ends it too).
+    push(&["-no-reboot"]);
+    push(&["-kernel", &spec.kernel.display().to_string()]);
+    push(&["-initrd", &spec.initrd.display().to_string()]);
+    push(&["-append", &spec.append]);
+    a.extend(spec.extra.iter().cloned());
+    a
+}
+
+/// `argv` as one line a shell would accept, for `--dry-run`.
+pub fn shell_line(program: &Path, argv: &[String]) -> String {
+    std::iter::once(program.display().to_string())
+        .chain(argv.iter().cloned())
+        .map(|w| shell_quote(&w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(w: &str) -> String {
+    let plain = !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,/:+@%".contains(c));
+    if plain { w.to_string() } else { format!("'{}'", w.replace('\'', "'\\''")) }
+}
+
+/// Finds `qemu-system-x86_64` in PATH, or says what to install.
+pub fn find_qemu() -> Result<PathBuf, String> {
+    let name = "qemu-system-x86_64";
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("{name} not found in PATH: install it (Debian/Ubuntu: `sudo apt-get install qemu-system-x86`)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel) -> VmSpec {
+        VmSpec {
+            qemu: "qemu-system-x86_64".into(),
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd".into(),
+            append: "console=ttyS0 appArgs=1".into(),
+            memory_mib: 256,
+            cpus: 1,
+            accel,
+            status_file: "/tmp/s.jsonl".into(),
+            extra: vec!["-nic".into(), "user".into()],
+        }
+    }
+
+    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn argv_has_console_then_status_port_and_the_kernel() {
+        let a = argv(&spec(Accel::Tcg));
+        assert_eq!(after(&a, "-serial"), ["chardev:console", "file:/tmp/s.jsonl"]);
+        assert_eq!(after(&a, "-machine"), ["pc,accel=tcg"]);
+        assert_eq!(after(&a, "-kernel"), ["/k/vmlinuz"]);
+        assert_eq!(after(&a, "-initrd"), ["/k/initrd"]);
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 appArgs=1"]);
+        assert_eq!(after(&a, "-m"), ["256"]);
+        assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(!a.contains(&"-cpu".to_string()));
+        assert_eq!(a[a.len() - 2..], ["-nic".to_string(), "user".to_string()]);
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu() {
+        let a = argv(&spec(Accel::Kvm));
+        assert_eq!(after(&a, "-machine"), ["pc,accel=kvm"]);
+        assert_eq!(after(&a, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn kvm_needs_both_the_device_and_vmx_or_svm() {
+        assert!(cpuinfo_has_virt("processor: 0\nflags\t\t: fpu vme vmx sse\n"));
+        assert!(cpuinfo_has_virt("flags : svm lm\n"));
+        assert!(!cpuinfo_has_virt("flags : fpu vme sse hypervisor\nvmx flags : ept\n"));
+        assert_eq!(accel_from(true, Ok(())).0, Accel::Kvm);
+        assert_eq!(accel_from(false, Ok(())).0, Accel::Tcg);
+        let (a, why) = accel_from(true, Err("cannot open /dev/kvm: denied".into()));
+        assert_eq!(a, Accel::Tcg);
+        assert!(why.contains("/dev/kvm"));
+    }
+
+    #[test]
+    fn dry_run_line_quotes_what_needs_it() {
+        let line = shell_line(Path::new("/usr/bin/qemu"), &["-append".into(), "a b 'c'".into()]);
+        assert_eq!(line, r"/usr/bin/qemu -append 'a b '\''c'\'''");
+    }
+}

@@ -1,0 +1,187 @@
+//! Running an appliance in QEMU: start it, bound it in time, and read back the status
+//! record the init wrote to the second serial port.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use appliance_cmdline::status::Event;
+
+use crate::qemu::{self, VmSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot start {qemu}: {source}")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for qemu failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// How a run ended, from QEMU's exit and the status record.
+#[derive(Debug)]
+pub struct RunReport {
+    pub events: Vec<Event>,
+    /// Lines of the record that did not parse (a truncated last line, say).
+    pub garbled: Vec<String>,
+    pub wall: Duration,
+    pub timed_out: bool,
+    pub qemu_status: Option<ExitStatus>,
+}
+
+/// What `appliance run` exits with when the guest did not report a result.
+pub const EXIT_TIMEOUT: i32 = 124;
+pub const EXIT_NO_STATUS: i32 = 125;
+
+impl RunReport {
+    /// The `end` event, if the init got that far.
+    pub fn end(&self) -> Option<(&str, i32)> {
+        self.events.iter().rev().find_map(|e| match e {
+            Event::End { action, status, .. } => Some((action.as_str(), *status)),
+            _ => None,
+        })
+    }
+
+    /// The run's exit code: the run phase's status; 124 on timeout; 125 when the guest
+    /// ended without saying how (kernel panic, crash, QEMU failure).
+    pub fn exit_code(&self) -> i32 {
+        if self.timed_out { EXIT_TIMEOUT } else { self.end().map(|(_, s)| s).unwrap_or(EXIT_NO_STATUS) }
+    }
+
+    fn t(&self, pick: impl Fn(&Event) -> Option<u64>) -> Option<u64> {
+        self.events.iter().find_map(pick)
+    }
+
+    /// Guest microseconds from kernel start to /init.
+    pub fn kernel_to_init_us(&self) -> Option<u64> {
+        self.t(|e| match e {
+            Event::Init { t_us, .. } => Some(*t_us),
+            _ => None,
+        })
+    }
+
+    /// Guest microseconds from kernel start to the start of /app/run.
+    pub fn run_start_us(&self) -> Option<u64> {
+        self.t(|e| match e {
+            Event::PhaseStart { t_us, phase, .. } if phase == "run" => Some(*t_us),
+            _ => None,
+        })
+    }
+
+    fn run_end_us(&self) -> Option<u64> {
+        self.t(|e| match e {
+            Event::PhaseEnd { t_us, phase, .. } if phase == "run" => Some(*t_us),
+            _ => None,
+        })
+    }
+
+    /// The one-line summary `appliance run` prints.
+    pub fn summary(&self) -> String {
+        let ms = |us: u64| format!("{:.0} ms", us as f64 / 1000.0);
+        let mut parts = Vec::new();
+        if let Some(init) = self.kernel_to_init_us() {
+            parts.push(format!("kernel→/init {}", ms(init)));
+            if let Some(run) = self.run_start_us() {
+                parts.push(format!("/init→run {}", ms(run.saturating_sub(init))));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.run_start_us(), self.run_end_us()) {
+            parts.push(format!("run {}", ms(b.saturating_sub(a))));
+        }
+        parts.push(format!("wall {:.2} s", self.wall.as_secs_f64()));
+        let outcome = if self.timed_out {
+            "timed out: VM killed".to_string()
+        } else {
+            match self.end() {
+                Some((action, status)) => format!("run status {status}, {action}"),
+                None => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+            }
+        };
+        format!("appliance: {outcome}; {}", parts.join(", "))
+    }
+}
+
+/// Starts QEMU for `spec` with the console on our terminal and waits for it, killing it
+/// after `timeout`.
+pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmError> {
+    let _ = std::fs::remove_file(&spec.status_file);
+    let started = Instant::now();
+    let mut child = Command::new(&spec.qemu)
+        .args(qemu::argv(spec))
+        .spawn()
+        .map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+    let mut timed_out = false;
+    let qemu_status = loop {
+        if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
+            break Some(status);
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed();
+    let (events, garbled) = read_status(&spec.status_file);
+    Ok(RunReport { events, garbled, wall, timed_out, qemu_status })
+}
+
+/// Parses a status record file; unreadable means empty.
+pub fn read_status(path: &std::path::Path) -> (Vec<Event>, Vec<String>) {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    parse_status(&text)
+}
+
+/// Parses status lines, keeping the ones that do not parse apart.
+pub fn parse_status(text: &str) -> (Vec<Event>, Vec<String>) {
+    let mut events = Vec::new();
+    let mut garbled = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match Event::from_line(line) {
+            Ok(e) => events.push(e),
+            Err(_) => garbled.push(line.to_string()),
+        }
+    }
+    (events, garbled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appliance_cmdline::status::Exit;
+
+    fn report(events: Vec<Event>, timed_out: bool) -> RunReport {
+        RunReport { events, garbled: vec![], wall: Duration::from_millis(2500), timed_out, qemu_status: None }
+    }
+
+    #[test]
+    fn exit_code_is_the_run_status_or_says_why_not() {
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 3 };
+        assert_eq!(report(vec![end.clone()], false).exit_code(), 3);
+        assert_eq!(report(vec![end], true).exit_code(), EXIT_TIMEOUT);
+        assert_eq!(report(vec![], false).exit_code(), EXIT_NO_STATUS);
+    }
+
+    #[test]
+    fn summary_has_the_guest_times() {
+        let (events, garbled) = parse_status(concat!(
+            "{\"event\":\"init\",\"t_us\":1200000,\"version\":\"0.1.0\",\"v\":1}\n",
+            "{\"event\":\"phase_start\",\"t_us\":1204000,\"phase\":\"run\"}\n",
+            "{\"event\":\"phase_end\",\"t_us\":1304000,\"phase\":\"run\",\"exit\":{\"code\":0},\"status\":0}\n",
+            "{\"event\":\"end\",\"t_us\":1305000,\"action\":\"poweroff\",\"status\":0}\n",
+            "{\"event\":\"end\",\"t_u"
+        ));
+        assert_eq!(garbled.len(), 1);
+        let r = report(events, false);
+        assert_eq!(
+            r.summary(),
+            "appliance: run status 0, poweroff; kernel→/init 1200 ms, /init→run 4 ms, run 100 ms, wall 2.50 s"
+        );
+        assert!(matches!(r.events[2], Event::PhaseEnd { exit: Exit::Code(0), .. }));
+    }
+}
