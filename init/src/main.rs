@@ -32,7 +32,7 @@ fn main(args: Args) -> ! {
 
 fn pid1() -> ! {
     let t_init = t_us();
-    logger::init(log::LevelFilter::Info);
+    logger::init(log::LevelFilter::Trace);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let mount_failures = mount::mount_all(&mut mount::Kernel);
     attach_console();
@@ -43,13 +43,14 @@ fn pid1() -> ! {
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = rustix::system::reboot(RebootCommand::CadOff);
 
+    log::debug!("file systems mounted");
     let cmdline = read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = appliance_cmdline::parse(cmdline.as_bytes());
     let config = parsed.config;
-    if let Some(level) = config.log {
-        log::set_max_level(level_filter(level));
-    }
+    log::set_max_level(config.log.map(level_filter).unwrap_or(log::LevelFilter::Info));
+    log::debug!("command line parsed");
     let status = StatusWriter::open(STATUS_PORT);
+    log::debug!("status port open");
     status.emit(&Event::Init { t_us: t_init, version: String::from(VERSION), v: STATUS_VERSION });
     for d in &parsed.diagnostics {
         log::error!("kernel command line: {d}");
@@ -64,6 +65,7 @@ fn pid1() -> ! {
     if let Err(e) = sys::loopback_up() {
         log::warn!("cannot bring up the loopback interface: {e}");
     }
+    log::debug!("network and hostname set");
     let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
     let _ = rustix::fs::mkdir("/app", rustix::fs::Mode::from_raw_mode(0o755));
 

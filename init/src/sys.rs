@@ -175,7 +175,8 @@ pub fn loopback_up() -> Result<(), Errno> {
     const SIOCGIFFLAGS: usize = 0x8913;
     const SIOCSIFFLAGS: usize = 0x8914;
     const IFF_UP: i16 = 0x1;
-    let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+    // Any socket reaches the device ioctls; a Unix one avoids setting up an inet socket.
+    let sock = rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::DGRAM, None)?;
     let fd = rustix::fd::AsRawFd::as_raw_fd(&sock);
     // struct ifreq: 16 bytes of name, then a union whose first member is short ifr_flags.
     let mut ifr = [0u8; 40];
