@@ -1,1 +1,220 @@
-//! Shared helpers of the integration tests.
+//! Shared helpers of the integration tests: build the tools once, build images, boot them
+//! in QEMU (TCG, with a time bound) and collect what came back: console, exit status and
+//! the init's status record.
+//!
+//! Nothing here is mocked: the tests need `qemu-system-x86_64` and a kernel (Debian's cloud
+//! kernel, fetched into the cache by `appliance build`). Without them the tests fail with
+//! the reason; `.ci/run` installs what they need.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use appliance_cmdline::status::Event;
+
+/// The bound on every boot: generous, since TCG on a loaded 2-core machine is slow.
+pub const BOOT_TIMEOUT_S: u64 = 180;
+
+/// The repository's top directory.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds `appliance`, `appliance-init` and `appliance-hello` (release) once per test
+/// process and returns the directory holding them.
+pub fn tools() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        let target = root.join("target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let init_manifest = root.join("init/Cargo.toml");
+        for args in [
+            vec!["build", "--release", "-q", "-p", "appliance-host"],
+            vec!["build", "--release", "-q", "--manifest-path", init_manifest.to_str().unwrap()],
+        ] {
+            let st = Command::new(&cargo)
+                .args(&args)
+                .arg("--target-dir")
+                .arg(&target)
+                .current_dir(&root)
+                .status()
+                .expect("cargo runs");
+            assert!(st.success(), "cargo {args:?} failed");
+        }
+        target.join("release")
+    })
+}
+
+/// The `appliance` command, from the repository's top directory.
+pub fn appliance() -> Command {
+    let mut c = Command::new(tools().join("appliance"));
+    c.current_dir(root()).env("APPLIANCE_ACCEL", "tcg");
+    c
+}
+
+/// Builds an image directory into a fresh app dir under `tmp`.
+pub fn build(image: &Path, tmp: &Path) -> PathBuf {
+    let out = tmp.join("app");
+    let o = appliance().arg("-q").arg("build").arg(image).arg("-o").arg(&out).output().expect("appliance runs");
+    assert!(
+        o.status.success(),
+        "appliance build {} failed:\n{}{}",
+        image.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// What a boot produced.
+#[derive(Debug)]
+pub struct Boot {
+    /// The console (QEMU's stdout) and `appliance`'s stderr.
+    pub console: String,
+    pub stderr: String,
+    pub code: i32,
+    pub events: Vec<Event>,
+}
+
+impl Boot {
+    /// The `end` event's action and status.
+    pub fn end(&self) -> Option<(String, i32)> {
+        self.events.iter().find_map(|e| match e {
+            Event::End { action, status, .. } => Some((action.clone(), *status)),
+            _ => None,
+        })
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Error { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Asserts that `needle` is on the console.
+    #[track_caller]
+    pub fn assert_console(&self, needle: &str) {
+        assert!(self.console.contains(needle), "`{needle}` not on the console:\n{}\n{}", self.console, self.stderr);
+    }
+}
+
+/// Boots `app_dir` with `appliance run ARGS` and waits for it to end.
+pub fn boot(app_dir: &Path, args: &[&str]) -> Boot {
+    let status = tempfile::NamedTempFile::new().expect("temp file");
+    let o = run_cmd(app_dir, status.path(), args).stdin(Stdio::null()).output().expect("appliance runs");
+    let (events, _) = appliance_host::vm::read_status(status.path());
+    Boot {
+        console: String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n"),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        code: o.status.code().unwrap_or(-1),
+        events,
+    }
+}
+
+fn run_cmd(app_dir: &Path, status: &Path, args: &[&str]) -> Command {
+    let mut c = appliance();
+    c.arg("run").arg(app_dir).arg("--timeout").arg(BOOT_TIMEOUT_S.to_string()).arg("--status").arg(status);
+    c.args(args);
+    c
+}
+
+/// A boot driven over its console: type into it and wait for output.
+pub struct Session {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    status: tempfile::NamedTempFile,
+}
+
+impl Session {
+    pub fn start(app_dir: &Path, args: &[&str]) -> Session {
+        let status = tempfile::NamedTempFile::new().expect("temp file");
+        let mut child = run_cmd(app_dir, status.path(), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("appliance runs");
+        let output = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Session { child, output, status }
+    }
+
+    /// Waits until the console shows `needle` after byte offset `from`; returns the
+    /// offset just past it.
+    #[track_caller]
+    pub fn expect(&self, needle: &str, from: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(BOOT_TIMEOUT_S);
+        loop {
+            {
+                let out = self.output.lock().unwrap();
+                if let Some(i) = out.get(from..).and_then(|s| s.find(needle)) {
+                    return from + i + needle.len();
+                }
+                assert!(Instant::now() < deadline, "`{needle}` never appeared; console:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `text` on the console.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(text.as_bytes()).expect("write to the console");
+        stdin.flush().expect("flush the console");
+    }
+
+    /// Waits for the VM to end.
+    pub fn finish(mut self) -> Boot {
+        drop(self.child.stdin.take());
+        let st = self.child.wait().expect("appliance exits");
+        std::thread::sleep(Duration::from_millis(100));
+        let (events, _) = appliance_host::vm::read_status(self.status.path());
+        Boot {
+            console: self.output.lock().unwrap().replace("\r\n", "\n"),
+            stderr: String::new(),
+            code: st.code().unwrap_or(-1),
+            events,
+        }
+    }
+}
+
+/// Writes an image directory: `appliance.toml` and executable files under `app/`.
+pub fn image(dir: &Path, manifest: &str, app_files: &[(&str, &str)]) -> PathBuf {
+    let image = dir.join("image");
+    std::fs::create_dir_all(image.join("app")).unwrap();
+    std::fs::write(image.join("appliance.toml"), manifest).unwrap();
+    for (name, text) in app_files {
+        let path = image.join("app").join(name);
+        std::fs::write(&path, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    image
+}
+
+/// A manifest with bash and a few coreutils from the host.
+pub fn bash_manifest(extra: &str) -> String {
+    format!(
+        r#"description = "test image"
+host_files = ["/bin/bash", "/bin/sh", "/usr/bin/cat", "/usr/bin/sleep", "/usr/bin/ls", "/usr/bin/echo"]
+{extra}
+"#
+    )
+}

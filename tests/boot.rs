@@ -1,0 +1,202 @@
+//! Boots real appliances in QEMU (TCG) and checks what came back: the console, the exit
+//! status of `appliance run`, and the init's status record.
+
+use appliance_tests::{Boot, Session, bash_manifest, boot, build, image, root};
+use tempfile::TempDir;
+
+fn hello() -> (TempDir, std::path::PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let app = build(&root().join("images/hello"), tmp.path());
+    (tmp, app)
+}
+
+fn bash_tools() -> (TempDir, std::path::PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let app = build(&root().join("images/bash-tools"), tmp.path());
+    (tmp, app)
+}
+
+/// The `arg[..]=` lines the run program printed, in order.
+fn args_printed(b: &Boot) -> Vec<String> {
+    b.console.lines().filter(|l| l.starts_with("arg[")).map(|l| l.trim_end().to_string()).collect()
+}
+
+#[test]
+fn hello_prints_its_arguments_and_powers_off() {
+    let (_tmp, app) = hello();
+    let b = boot(&app, &[]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_eq!(args_printed(&b), ["arg[1]=hello", "arg[2]=from", "arg[3]=the", "arg[4]=appliance"]);
+    b.assert_console("hello: wrote /app/results/hello.txt");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(b.stderr.contains("run status 0, poweroff; kernel→/init"), "{}", b.stderr);
+}
+
+#[test]
+fn run_exit_status_is_the_exit_status_of_appliance_run() {
+    let (_tmp, app) = hello();
+    let b = boot(&app, &["--args", "exit=3"]);
+    assert_eq!(b.code, 3, "{b:?}");
+    assert_eq!(b.end(), Some(("poweroff".into(), 3)));
+    b.assert_console("hello: exiting with 3");
+}
+
+#[test]
+fn app_args_keep_spaces_and_double_quotes() {
+    let (_tmp, app) = bash_tools();
+    // The original's form, single quotes around double-quoted words, as extra words.
+    let b = boot(&app, &["--", r#"appArgs='10 "a b" c'"#]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_eq!(args_printed(&b), ["arg[0]=10", "arg[1]=a b", "arg[2]=c"]);
+    // The same through the option, rendered by the tool.
+    let b = boot(&app, &["--args", r#"one "two  three" 'say "hi"'"#]);
+    assert_eq!(args_printed(&b), ["arg[0]=one", "arg[1]=two  three", "arg[2]=say \"hi\""]);
+    // A lone double quote cannot cross the kernel's command line: refused before booting.
+    let b = boot(&app, &["--args", r#"'fo"ur'"#]);
+    assert_eq!(b.code, 2, "{b:?}");
+    assert!(b.stderr.contains("appArgs"), "{}", b.stderr);
+}
+
+#[test]
+fn app_cmds_run_in_order_with_or_without_a_trailing_colon() {
+    let (_tmp, app) = bash_tools();
+    for cmds in ["echo cmd-one:echo cmd-two:", "echo cmd-one:echo cmd-two"] {
+        let b = boot(&app, &["--cmds", cmds]);
+        assert_eq!(b.code, 0, "{cmds}: {b:?}");
+        let one = b.console.find("cmd-one\n").unwrap_or_else(|| panic!("{cmds}: no cmd-one:\n{}", b.console));
+        let two = b.console.find("cmd-two\n").expect("cmd-two ran");
+        let run = b.console.find("arg[0]=hello").expect("run ran");
+        assert!(one < two && two < run, "{cmds}: wrong order:\n{}", b.console);
+        // Each command ran once (the original ran the last one forever without ':').
+        assert_eq!(b.console.matches("cmd-two\n").count(), 1, "{cmds}");
+        let cmd_ends = b
+            .events
+            .iter()
+            .filter(|e| matches!(e, appliance_cmdline::status::Event::PhaseEnd { phase, .. } if phase == "cmd"))
+            .count();
+        assert_eq!(cmd_ends, 2, "{cmds}");
+    }
+}
+
+#[test]
+fn app_end_reboot_ends_the_run_through_a_reboot() {
+    let (_tmp, app) = hello();
+    let b = boot(&app, &["--end", "reboot"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_eq!(b.end(), Some(("reboot".into(), 0)));
+    b.assert_console("reboot: Restarting system");
+}
+
+#[test]
+fn orphaned_zombies_are_reaped_before_postrun_looks() {
+    let tmp = TempDir::new().unwrap();
+    let run = r#"#!/bin/bash
+# Orphans: subshells whose parent exits at once; they end while run is still going.
+for i in 1 2 3; do ( sleep 0.3 & ) ; done
+sleep 0.1
+for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < "$f" 2>/dev/null || continue
+  [ "$comm" = "(sleep)" ] && echo "orphan $pid parent $ppid"; done
+sleep 1
+"#;
+    let postrun = r#"#!/bin/bash
+zombies=0
+for f in /proc/[0-9]*/stat; do read -r pid comm state rest < "$f" 2>/dev/null || continue
+  [ "$state" = Z ] && { zombies=$((zombies+1)); echo "zombie $pid $comm"; }; done
+echo "zombies=$zombies"
+"#;
+    let img = image(tmp.path(), &bash_manifest(""), &[("run", run), ("postrun", postrun)]);
+    let b = boot(&build(&img, tmp.path()), &[]);
+    assert_eq!(b.code, 0, "{b:?}");
+    // Control: the orphans existed and were children of PID 1.
+    assert_eq!(b.console.matches(" parent 1\n").count(), 3, "{}", b.console);
+    b.assert_console("zombies=0");
+}
+
+#[test]
+fn missing_app_run_is_reported_and_powers_off_cleanly() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), "description = \"nothing to run\"\n", &[]);
+    let b = boot(&build(&img, tmp.path()), &[]);
+    assert_eq!(b.code, 127, "{b:?}");
+    b.assert_console("no /app/run in the image");
+    assert!(b.errors().iter().any(|e| e.contains("no /app/run")), "{:?}", b.events);
+    assert_eq!(b.end(), Some(("poweroff".into(), 127)));
+}
+
+#[test]
+fn malformed_command_line_is_reported_and_defaults_apply() {
+    let (_tmp, app) = hello();
+    let b = boot(&app, &["--", "appEnd=bogus", "appDebugg", "appIp=10.0.2.300/24"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let errors = b.errors().join("\n");
+    assert!(errors.contains("bogus"), "{errors}");
+    assert!(errors.contains("appDebugg") && errors.contains("appDebug"), "{errors}");
+    assert!(errors.contains("10.0.2.300/24"), "{errors}");
+    // Unknown appEnd: reported, treated as halt; the run still happened.
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    b.assert_console("arg[1]=hello");
+    assert!(b.stderr.contains("appEnd"), "the host warns before booting too: {}", b.stderr);
+}
+
+#[test]
+fn boot_sets_up_mounts_loopback_hostname_and_output() {
+    let tmp = TempDir::new().unwrap();
+    let run = r#"#!/bin/bash
+echo "hostname=$(cat /proc/sys/kernel/hostname)"
+echo "lo=$(cat /sys/class/net/lo/flags)"
+while read -r dev mnt fs rest; do echo "mount $mnt $fs"; done < /proc/mounts
+echo "mtab=$(ls -l /etc/mtab)"
+echo "to-stderr" >&2
+echo "env APP_DIR=$APP_DIR APP_OUT=$APP_OUT APP_MYNODE=$APP_MYNODE APP_PHASE=$APP_PHASE"
+"#;
+    let postrun = "#!/bin/bash\necho \"output has: $(cat \"$APP_OUT\" | tr '\\n' ' ')\"\n";
+    let manifest = bash_manifest("").replace("\"/usr/bin/echo\"]", "\"/usr/bin/echo\", \"/usr/bin/tr\"]");
+    let img = image(tmp.path(), &manifest, &[("run", run), ("postrun", postrun)]);
+    let b = boot(&build(&img, tmp.path()), &["--", "appNode=node7"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("hostname=node7");
+    // IFF_UP | IFF_LOOPBACK | IFF_RUNNING...: at least up (bit 0).
+    let lo = b.console.lines().find_map(|l| l.strip_prefix("lo=")).expect("lo flags");
+    assert_eq!(u32::from_str_radix(lo.trim().trim_start_matches("0x"), 16).unwrap() & 1, 1, "lo down: {lo}");
+    for m in [
+        "mount /proc proc",
+        "mount /sys sysfs",
+        "mount /dev devtmpfs",
+        "mount /dev/pts devpts",
+        "mount /dev/shm tmpfs",
+        "mount /run tmpfs",
+        "mount /tmp tmpfs",
+    ] {
+        b.assert_console(m);
+    }
+    b.assert_console("-> /proc/mounts");
+    b.assert_console("env APP_DIR=/app APP_OUT=/app/output APP_MYNODE=node7 APP_PHASE=run");
+    // /app/output holds the run phase's stdout and stderr.
+    b.assert_console("output has: hostname=node7");
+    let output_line = b.console.lines().find(|l| l.starts_with("output has:")).unwrap();
+    assert!(output_line.contains("to-stderr"), "{output_line}");
+}
+
+#[test]
+fn app_debug_gives_a_console_shell_and_the_boot_continues() {
+    let (_tmp, app) = bash_tools();
+    let mut s = Session::start(&app, &["--debug"]);
+    let at = s.expect("debug shell on /dev/ttyS0", 0);
+    s.send("echo marker-$((6*7))\n");
+    let at = s.expect("marker-42", at);
+    // Nothing of the appliance ran yet.
+    s.send("exit\n");
+    let at = s.expect("prerun: prerun", at);
+    s.expect("arg[0]=hello", at);
+    let b = s.finish();
+    assert_eq!(b.code, 0, "{b:?}");
+    let debug_end = b
+        .events
+        .iter()
+        .position(|e| matches!(e, appliance_cmdline::status::Event::PhaseEnd { phase, .. } if phase == "debug"));
+    let run_start = b
+        .events
+        .iter()
+        .position(|e| matches!(e, appliance_cmdline::status::Event::PhaseStart { phase, .. } if phase == "run"));
+    assert!(debug_end.is_some() && debug_end < run_start, "{:?}", b.events);
+}
