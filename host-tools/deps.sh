@@ -1,0 +1,53 @@
+# Sourced by host-tools/quickstart and tests/run: installs what building and booting
+# appliances needs on Debian/Ubuntu, and nothing when it is already there.
+#   - qemu-system-x86: boots the appliances
+#   - gcc, libc6-dev: the linker for Rust, and zstd's C code
+#   - cpio, zstd, lz4, gzip: the tests check our archives with the standard tools
+#   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
+#   - Rust >= 1.89 (rustup) when cargo is missing or older
+
+appliance_need_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+appliance_install_deps() {
+    local missing=()
+    command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+    command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    command -v cpio >/dev/null || missing+=(cpio)
+    command -v zstd >/dev/null || missing+=(zstd)
+    command -v lz4 >/dev/null || missing+=(lz4)
+    command -v gzip >/dev/null || missing+=(gzip)
+    command -v curl >/dev/null || missing+=(curl ca-certificates)
+    if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+        if ! command -v apt-get >/dev/null; then
+            echo "deps: apt-get not found: install ${missing[*]} yourself" >&2
+            return 1
+        fi
+        echo "deps: apt-get install ${missing[*]:-(refreshing package lists)}" >&2
+        appliance_need_root apt-get update -q
+        if [ ${#missing[@]} -gt 0 ]; then
+            appliance_need_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends "${missing[@]}"
+        fi
+    fi
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if ! command -v cargo >/dev/null || ! appliance_rust_is_recent; then
+        echo "deps: installing Rust (stable) with rustup" >&2
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+        . "$HOME/.cargo/env"
+    fi
+}
+
+# cargo 1.89 or newer (std::fs::File::lock, edition 2024).
+appliance_rust_is_recent() {
+    local v
+    v=$(cargo --version 2>/dev/null | awk '{print $2}')
+    [ -n "$v" ] && [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -n1)" = "1.89.0" ]
+}
+
+# Builds the host CLI and the init (a separate no_std workspace) into target/release.
+appliance_build_release() {
+    cargo build --release -q -p appliance-host
+    cargo build --release -q --manifest-path init/Cargo.toml --target-dir target
+}
