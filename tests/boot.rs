@@ -200,3 +200,21 @@ fn app_debug_gives_a_console_shell_and_the_boot_continues() {
         .position(|e| matches!(e, appliance_cmdline::status::Event::PhaseStart { phase, .. } if phase == "run"));
     assert!(debug_end.is_some() && debug_end < run_start, "{:?}", b.events);
 }
+
+#[test]
+fn a_run_past_its_timeout_is_killed_and_fails() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest(""), &[("run", "#!/bin/bash\necho started-sleeping\nsleep 600\n")]);
+    let app = build(&img, tmp.path());
+    let started = std::time::Instant::now();
+    let o = appliance_tests::appliance()
+        .args(["run", app.to_str().unwrap(), "--timeout", "25"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(124), "{o:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("did not finish within 25 s") && stderr.contains("timed out"), "{stderr}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("started-sleeping"), "the guest really ran");
+}
