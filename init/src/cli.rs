@@ -49,12 +49,12 @@ pub fn parse(args: &[String]) -> Result<Mode, String> {
                 if argv.is_empty() {
                     return Err("no program after `--`".to_string());
                 }
-                return Ok(Mode::Command { argv, status });
+                return command(argv, status, phases || app_dir.is_some() || !cmdline.is_empty());
             }
-            other if !other.starts_with('-') && !phases => {
+            other if !other.starts_with('-') => {
                 let mut argv = alloc::vec![other.to_string()];
                 argv.extend(it.cloned());
-                return Ok(Mode::Command { argv, status });
+                return command(argv, status, phases || app_dir.is_some() || !cmdline.is_empty());
             }
             other => return Err(alloc::format!("unknown option `{other}`")),
         }
@@ -64,6 +64,16 @@ pub fn parse(args: &[String]) -> Result<Mode, String> {
         (true, None) => Err("--phases needs --app-dir DIR".to_string()),
         (false, _) => Err("nothing to run: give `-- PROGRAM [ARGS...]` or `--phases --app-dir DIR`".to_string()),
     }
+}
+
+/// A program to run, unless options of phases mode were given too: silently running the
+/// program instead of the phases asked for (or the other way round) hides the mistake.
+fn command(argv: Vec<String>, status: Option<String>, phase_options: bool) -> Result<Mode, String> {
+    if phase_options {
+        let program = argv.first().map(String::as_str).unwrap_or_default();
+        return Err(alloc::format!("--phases, --app-dir and --cmdline take no program (`{program}`)"));
+    }
+    Ok(Mode::Command { argv, status })
 }
 
 #[cfg(test)]
@@ -90,5 +100,9 @@ mod tests {
         assert!(parse(&v(&[])).is_err());
         assert!(parse(&v(&["--"])).is_err());
         assert_eq!(parse(&v(&["-h"])), Ok(Mode::Help));
+        // Regression: `--phases ... -- PROGRAM` ran PROGRAM and ignored --phases.
+        assert!(parse(&v(&["--phases", "--app-dir", "/a", "--", "true"])).unwrap_err().contains("--phases"));
+        assert!(parse(&v(&["--app-dir", "/a", "true"])).unwrap_err().contains("`true`"));
+        assert!(parse(&v(&["--cmdline", "appArgs=1", "--", "true"])).is_err());
     }
 }

@@ -35,3 +35,47 @@ macro_rules! outln {
         $crate::console::write_out(s.as_bytes());
     }};
 }
+
+/// An error number as text. rustix without std prints only "os error N", and the messages
+/// of PID 1 are read by people at a console.
+pub struct Describe(pub Errno);
+
+impl core::fmt::Display for Describe {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let text = match self.0 {
+            Errno::NOENT => "no such file or directory",
+            Errno::ACCESS => "permission denied",
+            Errno::PERM => "operation not permitted",
+            Errno::NOEXEC => "exec format error (not a program, or a script without #!)",
+            Errno::NOTDIR => "not a directory",
+            Errno::ISDIR => "is a directory",
+            Errno::BUSY => "device or resource busy",
+            Errno::NODEV => "no such device (not supported by this kernel?)",
+            Errno::NXIO => "no such device or address",
+            Errno::INVAL => "invalid argument",
+            Errno::NOMEM => "out of memory",
+            Errno::NOSPC => "no space left on device",
+            Errno::ROFS => "read-only file system",
+            Errno::EXIST => "file exists",
+            Errno::IO => "input/output error",
+            Errno::AGAIN => "resource temporarily unavailable",
+            Errno::TXTBSY => "text file busy",
+            Errno::TOOBIG => "argument list too long",
+            Errno::LOOP => "too many levels of symbolic links",
+            Errno::NAMETOOLONG => "file name too long",
+            _ => return write!(f, "error {}", self.0.raw_os_error()),
+        };
+        write!(f, "{text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_text() {
+        assert_eq!(alloc::format!("{}", Describe(Errno::NOENT)), "no such file or directory");
+        assert_eq!(alloc::format!("{}", Describe(Errno::from_raw_os_error(200))), "error 200");
+    }
+}

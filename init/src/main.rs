@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use appliance_cmdline::status::{Event, STATUS_VERSION};
 use appliance_cmdline::{Config, End};
+use appliance_init::console::Describe;
 use appliance_init::plan::{self, AppPaths, ImageFacts};
 use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context};
@@ -38,7 +39,7 @@ fn pid1() -> ! {
     attach_console();
     logger::attach_kmsg();
     for f in &mount_failures {
-        log::error!("cannot mount {}: {}", f.target, f.errno);
+        log::error!("cannot mount {}: {}", f.target, Describe(f.errno));
     }
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = rustix::system::reboot(RebootCommand::CadOff);
@@ -60,10 +61,10 @@ fn pid1() -> ! {
     if let Some(node) = &config.node
         && let Err(e) = rustix::system::sethostname(node.as_bytes())
     {
-        log::warn!("cannot set the hostname to {node}: {e}");
+        log::warn!("cannot set the hostname to {node}: {}", Describe(e));
     }
     if let Err(e) = sys::loopback_up() {
-        log::warn!("cannot bring up the loopback interface: {e}");
+        log::warn!("cannot bring up the loopback interface: {}", Describe(e));
     }
     log::debug!("network and hostname set");
     let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
@@ -72,13 +73,13 @@ fn pid1() -> ! {
     let mut sup = match Supervisor::new() {
         Ok(s) => s,
         Err(e) => {
-            log::error!("cannot set up process supervision: {e}; powering off");
+            log::error!("cannot set up process supervision: {}; powering off", Describe(e));
             shutdown::power(RebootCommand::PowerOff)
         }
     };
     let app = AppPaths::new("/app");
     if let Err(e) = sup.set_output(&app.output()) {
-        log::warn!("cannot write {}: {e}", app.output());
+        log::warn!("cannot write {}: {}", app.output(), Describe(e));
     }
     let image = image_facts();
     let tty = console_tty();
@@ -193,12 +194,12 @@ fn supervise(args: &Args) -> ! {
     };
     // Orphans of our children become ours, so we can reap them as PID 1 would.
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-        log::warn!("cannot become a child subreaper: {e}");
+        log::warn!("cannot become a child subreaper: {}", Describe(e));
     }
     let mut sup = match Supervisor::new() {
         Ok(s) => s,
         Err(e) => {
-            console::write_err(format!("appliance-init: cannot set up supervision: {e}\n").as_bytes());
+            console::write_err(format!("appliance-init: cannot set up supervision: {}\n", Describe(e)).as_bytes());
             sys::exit(126)
         }
     };
@@ -217,9 +218,11 @@ fn supervise(args: &Args) -> ! {
             }
             let app = AppPaths::new(&app_dir);
             if let Err(e) = sup.set_output(&app.output()) {
-                log::warn!("cannot write {}: {e}", app.output());
+                log::warn!("cannot write {}: {}", app.output(), Describe(e));
             }
             let env_file = app.file(".appliance-env");
+            // Variables are for the phases of this run only.
+            let _ = rustix::fs::unlink(env_file.as_str());
             let mut env = plan::base_env(&parsed.config, &app, &env_file);
             // Keep the caller's PATH: the host's programs are where it says.
             if let Some(path) = args.envp.iter().find_map(|e| e.strip_prefix("PATH=")) {

@@ -7,6 +7,7 @@ use core::time::Duration;
 use rustix::process::Signal;
 use rustix::system::RebootCommand;
 
+use crate::console::Describe;
 use crate::supervisor::{Supervisor, now};
 use crate::sys;
 
@@ -62,7 +63,7 @@ pub fn power(cmd: RebootCommand) -> ! {
     rustix::fs::sync();
     let _ = sys::drain_console();
     if let Err(e) = rustix::system::reboot(cmd) {
-        log::error!("reboot(2) failed: {e}; halting here");
+        log::error!("reboot(2) failed: {}; halting here", Describe(e));
     }
     loop {
         let _ = rustix::thread::nanosleep(&rustix::time::Timespec { tv_sec: 3600, tv_nsec: 0 });

@@ -16,7 +16,7 @@ use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 use rustix::time::Timespec;
 
-use crate::console::write_all;
+use crate::console::{Describe, write_all};
 use crate::sys::{self, ExecArgs, Fork, SigSet};
 
 /// The signals the supervisor handles itself; all are blocked and read from a signalfd.
@@ -63,6 +63,8 @@ pub struct Supervisor {
     pub pending: Pending,
     /// Zombies reaped that were not ours (orphans).
     pub orphans_reaped: u64,
+    /// The child whose process group we made the foreground group of our terminal.
+    terminal: Option<Pid>,
 }
 
 impl Supervisor {
@@ -70,6 +72,9 @@ impl Supervisor {
     pub fn new() -> Result<Supervisor, Errno> {
         let set = SigSet::of(&HANDLED);
         sys::block_signals(set)?;
+        // Blocked, never read: handing our terminal to a child and taking it back happen
+        // while we are not its foreground group, which SIGTTOU would stop us for.
+        sys::block_signals(SigSet::of(&[Signal::TTOU]))?;
         let sigfd = sys::signalfd(set)?;
         let (tee_r, tee_w) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
@@ -83,6 +88,7 @@ impl Supervisor {
             exited: Vec::new(),
             pending: Vec::new(),
             orphans_reaped: 0,
+            terminal: None,
         })
     }
 
@@ -112,24 +118,38 @@ impl Supervisor {
         let path = match resolve(program, cmd.env) {
             Some(p) => p,
             None => {
-                self.tee_line(&format!("appliance-init: {program}: command not found\n"));
+                let message = format!("appliance-init: {program}: command not found\n");
+                // Where the program's own errors would have gone: the tee for phases, our
+                // stderr for a program with inherited streams (not its stdout).
+                match cmd.stdio {
+                    Stdio::Inherit => crate::console::write_err(message.as_bytes()),
+                    _ => self.tee_line(&message),
+                }
                 return Err(Exit::Code(127));
             }
         };
         let exec = ExecArgs::new(&path, cmd.argv, cmd.env);
+        // A program in a process group of its own that reads our terminal while it is in the
+        // background is stopped by SIGTTIN for good, so it gets the terminal as a shell's
+        // job would: only when our group has it (not when we run in the background).
+        let foreground = !matches!(cmd.stdio, Stdio::Terminal(_)) && has_terminal();
         match sys::fork() {
-            Ok(Fork::Child) => self.child(&exec, &path, &cmd.stdio),
+            Ok(Fork::Child) => self.child(&exec, &path, &cmd.stdio, foreground),
             Ok(Fork::Parent(pid)) => {
                 if !matches!(cmd.stdio, Stdio::Terminal(_)) {
                     // Also done in the child: whichever runs first wins the race.
                     let _ = rustix::process::setpgid(Some(pid), Some(pid));
+                }
+                if foreground {
+                    let _ = rustix::termios::tcsetpgrp(sys::stdin(), pid);
+                    self.terminal = Some(pid);
                 }
                 self.current = Some(pid);
                 self.spawned.push(pid);
                 Ok(pid)
             }
             Err(e) => {
-                log::error!("cannot start {program}: {e}");
+                log::error!("cannot start {program}: {}", Describe(e));
                 Err(Exit::Code(126))
             }
         }
@@ -137,17 +157,21 @@ impl Supervisor {
 
     /// In the forked child: clean signal mask, own process group or session, streams,
     /// exec. Never returns.
-    fn child(&self, exec: &ExecArgs, path: &str, stdio: &Stdio) -> ! {
+    fn child(&self, exec: &ExecArgs, path: &str, stdio: &Stdio, foreground: bool) -> ! {
+        if !matches!(stdio, Stdio::Terminal(_)) {
+            let _ = rustix::process::setpgid(None, None);
+        }
+        if foreground {
+            // SIGTTOU is still blocked (our mask until the line below).
+            let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpid());
+        }
         let _ = sys::set_signal_mask(SigSet::default());
         match stdio {
             Stdio::Tee => {
-                let _ = rustix::process::setpgid(None, None);
                 let _ = sys::dup_to(self.tee_w.as_fd(), 1);
                 let _ = sys::dup_to(self.tee_w.as_fd(), 2);
             }
-            Stdio::Inherit => {
-                let _ = rustix::process::setpgid(None, None);
-            }
+            Stdio::Inherit => {}
             Stdio::Terminal(tty) => {
                 let _ = rustix::process::setsid();
                 match rustix::fs::open(tty.as_str(), OFlags::RDWR, Mode::empty()) {
@@ -158,13 +182,15 @@ impl Supervisor {
                         }
                     }
                     Err(e) => {
-                        crate::console::write_err(format!("appliance-init: cannot open {tty}: {e}\n").as_bytes());
+                        crate::console::write_err(
+                            format!("appliance-init: cannot open {tty}: {}\n", Describe(e)).as_bytes(),
+                        );
                     }
                 }
             }
         }
         let e = exec.exec();
-        crate::console::write_err(format!("appliance-init: cannot execute {path}: {e}\n").as_bytes());
+        crate::console::write_err(format!("appliance-init: cannot execute {path}: {}\n", Describe(e)).as_bytes());
         sys::exit(if e == Errno::NOENT || e == Errno::NOTDIR { 127 } else { 126 })
     }
 
@@ -177,6 +203,10 @@ impl Supervisor {
                 let (_, exit) = self.exited.swap_remove(i);
                 if self.current == Some(pid) {
                     self.current = None;
+                }
+                if self.terminal == Some(pid) {
+                    self.terminal = None;
+                    let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
                 }
                 self.copy_output();
                 return Some(exit);
@@ -283,6 +313,12 @@ impl Supervisor {
             let _ = sys::kill_group_raw(pgid, sig.as_raw());
         }
     }
+}
+
+/// Whether our process group is the foreground group of the terminal on our stdin (never
+/// for PID 1: the console is nobody's controlling terminal).
+fn has_terminal() -> bool {
+    rustix::termios::tcgetpgrp(sys::stdin()).ok() == Some(rustix::process::getpgrp())
 }
 
 /// The monotonic clock.
