@@ -67,6 +67,8 @@ fn app_cmds_run_in_order_with_or_without_a_trailing_colon() {
         let two = b.console.find("cmd-two\n").expect("cmd-two ran");
         let run = b.console.find("arg[0]=hello").expect("run ran");
         assert!(one < two && two < run, "{cmds}: wrong order:\n{}", b.console);
+        // A variable prerun appended to $APP_ENV reached postrun.
+        b.assert_console("postrun: run exited 0, FROM_PRERUN=yes");
         // Each command ran once (the original ran the last one forever without ':').
         assert_eq!(b.console.matches("cmd-two\n").count(), 1, "{cmds}");
         let cmd_ends = b
