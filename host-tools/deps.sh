@@ -2,7 +2,7 @@
 # appliances needs on Debian/Ubuntu, and nothing when it is already there.
 #   - qemu-system-x86: boots the appliances
 #   - gcc, libc6-dev: the linker for Rust, and zstd's C code
-#   - cpio, zstd, lz4, gzip: the tests check our archives with the standard tools
+#   - cpio, zstd, lz4, gzip, xz-utils: the tests check our archives with the standard tools
 #   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
@@ -18,6 +18,7 @@ appliance_install_deps() {
     command -v zstd >/dev/null || missing+=(zstd)
     command -v lz4 >/dev/null || missing+=(lz4)
     command -v gzip >/dev/null || missing+=(gzip)
+    command -v xz >/dev/null || missing+=(xz-utils)
     command -v curl >/dev/null || missing+=(curl ca-certificates)
     if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
         if ! command -v apt-get >/dev/null; then

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cmds::{is_valid_cmd, join_cmds};
 use crate::error::Error;
-use crate::value::{End, IpCidr, LogLevel, MacAddr, NODE_EXPECTED, is_valid_node};
+use crate::value::{End, IpCidr, LogLevel, MODULE_EXPECTED, MacAddr, NODE_EXPECTED, is_valid_module, is_valid_node};
 use crate::words::join_words;
 
 /// Every parameter name. `appCmd` is the original's alias of `appCmds`.
@@ -28,6 +28,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "appCtlDir",
     "appCtlFile",
     "appLog",
+    "appModules",
 ];
 
 /// The application directory and its files, fixed by the protocol.
@@ -68,6 +69,9 @@ pub struct Config {
     pub ctl_file: Option<String>,
     /// `appLog`: the init's log level; `None` means the init's default (info).
     pub log: Option<LogLevel>,
+    /// `appModules`: kernel modules the init loads (with their dependencies) on top of
+    /// those the image loads anyway; names as `modprobe` takes them.
+    pub modules: Vec<String>,
 }
 
 const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
@@ -113,6 +117,11 @@ impl Config {
         {
             return Err(invalid("appNode", node, NODE_EXPECTED));
         }
+        for module in &self.modules {
+            if !is_valid_module(module) {
+                return Err(invalid("appModules", module, MODULE_EXPECTED));
+            }
+        }
         Ok(())
     }
 
@@ -154,6 +163,7 @@ impl Config {
             ("APP_CTLDIR", self.ctl_dir.clone()),
             ("APP_CTLFILE", self.ctl_file_or_default()),
             ("APP_LOG", self.log.map(|l| l.to_string())),
+            ("APP_MODULES", (!self.modules.is_empty()).then(|| self.modules.join(","))),
         ];
         for (k, v) in optional {
             if let Some(v) = v {
@@ -226,6 +236,8 @@ mod tests {
         assert_eq!(get(&env, "APP_CTLUSER"), Some("me"));
         assert_eq!(get(&env, "APP_CTLDIR"), Some("/tmp/runs"));
         assert_eq!(get(&env, "APP_LOG"), Some("debug"));
+        let c = Config { modules: vec!["virtio_net".into(), "9p".into()], ..Config::default() };
+        assert_eq!(get(&c.env(), "APP_MODULES"), Some("virtio_net,9p"));
     }
 
     /// The original once copied appCtlFile from the wrong variable; the default it meant is
@@ -252,6 +264,8 @@ mod tests {
             Config { node: Some("a b".into()), ..Config::default() },
             Config { args: vec!["a\0".into()], ..Config::default() },
             Config { cmds_file: Some("x\0".into()), ..Config::default() },
+            Config { modules: vec!["virtio net".into()], ..Config::default() },
+            Config { modules: vec![String::new()], ..Config::default() },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");

@@ -33,7 +33,7 @@ pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config, KNO
 pub use error::Error;
 pub use parse::{Parsed, parse, parse_strict};
 pub use render::{check_len, render_param};
-pub use value::{DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, is_valid_node};
+pub use value::{DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, is_valid_module, is_valid_node};
 pub use words::{Words, join_words, quote_word, split_words};
 
 /// The longest command line the kernel takes: x86's `COMMAND_LINE_SIZE` is 2048 including

@@ -12,7 +12,9 @@ use crate::MAX_CMDLINE_LEN;
 use crate::cmds::split_cmds;
 use crate::config::{Config, KNOWN_KEYS};
 use crate::error::Error;
-use crate::value::{DEFAULT_PREFIX, IpCidr, NODE_EXPECTED, is_valid_node, parse_bool};
+use crate::value::{
+    DEFAULT_PREFIX, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node, parse_bool,
+};
 use crate::words::{is_space, split_words};
 
 /// What [`parse`] found: the config, and every problem in the order met.
@@ -207,6 +209,7 @@ fn reset(config: &mut Config, key: &str) {
         "appCtlDir" => config.ctl_dir = d.ctl_dir,
         "appCtlFile" => config.ctl_file = d.ctl_file,
         "appLog" => config.log = d.log,
+        "appModules" => config.modules = d.modules,
         _ => {}
     }
 }
@@ -287,6 +290,19 @@ fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
             Ok(())
         }
         "appLog" => value.parse().map(|l| c.log = Some(l)),
+        "appModules" => {
+            let modules: Vec<String> =
+                value.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
+            match modules.iter().find(|m| !is_valid_module(m)) {
+                Some(bad) => {
+                    Err(Error::InvalidValue { param: key.to_owned(), value: bad.clone(), expected: MODULE_EXPECTED })
+                }
+                None => {
+                    c.modules = modules;
+                    Ok(())
+                }
+            }
+        }
         _ => Ok(()),
     };
     if let Err(e) = result {

@@ -165,6 +165,9 @@ impl Config {
         if let Some(l) = self.log {
             out.push(render_param("appLog", l.as_str()));
         }
+        if !self.modules.is_empty() {
+            out.push(render_param("appModules", &self.modules.join(",")));
+        }
         out
     }
 

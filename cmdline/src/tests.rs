@@ -291,11 +291,26 @@ fn ip_without_prefix_assumes_24_with_a_diagnostic() {
 }
 
 #[test]
+fn modules_are_a_comma_separated_list() {
+    assert_eq!(clean("appModules=virtio_net").modules, ["virtio_net"]);
+    assert_eq!(clean("appModules=virtio_net,,9p,").modules, ["virtio_net", "9p"]);
+    assert_eq!(clean("\"appModules=a, b-c\"").modules, ["a", "b-c"]);
+    assert!(clean("appModules=a appModules=").modules.is_empty());
+    let p = parsed("appModules=a,b/c");
+    assert!(p.config.modules.is_empty());
+    assert_eq!(
+        p.diagnostics[0].to_string(),
+        "appModules: `b/c` is not a kernel module name (expected 1 to 55 of A-Z a-z 0-9 - _)"
+    );
+    assert_eq!(Config { modules: cmds(&["a", "b"]), ..Config::default() }.to_words(), ["appModules=a,b"]);
+}
+
+#[test]
 fn every_parameter() {
     let c = clean(
         "appCmds='a:b' appCmdsFile=/app/cmds appEnd=sshd appDebug appArgs='x \"y z\"' \
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
-         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace",
+         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -311,10 +326,11 @@ fn every_parameter() {
         ctl_dir: Some("/tmp/runs".into()),
         ctl_file: Some("out.txt".into()),
         log: Some(LogLevel::Trace),
+        modules: cmds(&["virtio_net", "9p"]),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 14);
+    assert_eq!(KNOWN_KEYS.len(), 15);
 }
 
 #[test]
@@ -424,10 +440,13 @@ fn arb_config() -> impl Strategy<Value = Config> {
     let node = prop::option::of("[A-Za-z0-9._-]{1,64}");
     (
         (cmds, opt_text(), end, any::<bool>(), prop::collection::vec(text(8), 0..4), mac, ip),
-        (node, opt_text(), opt_text(), opt_text(), opt_text(), log),
+        (node, opt_text(), opt_text(), opt_text(), opt_text(), log, prop::collection::vec("[A-Za-z0-9_-]{1,20}", 0..4)),
     )
         .prop_map(
-            |((cmds, cmds_file, end, debug, args, mac, ip), (node, ctl_server, ctl_user, ctl_dir, ctl_file, log))| {
+            |(
+                (cmds, cmds_file, end, debug, args, mac, ip),
+                (node, ctl_server, ctl_user, ctl_dir, ctl_file, log, modules),
+            )| {
                 Config {
                     cmds,
                     cmds_file,
@@ -442,6 +461,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     ctl_dir,
                     ctl_file,
                     log,
+                    modules,
                 }
             },
         )
@@ -460,6 +480,8 @@ fn token_soup() -> impl Strategy<Value = Vec<u8>> {
         b"appMac=",
         b"appNode=",
         b"appLog=",
+        b"appModules=",
+        b",",
         b"appFoo",
         b"apparmor=",
         b"'",

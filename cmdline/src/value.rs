@@ -16,6 +16,7 @@ pub(crate) const LOG_EXPECTED: &str = "one of error, warn, info, debug, trace";
 pub(crate) const BOOL_EXPECTED: &str = "a boolean (1, yes, true, on or 0, no, false, off)";
 pub(crate) const MAC_EXPECTED: &str = "a MAC address (expected aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff)";
 pub(crate) const IP_EXPECTED: &str = "an IPv4 address with a prefix (expected a.b.c.d/nn, e.g. 10.0.2.15/24)";
+pub(crate) const MODULE_EXPECTED: &str = "a kernel module name (expected 1 to 55 of A-Z a-z 0-9 - _)";
 pub(crate) const NODE_EXPECTED: &str = "a node name (expected 1 to 64 of A-Z a-z 0-9 - _ .)";
 
 /// The prefix length assumed for an `appIp` written without one: the size of QEMU's
@@ -243,6 +244,12 @@ pub(crate) fn parse_bool(param: &str, s: &str) -> Result<bool, Error> {
     } else {
         Err(invalid(param, s, BOOL_EXPECTED))
     }
+}
+
+/// A kernel module name as `modprobe` takes it: 1 to 55 of `A-Z a-z 0-9 - _` (the kernel's
+/// `MODULE_NAME_LEN` is 56 with the NUL on 64-bit; `-` and `_` are the same to it).
+pub fn is_valid_module(name: &str) -> bool {
+    (1..56).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -12,7 +12,14 @@
 //! same entries twice gives the same bytes. Device nodes are written as headers only, so
 //! an archive can hold `/dev/console` without root privileges on the host.
 //!
-//! Reading archives is not this module's job.
+//! Reading archives is [`read`]'s job; [`tree`] packs a directory and unpacks an archive
+//! safely, [`compare`] holds the comparisons behind `appliance cpio diff`, `du` and
+//! `fsck`, and [`glob`] the patterns of `appliance cpio filter`.
+
+pub mod compare;
+pub mod glob;
+pub mod read;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -33,6 +40,7 @@ const S_IFREG: u32 = 0o100_000;
 const S_IFLNK: u32 = 0o120_000;
 const S_IFCHR: u32 = 0o020_000;
 const S_IFBLK: u32 = 0o060_000;
+const S_IFIFO: u32 = 0o010_000;
 /// Permission bits plus setuid, setgid and sticky: what an entry's `mode` may carry.
 const PERMISSION_BITS: u32 = 0o7777;
 /// Mode of the parent directories the writer creates on its own.
@@ -60,6 +68,8 @@ pub enum Kind {
         major: u32,
         minor: u32,
     },
+    /// A named pipe.
+    Fifo,
 }
 
 impl fmt::Display for Kind {
@@ -71,6 +81,7 @@ impl fmt::Display for Kind {
             Kind::Symlink { target } => write!(f, "a symlink to {}", target.display()),
             Kind::CharDevice { major, minor } => write!(f, "character device {major}:{minor}"),
             Kind::BlockDevice { major, minor } => write!(f, "block device {major}:{minor}"),
+            Kind::Fifo => f.write_str("a named pipe"),
         }
     }
 }
@@ -134,6 +145,7 @@ impl Entry {
             Kind::Symlink { .. } => S_IFLNK,
             Kind::CharDevice { .. } => S_IFCHR,
             Kind::BlockDevice { .. } => S_IFBLK,
+            Kind::Fifo => S_IFIFO,
         }
     }
 }
@@ -201,6 +213,24 @@ impl Archive {
                 Ok(())
             }
         }
+    }
+
+    /// Adds an entry, replacing whatever was at its path (`appliance cpio merge` and
+    /// `add`: the later archive wins, as when the kernel unpacks both). Returns the
+    /// replaced entry.
+    pub fn insert(&mut self, mut entry: Entry) -> Result<Option<Entry>, Error> {
+        entry.path = normalize(&entry.path)?;
+        Ok(self.entries.insert(entry.path.clone(), entry))
+    }
+
+    /// Removes and returns the entry at `path` (with or without a leading `/`).
+    pub fn remove(&mut self, path: &str) -> Option<Entry> {
+        self.entries.remove(path.trim_start_matches('/'))
+    }
+
+    /// Keeps only the entries for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        self.entries.retain(|_, entry| keep(entry));
     }
 
     /// The entry at `path` (with or without a leading `/`), if one was added.
@@ -344,7 +374,7 @@ impl<W: Write> NewcWriter<W> {
             rdev_minor: 0,
         };
         match &entry.kind {
-            Kind::Directory => self.header(&header),
+            Kind::Directory | Kind::Fifo => self.header(&header),
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
                 header.rdev_major = *major;
                 header.rdev_minor = *minor;
@@ -690,6 +720,7 @@ mod tests {
                 Compression::Gzip => Some("gzip"),
                 Compression::Zstd => Some("zstd"),
                 Compression::Lz4 => Some("lz4"),
+                Compression::Xz => Some("xz"),
                 Compression::None => None,
             };
             if let Some(tool) = tool

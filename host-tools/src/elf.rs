@@ -9,7 +9,8 @@
 //! is ignored on purpose: the image must not depend on the builder's environment.
 //!
 //! Libraries loaded with `dlopen` at run time (NSS modules, plugins) are invisible in
-//! the ELF headers and are not found here; list them in `host_files` yourself.
+//! the ELF headers and are not found here; list them in `host_files` yourself, or let
+//! [`crate::trace`] see them being loaded.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
@@ -130,6 +131,9 @@ pub struct Resolver {
     /// Which of `system_dirs` the loader searches without a cache.
     default_dirs: HashSet<PathBuf>,
     parsed: HashMap<PathBuf, Option<ElfFile>>,
+    /// The tree the loader would run in: `/` for the host, or a reference root (every
+    /// path the resolver handles is then a path inside it).
+    root: PathBuf,
 }
 
 impl Resolver {
@@ -148,7 +152,28 @@ impl Resolver {
                 system_dirs.push(dir);
             }
         }
-        Resolver { system_dirs, default_dirs, parsed: HashMap::new() }
+        Resolver { system_dirs, default_dirs, parsed: HashMap::new(), root: PathBuf::from("/") }
+    }
+
+    /// A resolver configured like the loader of the tree at `root` (a chroot): its own
+    /// `etc/ld.so.conf`, and every path, given or returned, inside that tree.
+    pub fn in_root(root: &Path) -> Result<Resolver, Error> {
+        let mut resolver = Resolver::with_conf_dirs(ld_so_conf_dirs_in(root, Path::new(LD_SO_CONF))?);
+        resolver.root = root.to_owned();
+        Ok(resolver)
+    }
+
+    /// Where the in-root `path` is on the host, symlinks resolved inside the root.
+    fn host_path(&self, path: &Path) -> PathBuf {
+        if self.root == Path::new("/") {
+            return path.to_owned();
+        }
+        let real = crate::trace::root::walk(&self.root, path).map_or_else(|_| path.to_owned(), |walk| walk.real);
+        crate::trace::root::host_path(&self.root, &real)
+    }
+
+    fn inspect_in_root(&self, path: &Path) -> Result<Option<ElfFile>, Error> {
+        Ok(inspect(&self.host_path(path))?.map(|object| ElfFile { path: path.to_owned(), ..object }))
     }
 
     /// The directories searched after the runpath or rpath, in order.
@@ -159,7 +184,7 @@ impl Resolver {
     /// The loader and all libraries `program` needs, recursively. A static program
     /// needs nothing; a file that is not ELF is an error.
     pub fn resolve(&mut self, program: &Path) -> Result<Dependencies, Error> {
-        let root = inspect_elf(program)?;
+        let root = self.inspect_in_root(program)?.ok_or_else(|| Error::NotElf { path: program.to_owned() })?;
         let mut deps = Dependencies { interpreter: root.interpreter.clone(), ..Dependencies::default() };
         let mut seen_names: HashSet<String> = HashSet::new();
         // (object, rpath directories inherited from the objects that loaded it)
@@ -216,7 +241,7 @@ impl Resolver {
                 .collect()
         };
         for (candidate, via_conf) in candidates {
-            if !candidate.is_file() {
+            if !self.host_path(&candidate).is_file() {
                 continue;
             }
             if let Some(object) = self.parse_cached(&candidate)?
@@ -233,7 +258,7 @@ impl Resolver {
         if let Some(parsed) = self.parsed.get(path) {
             return Ok(parsed.clone());
         }
-        let parsed = inspect(path)?;
+        let parsed = self.inspect_in_root(path)?;
         self.parsed.insert(path.to_owned(), parsed.clone());
         Ok(parsed)
     }
@@ -264,16 +289,22 @@ fn expand_dirs(entries: &[String], origin: &Path) -> Vec<PathBuf> {
 /// (with `*` and `?` wildcards in the file name) expanded in place. A missing file
 /// lists nothing, as for the loader.
 pub fn ld_so_conf_dirs(conf: &Path) -> Result<Vec<PathBuf>, Error> {
+    ld_so_conf_dirs_in(Path::new("/"), conf)
+}
+
+/// Like [`ld_so_conf_dirs`] for the tree at `root`: `conf` and its `include`s are paths
+/// inside it.
+pub fn ld_so_conf_dirs_in(root: &Path, conf: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut dirs = Vec::new();
-    read_conf(conf, 0, &mut dirs)?;
+    read_conf(root, conf, 0, &mut dirs)?;
     Ok(dirs)
 }
 
-fn read_conf(conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) -> Result<(), Error> {
+fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) -> Result<(), Error> {
     if depth > MAX_INCLUDE_DEPTH {
         return Err(Error::IncludeDepth { path: conf.to_owned() });
     }
-    let text = match fs::read_to_string(conf) {
+    let text = match fs::read_to_string(crate::trace::root::host_path(root, conf)) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
@@ -287,8 +318,10 @@ fn read_conf(conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) -> Result<(), E
             // "include" must be its own word: "includes/lib" would be a directory.
             if patterns.starts_with(char::is_whitespace) {
                 for pattern in patterns.split_whitespace() {
-                    for file in glob(&conf_dir.join(pattern))? {
-                        read_conf(&file, depth + 1, dirs)?;
+                    let pattern = crate::trace::root::host_path(root, &conf_dir.join(pattern));
+                    for file in glob(&pattern)? {
+                        let file = crate::trace::root::in_root(root, &file).unwrap_or(file);
+                        read_conf(root, &file, depth + 1, dirs)?;
                     }
                 }
                 continue;
@@ -534,6 +567,38 @@ mod tests {
         assert_eq!(dirs[0], "/usr/local/lib");
         assert_eq!(dirs[1], "/lib/x86_64-linux-gnu");
         assert_eq!(dirs.len(), 1 + DEFAULT_DIRS.len());
+    }
+
+    /// A reference root holding bash and its libraries (copied from the host): found in
+    /// the root, named as paths inside it.
+    #[test]
+    fn resolving_inside_a_root() {
+        let host = Resolver::host().unwrap().resolve(Path::new("/bin/bash")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let bash = fs::canonicalize("/bin/bash").unwrap();
+        let libdir = fs::canonicalize(&host.libraries[0]).unwrap().parent().unwrap().to_owned();
+        // Each library under the name it is needed by, in one directory.
+        let mut copies: Vec<(PathBuf, PathBuf)> =
+            host.libraries.iter().map(|l| (l.clone(), libdir.join(l.file_name().unwrap()))).collect();
+        copies.push((bash.clone(), bash.clone()));
+        for (from, to) in copies {
+            let target = root.join(to.strip_prefix("/").unwrap());
+            fs::create_dir_all(target.parent().unwrap()).unwrap();
+            fs::copy(&from, &target).unwrap();
+        }
+        fs::create_dir_all(root.join("etc/ld.so.conf.d")).unwrap();
+        fs::write(root.join("etc/ld.so.conf"), "include /etc/ld.so.conf.d/*.conf\n").unwrap();
+        fs::write(root.join("etc/ld.so.conf.d/lib.conf"), format!("{}\n", libdir.display())).unwrap();
+
+        let mut resolver = Resolver::in_root(root).unwrap();
+        assert_eq!(resolver.system_dirs()[0], libdir);
+        let deps = resolver.resolve(&bash).unwrap();
+        assert_eq!(file_names(&deps.libraries), file_names(&host.libraries));
+        for library in &deps.libraries {
+            assert!(library.starts_with(&libdir), "{} is not a path inside the root", library.display());
+        }
+        assert_eq!(deps.interpreter, host.interpreter);
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! manifest lists. Host files keep their host paths, and every symlink met on the way
 //! to them is recreated, so `/bin/bash` on a merged-/usr host arrives as the symlink
 //! `bin -> usr/bin` plus the file `usr/bin/bash`, and works under either name.
+//! A `[trace]` table adds the files an application touched in a reference root
+//! ([`crate::trace`]), taken from that root at the same paths.
 //!
 //! Booting the result is not this module's job.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, BufWriter, Read};
@@ -22,7 +24,9 @@ use crate::compress::{Compression, Encoder};
 use crate::cpio::{self, Archive, Entry, Kind};
 use crate::elf::{self, Resolver};
 use crate::kernel::{self, KernelInfo};
-use crate::manifest::{self, KernelSource, Manifest};
+use crate::manifest::{self, KernelSource, Manifest, TraceSection};
+use crate::modules;
+use crate::trace::{self, Exclusions};
 
 /// The init's file name, next to the `appliance` executable.
 pub const INIT_NAME: &str = "appliance-init";
@@ -66,6 +70,12 @@ pub enum Error {
     Elf(#[from] elf::Error),
     #[error(transparent)]
     Kernel(#[from] kernel::Error),
+    #[error(transparent)]
+    Trace(#[from] trace::Error),
+    #[error("[trace] command `{command}` exited with status {status} in {}", root.display())]
+    TraceCommand { command: String, status: i32, root: PathBuf },
+    #[error(transparent)]
+    Modules(#[from] modules::Error),
     #[error(
         "{INIT_NAME} not found next to {}: build it with \
          `cargo build --release -p appliance-init`, or set {INIT_ENV}",
@@ -223,6 +233,12 @@ pub struct BuildReport {
     /// Archive members, parent directories included.
     pub entries: usize,
     pub cmdline: String,
+    /// Kernel modules loaded at every boot, in load order (dependencies included).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<String>,
+    /// Every kernel module packed, for `appModules=` too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub modules_packed: Vec<String>,
 }
 
 /// The image directory `arg` names: a directory holding `appliance.toml`, else a bare
@@ -262,9 +278,12 @@ pub fn image_name(image_dir: &Path) -> Result<String, Error> {
 pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result<BuildReport, Error> {
     let manifest = manifest::load(image_dir)?;
     let name = image_name(image_dir)?;
-    let archive = collect(image_dir, &manifest, &options.tools)?;
+    let mut archive = collect(image_dir, &manifest, &options.tools)?;
     let compression = options.compression.unwrap_or(manifest.compression);
     let kernel = obtain_kernel(image_dir, &manifest, options)?;
+    // After everything else: modules go under the symlinks the image already holds
+    // (`lib -> usr/lib` on a merged-/usr host), which nothing may add later.
+    let packed = modules::pack(&mut archive, &kernel, &manifest.modules, &manifest.modules_available)?;
 
     fs::create_dir_all(out_dir).map_err(io_error("create", out_dir))?;
     let initrd = out_dir.join("initrd");
@@ -298,6 +317,8 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
         initrd_uncompressed_size: summary.bytes,
         entries: summary.entries,
         cmdline: manifest.cmdline,
+        modules: packed.load,
+        modules_packed: packed.packed,
     };
     let facts = out_dir.join("appliance.json");
     let mut json = serde_json::to_string_pretty(&report).map_err(|err| Error::Io {
@@ -361,6 +382,9 @@ pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<A
             add_host_program(&mut archive, &mut resolver, path)
                 .map_err(|err| Error::HostFile { path: path.clone(), source: Box::new(err) })?;
         }
+    }
+    if let Some(section) = &manifest.trace {
+        add_traced(&mut archive, image_dir, section)?;
     }
     for (dir, mode) in BASE_DIRS {
         match archive.get(dir) {
@@ -490,6 +514,63 @@ pub fn add_host_path(archive: &mut Archive, path: &Path) -> Result<PathBuf, Erro
     }
     archive.add(Entry::file(image_path(&resolved), &resolved, metadata.mode()))?;
     Ok(resolved)
+}
+
+/// Adds the files of `[trace]`: its commands traced in the reference root, its list and
+/// its extras, with what they need (see [`trace::select`]), each at its path in the
+/// root. Paths the image already has (its own files, the init) keep what it has.
+/// Returns how many entries were added.
+pub fn add_traced(archive: &mut Archive, image_dir: &Path, section: &TraceSection) -> Result<usize, Error> {
+    let root = image_dir.join(&section.root);
+    let mut accessed = BTreeSet::new();
+    if !section.commands.is_empty() {
+        log::info!("tracing {} command(s) in {}", section.commands.len(), root.display());
+    }
+    for (command, traced) in section.commands.iter().zip(trace::run_scripted(&root, &section.commands)?) {
+        if traced.status != 0 {
+            return Err(Error::TraceCommand { command: command.clone(), status: traced.status, root });
+        }
+        accessed.extend(traced.accessed);
+    }
+    if let Some(list) = &section.list {
+        let list = image_dir.join(list);
+        let text = fs::read_to_string(&list).map_err(io_error("read", &list))?;
+        accessed.extend(trace::parse_list(&text));
+    }
+    let exclusions = Exclusions::new(&section.exclude, section.default_excludes);
+    let selected = trace::select(&root, &accessed, &section.extra, &exclusions)?;
+    let added = add_root_paths(archive, &root, &selected)?;
+    log::info!("[trace]: {} path(s) named, {} selected from {}", accessed.len(), selected.len(), root.display());
+    Ok(added)
+}
+
+/// Adds each in-root path of `paths` as it is in `root` (directory, symlink or file,
+/// with its mode) at the same path in the image, unless the image already has it.
+/// Device nodes, sockets and pipes are left out.
+pub fn add_root_paths(archive: &mut Archive, root: &Path, paths: &BTreeSet<PathBuf>) -> Result<usize, Error> {
+    let mut added = 0;
+    for path in paths {
+        let name = image_path(path);
+        if archive.get(&name).is_some() {
+            continue;
+        }
+        let host = trace::root::host_path(root, path);
+        let metadata = fs::symlink_metadata(&host).map_err(io_error("read", &host))?;
+        let file_type = metadata.file_type();
+        let entry = if file_type.is_symlink() {
+            Entry::symlink(name, fs::read_link(&host).map_err(io_error("read the link", &host))?)
+        } else if file_type.is_dir() {
+            Entry::directory(name, metadata.mode())
+        } else if file_type.is_file() {
+            Entry::file(name, host, metadata.mode())
+        } else {
+            log::info!("{}: not a file, directory or symlink; left out", path.display());
+            continue;
+        };
+        archive.add(entry)?;
+        added += 1;
+    }
+    Ok(added)
 }
 
 /// A path's components as names, `..` kept (it means something after a symlink), `.`
@@ -815,6 +896,27 @@ mod tests {
         let message = err.to_string();
         assert!(message.starts_with("program appliance-hello not found in "), "{message}");
         assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn root_paths_keep_their_kind_and_yield_to_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::write(root.join("usr/bin/tool"), "x").unwrap();
+        fs::set_permissions(root.join("usr/bin/tool"), fs::Permissions::from_mode(0o751)).unwrap();
+        fs::write(root.join("motd"), "root's").unwrap();
+        symlink("usr/bin", root.join("bin")).unwrap();
+        let mut archive = Archive::new();
+        archive.add(Entry::data("/motd", "image's", 0o644)).unwrap();
+        let paths: BTreeSet<PathBuf> =
+            ["/bin", "/usr", "/usr/bin", "/usr/bin/tool", "/motd"].iter().map(PathBuf::from).collect();
+        assert_eq!(add_root_paths(&mut archive, root, &paths).unwrap(), 4);
+        assert_eq!(symlink_target(&archive, "bin"), Some(Path::new("usr/bin")));
+        assert_eq!(*archive.get("usr/bin").unwrap().kind(), Kind::Directory);
+        assert!(is_file(&archive, "usr/bin/tool"));
+        assert_eq!(archive.get("usr/bin/tool").unwrap().mode() & 0o7777, 0o751);
+        assert!(matches!(archive.get("motd").unwrap().kind(), Kind::Data(_)));
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The kernel an appliance boots: Debian's cloud kernel, fetched once with apt and
 //! kept in a cache, or a bzImage the user names.
 //!
-//! Debian's `linux-image-cloud-amd64` is made for virtual machines: virtio, serial
-//! console and the initramfs decompressors built in, little else, so it boots quickly
-//! under QEMU without any module. Ubuntu has no such package; there the fetch falls back
+//! Debian's `linux-image-cloud-amd64` is made for virtual machines: serial console and
+//! the initramfs decompressors built in, little else, so it boots quickly under QEMU
+//! without any module; its virtio drivers (`virtio_pci`, `virtio_net`, `virtio_blk`, 9p)
+//! are modules, which an image names in its manifest when it needs them. Ubuntu has no such package; there the fetch falls back
 //! to `linux-image-kvm`, then `linux-image-virtual` (see [`METAPACKAGES`]).
 //!
 //! Cache layout, under [`default_cache_dir`]:
 //! - `kernels/<package>_<version>/`: the package extracted (`boot/vmlinuz-*`,
-//!   `lib/modules/<release>/`, kept for when images start loading modules);
+//!   `lib/modules/<release>/`, from which [`crate::modules`] packs the modules an image
+//!   names);
 //! - `kernels/debian-cloud`: a symlink naming the extracted package in use, replaced
 //!   atomically once a fetch is complete;
 //! - `kernels/.lock`: held while fetching, so concurrent builds fetch once.
@@ -36,7 +38,7 @@ const LOCK_FILE: &str = ".lock";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelInfo {
     pub vmlinuz: PathBuf,
-    /// `lib/modules/<release>` of a packaged kernel; unused so far.
+    /// `lib/modules/<release>` of a packaged kernel; `None` for a bzImage given by path.
     pub modules_dir: Option<PathBuf>,
     /// The kernel release (`uname -r`), e.g. `6.1.0-28-cloud-amd64`; "unknown" for a
     /// user's kernel file without a readable version.

@@ -39,6 +39,8 @@ struct Cli {
 enum Command {
     Build(commands::build::Args),
     Run(commands::run::Args),
+    Cpio(commands::cpio::Args),
+    Trace(commands::trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,5 +60,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Cpio(args) => commands::cpio::run(args),
+        Command::Trace(args) => commands::trace::run(args),
     }
 }

@@ -3,13 +3,18 @@
 //! ```toml
 //! description = "what this appliance does"    # required, one line
 //! kernel = "debian-cloud"                     # or a bzImage path (relative to the image dir)
-//! compression = "zstd"                        # gzip | zstd | lz4 | none
+//! compression = "zstd"                        # gzip | zstd | lz4 | xz | none
 //! cmdline = "appArgs='hello world'"           # the app's own kernel parameters
 //! host_files = ["/usr/bin/bash"]              # copied with their libraries and loader
+//! modules = ["virtio_pci", "virtio_net"]     # kernel modules loaded at boot, + dependencies
+//! modules_available = ["9p"]                  # packed only, loaded when appModules= names them
 //! [programs]                                  # image path = program built by this workspace
 //! "/app/run" = "appliance-hello"
 //! [files]                                     # image path = file or directory on the host
 //! "/etc/motd" = "motd"
+//! [trace]                                     # files an application touches, see TraceSection
+//! root = "/"
+//! commands = ["bash -c 'ls /; date'"]
 //! ```
 //!
 //! Unknown keys are errors (a misspelt `host_file` must not silently build an image
@@ -60,6 +65,50 @@ pub struct Manifest {
     /// absolute).
     #[serde(default)]
     pub files: BTreeMap<String, PathBuf>,
+    /// Files selected by tracing the application in a reference root ([`crate::trace`]).
+    #[serde(default)]
+    pub trace: Option<TraceSection>,
+    /// Kernel modules the init loads at every boot, packed with their dependencies
+    /// ([`crate::modules`]).
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Kernel modules packed (with their dependencies) but loaded only when
+    /// `appModules=` names them.
+    #[serde(default)]
+    pub modules_available: Vec<String>,
+}
+
+/// `[trace]`: the files an application touches, taken from a reference root at their
+/// paths there.
+///
+/// ```toml
+/// [trace]
+/// root = "/"                              # relative to the image directory, or absolute
+/// commands = ["bash -c 'ls /; date'"]     # each run traced, with /bin/sh -c in the root
+/// list = "traced.list"                    # and/or a list written by `appliance trace`
+/// extra = ["/etc/passwd"]                 # root paths added as they are
+/// exclude = ["/usr/share/zoneinfo/**"]    # globs left out, besides the defaults
+/// default_excludes = true                 # locales, docs, caches, logs, /proc, /sys, /dev, ...
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceSection {
+    pub root: PathBuf,
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// A list file (one root path a line), relative to the image directory.
+    #[serde(default)]
+    pub list: Option<PathBuf>,
+    #[serde(default)]
+    pub extra: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_excludes")]
+    pub default_excludes: bool,
+}
+
+fn default_excludes() -> bool {
+    true
 }
 
 /// Where the kernel comes from.
@@ -106,6 +155,12 @@ pub enum Error {
     ProgramName { path: PathBuf, image_path: String, name: String },
     #[error("{}: {image_path} is in both [programs] and [files]", path.display())]
     Duplicate { path: PathBuf, image_path: String },
+    #[error("{}: `{name}` in {field} is not a kernel module name (expected 1 to 55 of A-Z a-z 0-9 - _)", path.display())]
+    ModuleName { path: PathBuf, field: &'static str, name: String },
+    #[error("{}: [trace] needs `commands` or a `list`", path.display())]
+    TraceNothing { path: PathBuf },
+    #[error("{}: [trace] extra entry {} must be an absolute path", path.display(), entry.display())]
+    TraceExtra { path: PathBuf, entry: PathBuf },
     #[error("{}: `cmdline` must be one line", path.display())]
     CmdlineLines { path: PathBuf },
     #[error("{}: invalid cmdline {cmdline:?}", path.display())]
@@ -161,6 +216,19 @@ impl Manifest {
             }
             if self.files.contains_key(image_path) {
                 return Err(Error::Duplicate { path, image_path: image_path.clone() });
+            }
+        }
+        for (field, names) in [("modules", &self.modules), ("modules_available", &self.modules_available)] {
+            if let Some(name) = names.iter().find(|name| !appliance_cmdline::is_valid_module(name)) {
+                return Err(Error::ModuleName { path, field, name: name.clone() });
+            }
+        }
+        if let Some(trace) = &self.trace {
+            if trace.commands.is_empty() && trace.list.is_none() {
+                return Err(Error::TraceNothing { path });
+            }
+            if let Some(entry) = trace.extra.iter().find(|entry| !entry.is_absolute()) {
+                return Err(Error::TraceExtra { path, entry: entry.clone() });
             }
         }
         if self.cmdline.contains(['\n', '\r']) {
@@ -243,6 +311,8 @@ kernel = "bzImage"
 compression = "lz4"
 cmdline = "appArgs='hello world'"
 host_files = ["/bin/bash", "/usr/bin/ls"]
+modules = ["virtio_net", "virtio_pci"]
+modules_available = ["9p"]
 [programs]
 "/app/run" = "appliance-hello"
 [files]
@@ -254,6 +324,8 @@ host_files = ["/bin/bash", "/usr/bin/ls"]
         assert_eq!(manifest.programs["/app/run"], "appliance-hello");
         assert_eq!(manifest.files["/etc/motd"], Path::new("motd"));
         assert_eq!(manifest.host_files[1], Path::new("/usr/bin/ls"));
+        assert_eq!(manifest.modules, ["virtio_net", "virtio_pci"]);
+        assert_eq!(manifest.modules_available, ["9p"]);
         let absolute = parse_ok("description = \"d\"\nkernel = \"/boot/vmlinuz\"\n");
         assert_eq!(absolute.kernel_path(Path::new("/img")), Some(PathBuf::from("/boot/vmlinuz")));
     }
@@ -271,7 +343,7 @@ host_files = ["/bin/bash", "/usr/bin/ls"]
             ("", "missing field `description`"),
             ("description = \"\"", "`description` must be one non-empty line"),
             ("description = \"a\\nb\"", "`description` must be one non-empty line"),
-            ("description = \"d\"\ncompression = \"xz\"", "unknown variant `xz`"),
+            ("description = \"d\"\ncompression = \"bzip2\"", "unknown variant `bzip2`"),
             ("description = \"d\"\nhost_files = [\"bin/sh\"]", "host_files entry bin/sh must be an absolute path"),
             (
                 "description = \"d\"\n[files]\n\"etc/motd\" = \"m\"",
@@ -292,11 +364,30 @@ host_files = ["/bin/bash", "/usr/bin/ls"]
             ),
             ("description = \"d\"\ncmdline = \"appArgs='unclosed\"", "invalid cmdline"),
             ("description = \"d\"\ncmdline = \"a\\nb\"", "`cmdline` must be one line"),
+            ("description = \"d\"\n[trace]\nroot = \"/\"", "[trace] needs `commands` or a `list`"),
+            (
+                "description = \"d\"\n[trace]\nroot = \"/\"\ncommands = [\"ls\"]\nextra = [\"etc\"]",
+                "[trace] extra entry etc must be an absolute path",
+            ),
+            ("description = \"d\"\n[trace]\nroot = \"/\"\ncommand = [\"ls\"]", "unknown field `command`"),
         ];
         for (text, expected) in cases {
             let message = parse_err(text);
             assert!(message.contains(expected), "{text:?}: {message}");
         }
+    }
+
+    #[test]
+    fn module_names_are_checked() {
+        let cases = [
+            ("modules = [\"virtio/net\"]", "`virtio/net` in modules is not a kernel module name"),
+            ("modules_available = [\"\"]", "`` in modules_available is not a kernel module name"),
+        ];
+        for (text, expected) in cases {
+            let message = parse_err(&format!("description = \"d\"\n{text}"));
+            assert!(message.contains(expected), "{text:?}: {message}");
+        }
+        assert_eq!(parse_ok("description = \"d\"\nmodules = [\"virtio-net\", \"9p\"]").modules, ["virtio-net", "9p"]);
     }
 
     #[test]
@@ -322,6 +413,19 @@ host_files = ["/bin/bash", "/usr/bin/ls"]
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("appliance.toml"), "{err}");
+    }
+
+    #[test]
+    fn trace_section() {
+        let manifest = parse_ok(
+            "description = \"d\"\n[trace]\nroot = \"/\"\ncommands = [\"bash -c 'ls /'\"]\nexclude = [\"/x\"]\n",
+        );
+        let trace = manifest.trace.unwrap();
+        assert_eq!(trace.root, Path::new("/"));
+        assert_eq!(trace.commands, ["bash -c 'ls /'"]);
+        assert_eq!(trace.exclude, ["/x"]);
+        assert!(trace.default_excludes && trace.extra.is_empty() && trace.list.is_none());
+        assert_eq!(parse_ok("description = \"d\"\n").trace, None);
     }
 
     proptest! {

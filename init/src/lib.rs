@@ -8,7 +8,8 @@
 //! ordinary process it is a subreaper supervisor instead, so its process handling is
 //! tested on the host ([`cli`]).
 //!
-//! It does not configure networks, load modules or switch roots.
+//! It loads the kernel modules the image packs ([`modules`]); it does not configure
+//! networks or switch roots.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod console;
 pub mod logger;
 pub mod mem;
+pub mod modules;
 pub mod mount;
 pub mod plan;
 pub mod rt;

@@ -18,7 +18,7 @@ use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
-use appliance_init::{cli, console, logger, mount, read_to_string, shutdown, sys};
+use appliance_init::{cli, console, logger, modules, mount, read_to_string, shutdown, sys};
 use rustix::system::RebootCommand;
 
 appliance_init::entry!(main);
@@ -57,6 +57,9 @@ fn pid1() -> ! {
         log::error!("kernel command line: {d}");
         status.error(format!("kernel command line: {d}"));
     }
+    // After the status port opens, so that a module that fails is reported there too;
+    // before the network and the phases, which may need the drivers.
+    load_modules(&config, &status);
 
     if let Some(node) = &config.node
         && let Err(e) = rustix::system::sethostname(node.as_bytes())
@@ -109,6 +112,36 @@ fn pid1() -> ! {
     status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: outcome.run_status });
     status.drain();
     shutdown::power(action)
+}
+
+/// The image's kernel modules (`appliance.order`), then those `appModules` names with
+/// their dependencies. A failure is an error on the console and in the status record; the
+/// boot goes on.
+fn load_modules(config: &Config, status: &StatusWriter) {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_str().unwrap_or_default();
+    let dir = format!("{}/{release}", modules::MODULES_ROOT);
+    let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
+    let order = read(modules::ORDER_FILE).unwrap_or_default();
+    if order.trim().is_empty() && config.modules.is_empty() {
+        return;
+    }
+    let dep = read(modules::DEP_FILE).map(|t| modules::parse_dep(&t)).unwrap_or_default();
+    let builtin = read(modules::BUILTIN_FILE).map(|t| modules::parse_builtin(&t)).unwrap_or_default();
+    let plan = modules::plan(&order, &config.modules, &dep, &builtin);
+    for problem in &plan.problems {
+        log::error!("{problem}");
+        status.error(format!("{problem}"));
+    }
+    for name in &plan.builtin {
+        log::info!("module {name} is built into the kernel");
+    }
+    let (failures, loaded) = modules::load(&plan.loads, &dir, &mut modules::Kernel);
+    for failure in &failures {
+        log::error!("{failure}");
+        status.error(format!("{failure}"));
+    }
+    log::info!("{loaded} kernel module(s) loaded");
 }
 
 /// appEnd=shell: a console shell, then power off. Without a shell, say so and go on.

@@ -1,6 +1,6 @@
-//! The system calls rustix does not expose (process creation, signal masks, signalfd),
-//! and access to the standard file descriptors. All of the crate's `unsafe` blocks that
-//! talk to the kernel live here.
+//! The system calls rustix does not expose (process creation, signal masks, signalfd,
+//! module loading), and access to the standard file descriptors. All of the crate's
+//! `unsafe` blocks that talk to the kernel live here.
 
 use alloc::ffi::CString;
 use alloc::vec::Vec;
@@ -167,6 +167,16 @@ pub fn drain_console() -> Result<(), Errno> {
 pub fn borrow_raw(fd: i32) -> BorrowedFd<'static> {
     // SAFETY: callers only pass descriptors that stay open for the life of the process.
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// finit_module(2): loads the kernel module in the open file `fd`, without parameters or
+/// flags (modules are packed decompressed).
+pub fn finit_module(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: the parameter string is a NUL-terminated static empty string; the descriptor
+    // and the flags are plain integers.
+    unsafe { syscall!(Sysno::finit_module, rustix::fd::AsRawFd::as_raw_fd(&fd), c"".as_ptr(), 0) }
+        .map(drop)
+        .map_err(errno)
 }
 
 /// Brings the loopback interface up (SIOCGIFFLAGS/SIOCSIFFLAGS on "lo"), so the image

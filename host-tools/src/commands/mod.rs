@@ -2,4 +2,6 @@
 //! prints the outcome.
 
 pub mod build;
+pub mod cpio;
 pub mod run;
+pub mod trace;
