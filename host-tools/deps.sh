@@ -4,6 +4,8 @@
 #   - gcc, libc6-dev: the linker for Rust, and zstd's C code
 #   - cpio, zstd, lz4, gzip, xz-utils: the tests check our archives with the standard tools
 #   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
+#   - make, flex, bison, bc, perl, libelf-dev and linux-source-6.1 (Debian 12):
+#     tests/kernel.rs builds the project's kernel from Debian's source
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -20,7 +22,17 @@ appliance_install_deps() {
     command -v gzip >/dev/null || missing+=(gzip)
     command -v xz >/dev/null || missing+=(xz-utils)
     command -v curl >/dev/null || missing+=(curl ca-certificates)
-    if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    command -v make >/dev/null || missing+=(make)
+    command -v flex >/dev/null || missing+=(flex)
+    command -v bison >/dev/null || missing+=(bison)
+    command -v bc >/dev/null || missing+=(bc)
+    command -v perl >/dev/null || missing+=(perl)
+    [ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
+    # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
+    local kernel_source=()
+    [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)
+    if [ ${#missing[@]} -gt 0 ] || [ ${#kernel_source[@]} -gt 0 ] \
+        || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
         if ! command -v apt-get >/dev/null; then
             echo "deps: apt-get not found: install ${missing[*]} yourself" >&2
             return 1
@@ -30,6 +42,10 @@ appliance_install_deps() {
         if [ ${#missing[@]} -gt 0 ]; then
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \
                 apt-get install -y -q --no-install-recommends "${missing[@]}"
+        fi
+        if [ ${#kernel_source[@]} -gt 0 ] && apt-cache show "${kernel_source[@]}" >/dev/null 2>&1; then
+            appliance_need_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends "${kernel_source[@]}"
         fi
     fi
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"

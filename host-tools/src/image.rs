@@ -23,6 +23,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::compress::{Compression, Encoder};
 use crate::cpio::{self, Archive, Entry, Kind};
 use crate::elf::{self, Resolver};
+use crate::kbuild;
 use crate::kernel::{self, KernelInfo};
 use crate::manifest::{self, KernelSource, Manifest, TraceSection};
 use crate::modules;
@@ -70,6 +71,10 @@ pub enum Error {
     Elf(#[from] elf::Error),
     #[error(transparent)]
     Kernel(#[from] kernel::Error),
+    #[error(transparent)]
+    Kbuild(Box<kbuild::Error>),
+    #[error("kernel_headers needs a kernel built by this tool (build:<series>), not {kernel}")]
+    HeadersNeedBuild { kernel: String },
     #[error(transparent)]
     Trace(#[from] trace::Error),
     #[error("[trace] command `{command}` exited with status {status} in {}", root.display())]
@@ -213,6 +218,9 @@ pub struct BuildOptions {
     pub cache_dir: Option<PathBuf>,
     /// Modification time of every archive member (see [`cpio::mtime_from_env`]).
     pub mtime: u32,
+    /// Receives the progress of a `build:<series>` kernel compiled on demand; logged
+    /// when `None`.
+    pub kernel_progress: Option<kbuild::ProgressSink>,
 }
 
 /// What a build produced; also written, without `app_dir`, as `appliance.json`.
@@ -239,6 +247,9 @@ pub struct BuildReport {
     /// Every kernel module packed, for `appModules=` too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub modules_packed: Vec<String>,
+    /// Where the kernel headers are in the image (`kernel_headers = true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_headers: Option<String>,
 }
 
 /// The image directory `arg` names: a directory holding `appliance.toml`, else a bare
@@ -280,7 +291,11 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     let name = image_name(image_dir)?;
     let mut archive = collect(image_dir, &manifest, &options.tools)?;
     let compression = options.compression.unwrap_or(manifest.compression);
-    let kernel = obtain_kernel(image_dir, &manifest, options)?;
+    let (kernel, headers) = obtain_kernel(image_dir, &manifest, options)?;
+    let kernel_headers = match headers {
+        Some(tree) => Some(add_kernel_headers(&mut archive, &tree, &kernel.version)?),
+        None => None,
+    };
     // After everything else: modules go under the symlinks the image already holds
     // (`lib -> usr/lib` on a merged-/usr host), which nothing may add later.
     let packed = modules::pack(&mut archive, &kernel, &manifest.modules, &manifest.modules_available)?;
@@ -319,6 +334,7 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
         cmdline: manifest.cmdline,
         modules: packed.load,
         modules_packed: packed.packed,
+        kernel_headers,
     };
     let facts = out_dir.join("appliance.json");
     let mut json = serde_json::to_string_pretty(&report).map_err(|err| Error::Io {
@@ -331,22 +347,63 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     Ok(report)
 }
 
-fn obtain_kernel(image_dir: &Path, manifest: &Manifest, options: &BuildOptions) -> Result<KernelInfo, Error> {
-    let path = match &options.kernel {
-        Some(KernelSource::Path(path)) => Some(path.clone()),
-        Some(KernelSource::DebianCloud) => None,
-        None => manifest.kernel_path(image_dir),
+/// The kernel to boot, and its headers tree when the manifest asks for one.
+fn obtain_kernel(
+    image_dir: &Path,
+    manifest: &Manifest,
+    options: &BuildOptions,
+) -> Result<(KernelInfo, Option<PathBuf>), Error> {
+    let source = match &options.kernel {
+        Some(KernelSource::Path(path)) => KernelSource::Path(path.clone()),
+        Some(other) => other.clone(),
+        None => match manifest.kernel_path(image_dir) {
+            Some(path) => KernelSource::Path(path),
+            None => manifest.kernel.clone(),
+        },
     };
-    Ok(match path {
-        Some(path) => kernel::from_path(&path)?,
-        None => {
-            let cache = match &options.cache_dir {
-                Some(dir) => dir.clone(),
-                None => kernel::default_cache_dir()?,
+    let cache = || match &options.cache_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => kernel::default_cache_dir(),
+    };
+    if manifest.kernel_headers && !matches!(source, KernelSource::Build(_)) {
+        let kernel = match &source {
+            KernelSource::Path(path) => path.display().to_string(),
+            _ => kernel::DEBIAN_CLOUD.to_owned(),
+        };
+        return Err(Error::HeadersNeedBuild { kernel });
+    }
+    Ok(match source {
+        KernelSource::Path(path) => (kernel::from_path(&path)?, None),
+        KernelSource::DebianCloud => (kernel::debian_cloud(&cache()?)?, None),
+        KernelSource::Build(name) => {
+            let boxed = |err| Error::Kbuild(Box::new(err));
+            let series = kbuild::parse_build_name(&name).unwrap_or_else(|| Ok(name.clone())).map_err(boxed)?;
+            let progress = options.kernel_progress.clone().unwrap_or_else(kbuild::ProgressSink::log);
+            let built = kbuild::obtain_series(&series, manifest.kernel_headers, &cache()?, &progress).map_err(boxed)?;
+            let info = KernelInfo {
+                vmlinuz: built.bzimage.clone(),
+                modules_dir: built.modules_dir.clone(),
+                version: built.release.clone(),
             };
-            kernel::debian_cloud(&cache)?
+            (info, built.headers.filter(|_| manifest.kernel_headers))
         }
     })
+}
+
+/// Adds a kernel headers tree at `/usr/src/linux-headers-<release>`, linked from
+/// `/lib/modules/<release>/build` where `make -C /lib/modules/$(uname -r)/build M=...`
+/// looks for it (Debian's layout). Returns the tree's image path.
+pub fn add_kernel_headers(archive: &mut Archive, tree: &Path, release: &str) -> Result<String, Error> {
+    let image_path = format!("/usr/src/linux-headers-{release}");
+    add_tree(archive, tree, &image_path)?;
+    // On a merged-/usr image (`/lib -> usr/lib`, from host files) the link goes where
+    // /lib points. The archive writer creates the missing parent directories.
+    let lib = match archive.get("/lib").map(Entry::kind) {
+        Some(Kind::Symlink { .. }) => "/usr/lib",
+        _ => "/lib",
+    };
+    archive.add(Entry::symlink(format!("{lib}/modules/{release}/build"), image_path.clone()))?;
+    Ok(image_path)
 }
 
 /// Everything that goes into the initramfs of the image in `image_dir`.
@@ -917,6 +974,26 @@ mod tests {
         assert!(is_file(&archive, "usr/bin/tool"));
         assert_eq!(archive.get("usr/bin/tool").unwrap().mode() & 0o7777, 0o751);
         assert!(matches!(archive.get("motd").unwrap().kind(), Kind::Data(_)));
+    }
+
+    #[test]
+    fn kernel_headers_are_linked_from_lib_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("headers");
+        fs::create_dir_all(tree.join("include/linux")).unwrap();
+        fs::write(tree.join("include/linux/module.h"), "/* */").unwrap();
+        fs::write(tree.join("Makefile"), "all:").unwrap();
+        let mut archive = Archive::new();
+        let at = add_kernel_headers(&mut archive, &tree, "6.1.192-appliance").unwrap();
+        assert_eq!(at, "/usr/src/linux-headers-6.1.192-appliance");
+        assert!(is_file(&archive, "usr/src/linux-headers-6.1.192-appliance/include/linux/module.h"));
+        assert_eq!(symlink_target(&archive, "lib/modules/6.1.192-appliance/build"), Some(Path::new(&at)));
+        // A merged-/usr image: the link goes where /lib points.
+        let mut merged = Archive::new();
+        merged.add(Entry::symlink("/lib", "usr/lib")).unwrap();
+        add_kernel_headers(&mut merged, &tree, "6.1.192-appliance").unwrap();
+        assert!(symlink_target(&merged, "usr/lib/modules/6.1.192-appliance/build").is_some());
+        assert!(merged.get("lib/modules/6.1.192-appliance/build").is_none());
     }
 
     #[test]

@@ -13,12 +13,13 @@
 //!
 //! Cache layout, under `<cache>/kernels/build/` (see [`crate::kernel::default_cache_dir`]):
 //! - `<series>-<base>-<key>/`: one finished kernel (`bzImage`, `vmlinux`, `config`,
-//!   `System.map`, `build.json`, and `headers/` when asked for); `key` hashes the
-//!   source's identity, the base and every fragment's text, so an unchanged build is a
-//!   directory lookup. Written in a temporary directory renamed into place.
+//!   `System.map`, `build.json`; `modules/lib/modules/<release>/` for a kernel with
+//!   module support, `headers/` when asked for); `key` hashes the
+//!   source's identity, the base and the merged settings (comments do not count), so an
+//!   unchanged build is a directory lookup. Written in a temporary directory renamed into place.
 //! - `src/<name>-<id>/`: a tarball extracted once;
-//! - `obj/<id>/`: the object directory (`make O=`) of one source, kept so that a
-//!   changed fragment recompiles only what changed;
+//! - `obj/<series>-<id>/`: the object directory (`make O=`) of one source, base and set
+//!   of fragments, kept so that an edited fragment recompiles only what changed;
 //! - `.lock`: held while building, so concurrent builds take turns.
 
 use std::collections::HashSet;
@@ -406,6 +407,24 @@ pub struct Plan {
     source_id: String,
 }
 
+impl Plan {
+    /// The object directory's name: one per source, base and *set* of fragments, so
+    /// that editing a fragment recompiles only what changed, while builds with other
+    /// fragments (a debug kernel next to the default one) do not undo each other's
+    /// objects.
+    fn object_dir_name(&self) -> String {
+        let mut hash = Fnv::new();
+        for part in [self.source_id.as_str(), self.base.name()]
+            .into_iter()
+            .chain(self.fragments.iter().map(|f| f.name.as_str()))
+        {
+            hash.write(part.as_bytes());
+            hash.write(&[0]);
+        }
+        format!("{}-{:016x}", self.series, hash.finish())
+    }
+}
+
 /// A finished kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Built {
@@ -419,6 +438,8 @@ pub struct Built {
     pub facts: Facts,
     /// The tree to put at `/lib/modules/<release>/build`, when asked for.
     pub headers: Option<PathBuf>,
+    /// `lib/modules/<release>` of a kernel with module support.
+    pub modules_dir: Option<PathBuf>,
     /// Whether it was taken from the cache.
     pub cached: bool,
 }
@@ -507,12 +528,8 @@ pub fn plan(request: &Request) -> Result<Plan, Error> {
         key.write(part.as_bytes());
         key.write(&[0]);
     }
-    for fragment in &fragments {
-        key.write(fragment.name.as_bytes());
-        key.write(&[0]);
-        key.write(fragment.text.as_bytes());
-        key.write(&[0]);
-    }
+    // The merged settings, not the fragments' text: editing a comment keeps the kernel.
+    key.write(wanted.render().as_bytes());
     let root = request.cache_dir.join(BUILD_DIR);
     let result = root.join(format!("{series}-{}-{:016x}", request.base.name(), key.finish()));
     Ok(Plan {
@@ -539,7 +556,9 @@ pub fn cached(plan: &Plan) -> Option<Built> {
 
 fn built_from(dir: &Path, facts: Facts, cached: bool) -> Built {
     let headers = dir.join("headers");
+    let modules = dir.join("modules/lib/modules").join(&facts.release);
     Built {
+        modules_dir: modules.is_dir().then_some(modules),
         dir: dir.to_owned(),
         bzimage: dir.join("bzImage"),
         vmlinux: dir.join("vmlinux"),
@@ -580,7 +599,7 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
             found,
         });
     }
-    let obj = plan.root.join("obj").join(short_id(&plan.source_id));
+    let obj = plan.root.join("obj").join(plan.object_dir_name());
     fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
     let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
     // A fresh log per build.
@@ -639,6 +658,21 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         }
         let to = staging.path().join(to);
         fs::copy(&from, &to).map_err(io_error("copy the kernel to", &to))?;
+    }
+    if modules {
+        // The modules directory (`modules.builtin`, and any module a fragment made `=m`),
+        // where `modules = [...]` in a manifest finds them.
+        let root = staging.path().join("modules");
+        make.run(
+            &["modules_install", &format!("INSTALL_MOD_PATH={}", root.display()), "INSTALL_MOD_STRIP=1"],
+            None,
+            progress,
+        )?;
+        // Links back into the build machine's trees, which the image must not follow.
+        let dir = root.join("lib/modules").join(&release);
+        for link in ["build", "source"] {
+            let _ = fs::remove_file(dir.join(link));
+        }
     }
     if plan.headers {
         install_headers(&tree, &obj, &staging.path().join("headers"))?;
@@ -754,7 +788,12 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
         .map(|entry| entry.path())
         .find(|path| path.join("Makefile").is_file() && path.join("Kconfig").is_file())
         .ok_or_else(|| Error::EmptyTarball { tarball: tarball.clone() })?;
-    fs::rename(&top, &dir).map_err(io_error("move the extracted source to", &dir))?;
+    if let Err(err) = fs::rename(&top, &dir) {
+        // A concurrent extraction (`kernel check` takes no lock) may have won.
+        if !dir.join("Makefile").is_file() {
+            return Err(Error::Io { action: "move the extracted source to", path: dir, source: err });
+        }
+    }
     Ok(dir)
 }
 
@@ -1209,10 +1248,81 @@ mod tests {
         request.fragments.push(FragmentArg::from("net"));
         assert_ne!(plan(&request).unwrap().result, first.result, "a fragment changes the key");
         request.fragments.clear();
+        let mut commented = first.clone();
+        commented.fragments[0].text.insert_str(0, "# A new comment.\n");
+        let (wanted, _) = merge(&commented.fragments).unwrap();
+        assert_eq!(wanted.render(), first.wanted.render(), "comments are not settings");
         fs::write(&tarball, "a different source").unwrap();
         assert_ne!(plan(&request).unwrap().result, first.result, "the source changes the key");
         // A cache hit needs the finished kernel, nothing else.
         assert!(cached(&first).is_none());
+        // Editing a fragment keeps the object directory (an incremental build); another
+        // set of fragments gets its own.
+        let mut edited = first.clone();
+        edited.fragments[0].text.push_str("CONFIG_EXT4_FS=y\n");
+        assert_eq!(edited.object_dir_name(), first.object_dir_name());
+        let plain = plan(&request).unwrap();
+        request.fragments.push(FragmentArg::from("debug"));
+        let debug = plan(&request).unwrap();
+        assert_ne!(debug.object_dir_name(), plain.object_dir_name());
+    }
+
+    #[test]
+    fn headers_tree_has_what_external_modules_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, obj, dest) = (dir.path().join("src"), dir.path().join("obj"), dir.path().join("headers"));
+        let files = [
+            (&tree, "Makefile"),
+            (&tree, "Kconfig"),
+            (&tree, "kernel/fork.c"),
+            (&tree, "include/linux/module.h"),
+            (&tree, "scripts/Makefile.modpost"),
+            (&tree, "arch/x86/Makefile"),
+            (&tree, "arch/x86/Makefile_32.cpu"),
+            (&tree, "arch/x86/include/asm/io.h"),
+            (&tree, "arch/x86/kernel/head_64.S"),
+            (&obj, ".config"),
+            (&obj, "Module.symvers"),
+            (&obj, "include/generated/autoconf.h"),
+            (&obj, "arch/x86/include/generated/asm/orc_hash.h"),
+            (&obj, "scripts/mod/modpost"),
+            (&obj, "scripts/mod/modpost.o"),
+            (&obj, "scripts/mod/.modpost.cmd"),
+            (&obj, "kernel/fork.o"),
+        ];
+        for (root, file) in files {
+            let path = root.join(file);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, file).unwrap();
+        }
+        std::os::unix::fs::symlink("../include", tree.join("scripts/include-link")).unwrap();
+        install_headers(&tree, &obj, &dest).unwrap();
+        for present in [
+            "Makefile",
+            ".config",
+            "Module.symvers",
+            "include/linux/module.h",
+            "include/generated/autoconf.h",
+            "scripts/Makefile.modpost",
+            "scripts/mod/modpost",
+            "arch/x86/Makefile",
+            "arch/x86/Makefile_32.cpu",
+            "arch/x86/include/asm/io.h",
+            "arch/x86/include/generated/asm/orc_hash.h",
+        ] {
+            assert!(dest.join(present).is_file(), "{present} missing");
+        }
+        for absent in [
+            "Kconfig",
+            "kernel/fork.c",
+            "kernel/fork.o",
+            "scripts/mod/modpost.o",
+            "scripts/mod/.modpost.cmd",
+            "arch/x86/kernel/head_64.S",
+        ] {
+            assert!(!dest.join(absent).exists(), "{absent} copied");
+        }
+        assert_eq!(fs::read_link(dest.join("scripts/include-link")).unwrap(), Path::new("../include"));
     }
 
     #[test]

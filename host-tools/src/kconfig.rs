@@ -873,7 +873,7 @@ impl KconfigReader<'_> {
                 "source" | "rsource" | "osource" | "orsource" => {
                     let Some(name) = quoted(rest) else { continue };
                     let name = name.replace("$(SRCARCH)", SRCARCH).replace("$(ARCH)", ARCH);
-                    let relative = if keyword.contains('r') { dir.join(&name) } else { PathBuf::from(&name) };
+                    let relative = if keyword.ends_with("rsource") { dir.join(&name) } else { PathBuf::from(&name) };
                     if name.contains("$(") || self.tree.as_os_str().is_empty() {
                         self.kconfig.unreadable.push(name);
                     } else if let Err(err) = self.file(&relative)
@@ -1009,6 +1009,9 @@ pub enum Reason {
     SelectedBy { by: Vec<String> },
     /// Another option of its `choice` was chosen.
     Choice,
+    /// Nothing in the Kconfig files stops it: the value was never applied (a
+    /// configuration not made from these fragments, or edited afterwards).
+    NotApplied,
 }
 
 /// The outcome of [`check`].
@@ -1120,6 +1123,8 @@ fn explain(wanted: &Setting, config: &Config, kconfig: &Kconfig) -> Vec<Reason> 
     }
     if definitions.iter().any(|d| d.in_choice) {
         reasons.push(Reason::Choice);
+    } else {
+        reasons.push(Reason::NotApplied);
     }
     reasons
 }
@@ -1160,6 +1165,9 @@ impl fmt::Display for Reason {
             }
             Reason::SelectedBy { by } => write!(f, "selected by {}, which cannot be undone", by.join(", ")),
             Reason::Choice => f.write_str("another option of its choice was picked (ask for one option per choice)"),
+            Reason::NotApplied => f.write_str(
+                "its dependencies hold and it can be set: this configuration was not made from these fragments",
+            ),
         }
     }
 }
@@ -1444,6 +1452,32 @@ endchoice
         assert!(!kept(&Value::Text("4".into()), Some(&Value::Text("2".into()))));
         assert!(!kept(&Value::Yes, Some(&Value::Module)));
         assert!(!kept(&Value::Yes, None));
+    }
+
+    /// `source` paths are relative to the top of the tree, `rsource` ones to the file's
+    /// directory (a reader that joined every `source` to the file's directory lost
+    /// most of the kernel's options).
+    #[test]
+    fn source_is_relative_to_the_top_and_rsource_to_the_file() {
+        let tree = tempfile::tempdir().unwrap();
+        let root = tree.path();
+        fs::create_dir_all(root.join("net/sched")).unwrap();
+        fs::create_dir_all(root.join("arch/x86")).unwrap();
+        fs::write(root.join("Kconfig"), "source \"net/Kconfig\"\nsource \"arch/$(SRCARCH)/Kconfig\"\n").unwrap();
+        fs::write(
+            root.join("net/Kconfig"),
+            "menuconfig NET\n\tbool \"net\"\nif NET\nsource \"net/sched/Kconfig\"\nrsource \"Kconfig.local\"\nendif\n",
+        )
+        .unwrap();
+        fs::write(root.join("net/sched/Kconfig"), "config NET_SCHED\n\tbool \"sched\"\n").unwrap();
+        fs::write(root.join("net/Kconfig.local"), "config NET_LOCAL\n\tbool \"local\"\n").unwrap();
+        fs::write(root.join("arch/x86/Kconfig"), "config X86\n\tdef_bool y\nosource \"arch/x86/absent\"\n").unwrap();
+        let k = Kconfig::load(root).unwrap();
+        assert!(k.unreadable.is_empty(), "{:?}", k.unreadable);
+        assert_eq!(k.definitions("NET_SCHED")[0].depends, [Expr::Symbol("NET".into())]);
+        assert_eq!(k.definitions("NET_SCHED")[0].location, "net/sched/Kconfig:1");
+        assert!(k.knows("NET_LOCAL") && k.knows("X86"));
+        assert!(matches!(Kconfig::load(&root.join("arch")), Err(Error::NotASourceTree { .. })));
     }
 
     proptest! {

@@ -39,6 +39,7 @@ struct Cli {
 enum Command {
     Build(commands::build::Args),
     Run(commands::run::Args),
+    Kernel(commands::kernel::Args),
     Cpio(commands::cpio::Args),
     Trace(commands::trace::Args),
 }
@@ -60,6 +61,7 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Kernel(args) => commands::kernel::run(args),
         Command::Cpio(args) => commands::cpio::run(args),
         Command::Trace(args) => commands::trace::run(args),
     }

@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! description = "what this appliance does"    # required, one line
-//! kernel = "debian-cloud"                     # or a bzImage path (relative to the image dir)
+//! kernel = "debian-cloud"                     # or "build:6.1", or a bzImage path (relative to the image dir)
+//! kernel_headers = false                      # /lib/modules/<release>/build, for building modules
 //! compression = "zstd"                        # gzip | zstd | lz4 | xz | none
 //! cmdline = "appArgs='hello world'"           # the app's own kernel parameters
 //! host_files = ["/usr/bin/bash"]              # copied with their libraries and loader
@@ -48,6 +49,11 @@ pub struct Manifest {
     pub description: String,
     #[serde(default)]
     pub kernel: KernelSource,
+    /// Put the kernel's headers tree (what external modules are built against) at
+    /// `/usr/src/linux-headers-<release>`, linked from `/lib/modules/<release>/build`.
+    /// Needs a kernel built by the tool (`build:<series>`), which then loads modules.
+    #[serde(default)]
+    pub kernel_headers: bool,
     #[serde(default)]
     pub compression: Compression,
     /// The app's own kernel parameters (`appArgs='...'` and the like), written to the
@@ -120,11 +126,22 @@ pub enum KernelSource {
     DebianCloud,
     /// A bzImage, relative to the image directory or absolute.
     Path(PathBuf),
+    /// `build:<series>`: the project's own kernel of that series (`appliance kernel
+    /// build`), taken from the cache or built on demand. `build` alone: the series of
+    /// `$APPLIANCE_KERNEL_SERIES`, else 6.1. Holds the name as written; checked when the
+    /// manifest is.
+    Build(String),
 }
 
 impl From<String> for KernelSource {
     fn from(value: String) -> KernelSource {
-        if value == DEBIAN_CLOUD { KernelSource::DebianCloud } else { KernelSource::Path(PathBuf::from(value)) }
+        if value == DEBIAN_CLOUD {
+            KernelSource::DebianCloud
+        } else if crate::kbuild::parse_build_name(&value).is_some() {
+            KernelSource::Build(value)
+        } else {
+            KernelSource::Path(PathBuf::from(value))
+        }
     }
 }
 
@@ -163,6 +180,19 @@ pub enum Error {
     TraceExtra { path: PathBuf, entry: PathBuf },
     #[error("{}: `cmdline` must be one line", path.display())]
     CmdlineLines { path: PathBuf },
+    #[error("{}: invalid kernel {name:?}", path.display())]
+    KernelName {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: Box<crate::kbuild::Error>,
+    },
+    #[error(
+        "{}: kernel_headers needs a kernel built by this tool (kernel = \"build:<series>\"): \
+         the headers come from its build tree",
+        path.display()
+    )]
+    HeadersNeedBuild { path: PathBuf },
     #[error("{}: invalid cmdline {cmdline:?}", path.display())]
     Cmdline {
         path: PathBuf,
@@ -234,6 +264,14 @@ impl Manifest {
         if self.cmdline.contains(['\n', '\r']) {
             return Err(Error::CmdlineLines { path });
         }
+        if let KernelSource::Build(name) = &self.kernel
+            && let Some(Err(source)) = crate::kbuild::parse_build_name(name)
+        {
+            return Err(Error::KernelName { path, name: name.clone(), source: Box::new(source) });
+        }
+        if self.kernel_headers && !matches!(self.kernel, KernelSource::Build(_)) {
+            return Err(Error::HeadersNeedBuild { path });
+        }
         appliance_cmdline::parse_strict(self.cmdline.as_bytes())
             .map(drop)
             .and_then(|()| appliance_cmdline::check_len(&self.cmdline))
@@ -243,7 +281,7 @@ impl Manifest {
     /// The kernel file for [`KernelSource::Path`], resolved against the image directory.
     pub fn kernel_path(&self, image_dir: &Path) -> Option<PathBuf> {
         match &self.kernel {
-            KernelSource::DebianCloud => None,
+            KernelSource::DebianCloud | KernelSource::Build(_) => None,
             KernelSource::Path(path) => Some(image_dir.join(path)),
         }
     }
@@ -331,6 +369,17 @@ modules_available = ["9p"]
     }
 
     #[test]
+    fn kernels_built_by_the_tool() {
+        let manifest = parse_ok("description = \"d\"\nkernel = \"build:6.1\"\nkernel_headers = true\n");
+        assert_eq!(manifest.kernel, KernelSource::Build("build:6.1".into()));
+        assert!(manifest.kernel_headers);
+        assert_eq!(manifest.kernel_path(Path::new("/img")), None);
+        assert_eq!(KernelSource::from("build".to_owned()), KernelSource::Build("build".into()));
+        assert_eq!(KernelSource::from("builds/bzImage".to_owned()), KernelSource::Path("builds/bzImage".into()));
+        assert!(!parse_ok("description = \"d\"\n").kernel_headers);
+    }
+
+    #[test]
     fn unknown_field_names_field_and_file() {
         let message = parse_err("description = \"d\"\nhost_file = [\"/bin/sh\"]\n");
         assert!(message.contains("images/x/appliance.toml"), "{message}");
@@ -364,6 +413,8 @@ modules_available = ["9p"]
             ),
             ("description = \"d\"\ncmdline = \"appArgs='unclosed\"", "invalid cmdline"),
             ("description = \"d\"\ncmdline = \"a\\nb\"", "`cmdline` must be one line"),
+            ("description = \"d\"\nkernel = \"build:six\"", "invalid kernel \"build:six\": invalid series"),
+            ("description = \"d\"\nkernel_headers = true", "kernel_headers needs a kernel built by this tool"),
             ("description = \"d\"\n[trace]\nroot = \"/\"", "[trace] needs `commands` or a `list`"),
             (
                 "description = \"d\"\n[trace]\nroot = \"/\"\ncommands = [\"ls\"]\nextra = [\"etc\"]",

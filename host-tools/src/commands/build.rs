@@ -36,7 +36,8 @@ pub struct Args {
     )]
     compression: Option<Compression>,
 
-    /// Boot this bzImage instead of the manifest's kernel ("debian-cloud" for the default)
+    /// Boot this bzImage instead of the manifest's kernel ("debian-cloud" for the
+    /// default, "build:<series>" for the project's own, built on demand)
     #[arg(long, value_name = "BZIMAGE")]
     kernel: Option<String>,
 }
@@ -65,6 +66,7 @@ pub fn build_image(
         tools: Tools::from_env()?,
         cache_dir: None,
         mtime: cpio::mtime_from_env()?,
+        kernel_progress: Some(super::kernel::progress_sink()),
     };
     let report = image::build(&image_dir, &out, &options)?;
     log::info!(

@@ -3,5 +3,6 @@
 
 pub mod build;
 pub mod cpio;
+pub mod kernel;
 pub mod run;
 pub mod trace;

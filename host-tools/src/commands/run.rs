@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
+use appliance_host::kbuild;
 use appliance_host::qemu::{self, Accel, VmSpec};
 use appliance_host::vm;
 
@@ -54,7 +55,8 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     timeout: u64,
 
-    /// Boot this bzImage instead of the app dir's vmlinuz
+    /// Boot this kernel instead of the app dir's vmlinuz: a bzImage (or a vmlinux, which
+    /// boots through PVH), or build:<series> for the project's own (built on demand)
     #[arg(long, value_name = "BZIMAGE")]
     kernel: Option<PathBuf>,
 
@@ -86,7 +88,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let app_dir = app_dir(&args.target)?;
     let kernel = match &args.kernel {
-        Some(k) => k.clone(),
+        Some(k) => kernel_file(k, args.dry_run)?,
         None => app_dir.join("vmlinuz"),
     };
     let initrd = app_dir.join("initrd");
@@ -133,6 +135,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{}", report.summary());
     Ok(ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1)))
+}
+
+/// The file `--kernel` names: a path, or `build:<series>` from the cache (built now if
+/// needed; a dry run only says where it will be).
+fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
+    let Some(series) = kernel.to_str().and_then(kbuild::parse_build_name) else {
+        return Ok(kernel.to_path_buf());
+    };
+    let request = kbuild::Request::series(&series?, appliance_host::kernel::default_cache_dir()?);
+    let plan = kbuild::plan(&request)?;
+    if dry_run {
+        return Ok(kbuild::cached(&plan).map_or_else(|| plan.result.join("bzImage"), |built| built.bzimage));
+    }
+    Ok(kbuild::build(&plan, None, false, &super::kernel::progress_sink())?.bzimage)
 }
 
 /// The app dir for TARGET, building an image first.

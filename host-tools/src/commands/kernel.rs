@@ -1,0 +1,336 @@
+//! `appliance kernel`: the project's own kernels: build one from a source tree or
+//! tarball with the fragments of `kernel-configs/`, check a configuration against the
+//! fragments, list the fragments.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use appliance_host::image::human_size;
+use appliance_host::kbuild::{self, Base, FragmentArg, Progress, ProgressSink, Request};
+use appliance_host::kconfig::{self, Config, Kconfig};
+use appliance_host::kernel;
+
+/// Build and check the project's own kernels.
+///
+/// The fragments live in kernel-configs/ (compiled into this tool): base.config is what
+/// every appliance needs; net, debug, bench and modules are topics to add; series/
+/// adjusts them where option names differ between kernel series. The series comes from
+/// --series, else APPLIANCE_KERNEL_SERIES, else the source, else 6.1.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: KernelCommand,
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    Build(BuildArgs),
+    Check(CheckArgs),
+    Fragments(FragmentsArgs),
+}
+
+/// Which fragments, shared by `build`, `check` and `fragments`.
+#[derive(clap::Args)]
+struct FragmentOptions {
+    /// Kernel series (major.minor) whose adjustments apply [env: APPLIANCE_KERNEL_SERIES]
+    #[arg(long, value_name = "SERIES")]
+    series: Option<String>,
+
+    /// A fragment on top of base.config: a built-in topic (net, debug, bench, modules)
+    /// or a file (repeatable; later ones win)
+    #[arg(short, long = "fragment", value_name = "NAME|FILE")]
+    fragments: Vec<String>,
+
+    /// Leave base.config out: only the fragments given
+    #[arg(long)]
+    no_base: bool,
+}
+
+impl FragmentOptions {
+    fn series(&self) -> anyhow::Result<Option<String>> {
+        Ok(kbuild::series_from(self.series.as_deref(), std::env::var(kbuild::SERIES_ENV).ok())?)
+    }
+
+    fn args(&self) -> Vec<FragmentArg> {
+        self.fragments.iter().map(|f| FragmentArg::from(f.as_str())).collect()
+    }
+}
+
+/// Build a kernel: base config, fragments, olddefconfig, check, bzImage; cached.
+///
+/// Starts from `make tinyconfig` (or defconfig), merges the fragments as
+/// scripts/kconfig/merge_config.sh does, resolves them with `make olddefconfig`, and
+/// refuses to build when an option the fragments asked for did not survive (naming the
+/// dependency that dropped it). Then bzImage on every core. The result is cached by
+/// source and fragments: an unchanged build prints the cached kernel at once.
+///
+/// Prints the bzImage's path on stdout (its directory also holds vmlinux, bootable
+/// through PVH, config, System.map and build.json). Boot it with `appliance run
+/// --kernel <bzImage>`, or name it `build:<series>` in a manifest or --kernel.
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Kernel source: a tree or a tarball [default: /usr/src/linux-source-<series>.tar.xz,
+    /// Debian's linux-source-<series> package]
+    #[arg(long, value_name = "DIR|TARBALL")]
+    source: Option<PathBuf>,
+
+    /// The configuration the fragments are merged over
+    #[arg(long, value_name = "BASE", default_value = "tinyconfig", value_parser = ["tinyconfig", "defconfig"])]
+    base: String,
+
+    #[command(flatten)]
+    fragments: FragmentOptions,
+
+    /// Also prepare the tree modules are built against (adds the modules fragment), for
+    /// images with kernel_headers = true
+    #[arg(long)]
+    headers: bool,
+
+    /// Parallel compile jobs [default: every core]
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+
+    /// Build again even when the cache has this kernel
+    #[arg(long)]
+    force: bool,
+}
+
+/// Check a .config against the fragments: did every requested option survive?
+///
+/// Lists each option whose value is not the one the fragments ask for, with the reason
+/// when --source gives the kernel's Kconfig files (an unmet dependency and the values of
+/// the options it names, a hidden prompt, an option that is only selected, an option
+/// this kernel does not have). Exits 0 when everything survived, 1 when something was
+/// lost.
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The resolved configuration (after olddefconfig), e.g. a build's `config` or
+    /// /boot/config-$(uname -r)
+    #[arg(value_name = "CONFIG")]
+    config: PathBuf,
+
+    #[command(flatten)]
+    fragments: FragmentOptions,
+
+    /// Kernel source tree or tarball whose Kconfig files explain what was lost (a
+    /// tarball is extracted into the cache once)
+    #[arg(long, value_name = "DIR|TARBALL")]
+    source: Option<PathBuf>,
+}
+
+/// List the fragments, or print them merged.
+#[derive(clap::Args)]
+struct FragmentsArgs {
+    #[command(flatten)]
+    fragments: FragmentOptions,
+
+    /// Print the merged fragments (base, the ones given and the series' adjustments) as
+    /// one fragment, e.g. for scripts/kconfig/merge_config.sh
+    #[arg(long)]
+    merged: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        KernelCommand::Build(args) => build(args),
+        KernelCommand::Check(args) => check(args),
+        KernelCommand::Fragments(args) => fragments(args),
+    }
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let request = Request {
+        source: args.source,
+        series: args.fragments.series()?,
+        base: args.base.parse::<Base>().map_err(anyhow::Error::msg)?,
+        fragments: args.fragments.args(),
+        without_base: args.fragments.no_base,
+        headers: args.headers,
+        cache_dir: kernel::default_cache_dir()?,
+    };
+    let plan = kbuild::plan(&request)?;
+    let built = kbuild::build(&plan, args.jobs, args.force, &progress_sink())?;
+    let size = std::fs::metadata(&built.bzimage).map_or(0, |m| m.len());
+    if built.cached {
+        log::info!("kernel {} from the cache ({}, bzImage {})", built.release, built.dir.display(), human_size(size));
+    } else {
+        log::info!(
+            "built kernel {} in {} s: bzImage {}, all {} requested options kept ({})",
+            built.release,
+            built.facts.build_seconds,
+            human_size(size),
+            built.facts.checked,
+            built.dir.display()
+        );
+    }
+    if let Some(headers) = &built.headers {
+        log::info!("headers for building modules: {}", headers.display());
+    }
+    println!("{}", built.bzimage.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    let config = Config::parse(&text, &args.config.display().to_string())?;
+    let series = match args.fragments.series()? {
+        Some(series) => series,
+        None => Config::series_from_header(&text).unwrap_or_else(|| {
+            log::warn!(
+                "{} does not say its kernel version: checking against series {}",
+                args.config.display(),
+                kbuild::DEFAULT_SERIES
+            );
+            kbuild::DEFAULT_SERIES.to_owned()
+        }),
+    };
+    let fragments = kbuild::fragments(&series, &args.fragments.args(), !args.fragments.no_base)?;
+    let (wanted, _) = kbuild::merge(&fragments)?;
+    let kconfig = match &args.source {
+        Some(source) => Some(load_kconfig(source, &series)?),
+        None => None,
+    };
+    let report = kconfig::check(&wanted, &config, kconfig.as_ref());
+    let names: Vec<&str> = fragments.iter().map(|f| f.name.as_str()).collect();
+    if report.is_ok() {
+        println!("{}: all {} requested options kept ({})", args.config.display(), report.checked, names.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{report}");
+    println!(
+        "{}: {} of {} requested options lost ({})",
+        args.config.display(),
+        report.lost.len(),
+        report.checked,
+        names.join(", ")
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// The Kconfig files of a tree, or of a tarball extracted into the cache.
+fn load_kconfig(source: &Path, series: &str) -> anyhow::Result<Kconfig> {
+    let mut request = Request::series(series, kernel::default_cache_dir()?);
+    request.source = Some(source.to_owned());
+    let plan = kbuild::plan(&request)?;
+    let tree = kbuild::prepare_source(&plan, &progress_sink())?;
+    let kconfig = Kconfig::load(&tree)?;
+    log::debug!("read {} options from the Kconfig files of {}", kconfig.symbol_count(), tree.display());
+    Ok(kconfig)
+}
+
+fn fragments(args: FragmentsArgs) -> anyhow::Result<ExitCode> {
+    let series = args.fragments.series()?.unwrap_or_else(|| kbuild::DEFAULT_SERIES.to_owned());
+    if args.merged {
+        let fragments = kbuild::fragments(&series, &args.fragments.args(), !args.fragments.no_base)?;
+        let (wanted, redefinitions) = kbuild::merge(&fragments)?;
+        for redefinition in redefinitions {
+            log::info!("{redefinition}");
+        }
+        let names: Vec<&str> = fragments.iter().map(|f| f.name.as_str()).collect();
+        println!("# appliance kernel fragments, series {series}: {}", names.join(" + "));
+        print!("{}", wanted.render());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("topics (appliance kernel build --fragment NAME):");
+    for name in kbuild::topics() {
+        let text = kbuild::topic(name).unwrap_or_default();
+        let summary = text.lines().next().unwrap_or_default().trim_start_matches('#').trim();
+        let count = Config::parse(text, name).map_or(0, |c| c.len());
+        println!("  {name:<8} {count:>3} options  {summary}");
+    }
+    println!("series with adjustments (--series, {}):", kbuild::SERIES_ENV);
+    for series in kbuild::SERIES {
+        let adjusted: Vec<&str> = kbuild::topics().filter(|t| kbuild::adjustment(series, t).is_some()).collect();
+        println!("  {series:<5} adjusts {}", adjusted.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The compile's progress: a bar on a terminal (its length is the previous compile's
+/// step count, a spinner the first time), a line every half minute otherwise (CI logs),
+/// nothing with --quiet.
+pub fn progress_sink() -> ProgressSink {
+    let quiet = log::max_level() < log::LevelFilter::Info;
+    let terminal = std::io::stderr().is_terminal();
+    let state = Arc::new(Mutex::new(Display { bar: None, last_line: Instant::now(), started: Instant::now() }));
+    ProgressSink(Arc::new(move |progress| {
+        if quiet {
+            return;
+        }
+        let Ok(mut display) = state.lock() else { return };
+        display.show(progress, terminal);
+    }))
+}
+
+struct Display {
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+    started: Instant,
+}
+
+/// How often a step count is printed when stderr is not a terminal.
+const LINE_EVERY: Duration = Duration::from_secs(30);
+
+impl Display {
+    fn show(&mut self, progress: &Progress, terminal: bool) {
+        match progress {
+            Progress::Stage(stage) => {
+                self.finish();
+                self.started = Instant::now();
+                self.last_line = Instant::now();
+                log::info!("kernel: {stage}");
+            }
+            Progress::Step { done, total, line } => {
+                if !terminal {
+                    if self.last_line.elapsed() >= LINE_EVERY {
+                        self.last_line = Instant::now();
+                        let of = total.map(|t| format!("/~{t}")).unwrap_or_default();
+                        log::info!("kernel: {done}{of} steps, {} s: {line}", self.started.elapsed().as_secs());
+                    }
+                    return;
+                }
+                let bar = self.bar.get_or_insert_with(|| new_bar(*total));
+                // A compile may take more steps than the last one did.
+                if let Some(length) = bar.length()
+                    && *done > length
+                {
+                    bar.set_length(*done);
+                }
+                bar.set_position(*done);
+                bar.set_message(line.clone());
+            }
+            Progress::Finished => self.finish(),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn new_bar(total: Option<u64>) -> ProgressBar {
+    let bar = match total {
+        Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos}/{len} ~{eta} left\n{wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} {pos} steps (first build of this source) {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}

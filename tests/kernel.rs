@@ -1,0 +1,171 @@
+//! The project's own kernel: `appliance kernel build` compiles 6.1 from Debian's
+//! `linux-source-6.1` with the base fragment, the check passes on the result, and
+//! images/hello boots on it without any module. The kernel is cached in the user's cache
+//! (`~/.cache/appliance/kernels/build`), so only the first run on a machine compiles
+//! (minutes on 2 cores: tinyconfig plus the base fragment); later runs take seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use appliance_tests::{appliance, boot, build, root};
+use tempfile::TempDir;
+
+/// Debian's source package for the series the tests build.
+const SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+/// Bound on a build from scratch: far above the minutes it takes on 2 cores, far below
+/// CI's 90 minutes.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+
+/// Runs a command with a time bound, killing it when exceeded.
+fn run_bounded(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut stream: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stream.read_to_end(&mut text);
+            text
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// `appliance kernel build --series 6.1` once per test process; its bzImage.
+fn kernel() -> &'static Path {
+    static BZIMAGE: OnceLock<PathBuf> = OnceLock::new();
+    BZIMAGE.get_or_init(|| {
+        assert!(
+            Path::new(SOURCE).is_file(),
+            "cannot run: {SOURCE} is missing: `apt-get install linux-source-6.1` (tests/run installs what the tests need)"
+        );
+        let o = run_bounded(appliance().args(["kernel", "build", "--series", "6.1"]), BUILD_TIMEOUT);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "appliance kernel build failed:\n{stderr}");
+        let bzimage = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        assert!(bzimage.is_file(), "{bzimage:?}\n{stderr}");
+        eprintln!("{stderr}");
+        bzimage
+    })
+}
+
+#[test]
+#[ignore = "compiles a kernel (minutes on 2 cores); run with `cargo test -p appliance-tests --test kernel -- --ignored`"]
+fn builds_6_1_from_debian_source_checks_it_and_boots_hello_without_modules() {
+    let bzimage = kernel();
+    let dir = bzimage.parent().unwrap();
+    let size = std::fs::metadata(bzimage).unwrap().len();
+    assert!(size <= 2_500_000, "bzImage is {size} bytes, over the 2.5 MB target");
+    assert!(dir.join("vmlinux").is_file());
+    let config = std::fs::read_to_string(dir.join("config")).unwrap();
+    assert!(!config.contains("\nCONFIG_MODULES=y"), "the base kernel has no module support");
+    assert!(config.contains("\nCONFIG_VIRTIO_NET=y") && config.contains("\nCONFIG_PVH=y"));
+
+    // The check on the built configuration: everything requested survived.
+    let o = appliance().args(["kernel", "check"]).arg(dir.join("config")).args(["--source", SOURCE]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("requested options kept (base.config, series/6.1/base.config)"), "{stdout}");
+
+    // hello boots on it, through `appliance run --kernel <bzImage>`, with no module
+    // anywhere (the initrd holds none, the kernel cannot load any).
+    let tmp = TempDir::new().unwrap();
+    let app = build(&root().join("images/hello"), tmp.path());
+    let b = boot(&app, &["--kernel", bzimage.to_str().unwrap()]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("arg[1]=hello");
+    b.assert_console("hello: wrote /app/results/hello.txt");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(b.stderr.contains("run status 0, poweroff; kernel→/init"), "{}", b.stderr);
+
+    // The exit status of the application comes through this kernel too.
+    let b = boot(&app, &["--kernel", bzimage.to_str().unwrap(), "--args", "exit=3"]);
+    assert_eq!(b.code, 3, "{b:?}");
+}
+
+#[test]
+#[ignore = "compiles a kernel (minutes on 2 cores); run with `cargo test -p appliance-tests --test kernel -- --ignored`"]
+fn an_unchanged_build_is_a_cache_hit_and_build_names_it() {
+    let bzimage = kernel();
+    let started = Instant::now();
+    let o = run_bounded(appliance().args(["kernel", "build", "--series", "6.1"]), Duration::from_secs(120));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), bzimage.to_str().unwrap());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("from the cache"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20), "a cache hit took {:?}", started.elapsed());
+
+    // The environment variable picks the series as --series does.
+    let o = appliance().args(["kernel", "build"]).env("APPLIANCE_KERNEL_SERIES", "6.1").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), bzimage.to_str().unwrap());
+
+    // A manifest names it `build:6.1`: the app dir gets this kernel.
+    let tmp = TempDir::new().unwrap();
+    let image = tmp.path().join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(
+        image.join("appliance.toml"),
+        "description = \"hello on the project's kernel\"\nkernel = \"build:6.1\"\n\
+         [programs]\n\"/app/run\" = \"appliance-hello\"\n",
+    )
+    .unwrap();
+    let app = build(&image, tmp.path());
+    assert_eq!(std::fs::read(app.join("vmlinuz")).unwrap(), std::fs::read(bzimage).unwrap());
+    // And `appliance run --kernel build:6.1` resolves to the same file.
+    let o = appliance().args(["run"]).arg(&app).args(["--kernel", "build:6.1", "--dry-run"]).output().unwrap();
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.contains(&format!("-kernel {}", bzimage.display())), "{line}");
+}
+
+/// The check with the real Kconfig files: the built kernel was not made with the
+/// networking topic, so its options are lost, each with the dependency that dropped it.
+#[test]
+#[ignore = "compiles a kernel (minutes on 2 cores); run with `cargo test -p appliance-tests --test kernel -- --ignored`"]
+fn check_names_the_dependency_that_dropped_an_option() {
+    let config = kernel().parent().unwrap().join("config");
+    let o =
+        appliance().args(["kernel", "check"]).arg(&config).args(["-f", "net", "--source", SOURCE]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    let netem = stdout.split("CONFIG_NET_SCH_NETEM: wanted y, got absent (net.config:").nth(1).expect("netem lost");
+    assert!(netem.lines().nth(1).unwrap().contains("depends on NET_SCHED, which is n (NET_SCHED=n)"), "{stdout}");
+}
+
+/// A build whose fragments take away what base.config needs is refused before the
+/// compile, naming the options lost and the dependency that dropped them.
+#[test]
+#[ignore = "compiles a kernel (minutes on 2 cores); run with `cargo test -p appliance-tests --test kernel -- --ignored`"]
+fn a_build_that_loses_requested_options_is_refused() {
+    kernel();
+    let tmp = TempDir::new().unwrap();
+    let fragment = tmp.path().join("no-net.config");
+    std::fs::write(
+        &fragment,
+        "# No networking: base.config's sockets and drivers must be reported lost.\n# CONFIG_NET is not set\n",
+    )
+    .unwrap();
+    let o = run_bounded(
+        appliance().args(["kernel", "build", "--series", "6.1", "-f"]).arg(&fragment),
+        Duration::from_secs(600),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the resolved configuration lost"), "{stderr}");
+    let inet = stderr.split("CONFIG_INET: wanted y, got absent (base.config:").nth(1).expect("INET reported");
+    assert!(inet.lines().nth(1).unwrap().contains("depends on NET, which is n (NET=n)"), "{stderr}");
+    assert!(o.stdout.is_empty(), "no kernel path printed");
+}
