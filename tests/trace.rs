@@ -52,12 +52,15 @@ fn traced_bash_runs_ls_and_date_and_nothing_else_is_packed() {
 /// ELF header, so only the trace can put it into the image.
 #[test]
 fn a_library_loaded_with_dlopen_is_packed_and_found_at_boot() {
-    // Not under /tmp: the trace leaves /tmp out by default.
+    // The checkout, and so this directory, may lie under /tmp, which the trace leaves out
+    // by default: keep everything.
     let tmp = tempfile::Builder::new().prefix("trace-boot-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().canonicalize().unwrap();
     let (program, plugin) = build_dlopen_program(&dir);
-    let manifest =
-        format!("description = \"dlopen test\"\n[trace]\nroot = \"/\"\ncommands = [\"{}\"]\n", program.display());
+    let manifest = format!(
+        "description = \"dlopen test\"\n[trace]\nroot = \"/\"\ndefault_excludes = false\ncommands = [\"{}\"]\n",
+        program.display()
+    );
     let run = format!("#!/bin/sh\nexec {}\n", program.display());
     let image_dir = image(&dir, &manifest, &[("run", &run)]);
     let app = build(&image_dir, &dir);
