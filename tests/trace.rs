@@ -52,9 +52,9 @@ fn traced_bash_runs_ls_and_date_and_nothing_else_is_packed() {
 /// ELF header, so only the trace can put it into the image.
 #[test]
 fn a_library_loaded_with_dlopen_is_packed_and_found_at_boot() {
-    // The checkout, and so this directory, may lie under /tmp, which the trace leaves out
-    // by default: keep everything.
-    let tmp = tempfile::Builder::new().prefix("trace-boot-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Not under /tmp (where the checkout may lie): the trace leaves /tmp out by default,
+    // and in the guest /tmp is a fresh tmpfs that would hide the program.
+    let tmp = tempfile::Builder::new().prefix("appliance-trace-boot-").tempdir_in("/var/tmp").unwrap();
     let dir = tmp.path().canonicalize().unwrap();
     let (program, plugin) = build_dlopen_program(&dir);
     let manifest = format!(
