@@ -119,6 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cpus: args.cpus,
         accel,
         status_file,
+        net: None,
+        shares: Vec::new(),
+        qmp: None,
         extra: args.qemu_args.clone(),
     };
     if args.dry_run {
