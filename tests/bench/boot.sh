@@ -38,25 +38,15 @@ temporary files live in a mktemp directory removed on exit.
 EOF
 }
 
-build=1
-while (($#)); do
-    case $1 in
-        -h | --help) usage; exit 0 ;;
-        --no-build) build=0 ;;
-        *) echo "boot.sh: unknown argument: $1 (see -h)" >&2; exit 2 ;;
-    esac
-    shift
-done
+bench=boot.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} == 0)) || { say "unknown argument: ${bench_rest[0]} (see -h)"; exit 2; }
 
 runs=${BENCH_RUNS:-5}
 timeout=${BENCH_TIMEOUT:-120}
 accel=${BENCH_ACCEL:-tcg}
-for setting in "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout"; do
-    if ! [[ ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
-        echo "boot.sh: ${setting%%=*} must be a positive integer, not '${setting#*=}'" >&2
-        exit 2
-    fi
-done
+bench_positive "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout"
 
 # Sizes of other inits, quoted for context as given to us; not measured here.
 readonly TINI_STATIC_QUOTE="708 KB"
@@ -70,19 +60,8 @@ readonly BASH_INIT_PATH=/bash-init
 # What the bash /init uses, copied from the host with their libraries and loader.
 readonly BASH_HOST_FILES=(/bin/bash /usr/bin/mount /usr/bin/mkdir /usr/bin/ln /usr/bin/mknod /usr/bin/sleep)
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$root"
-say() { echo "boot.sh: $*" >&2; }
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/appliance-bench.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-
-if ((build)); then
-    say "building the host CLI and the init (cargo build --release)"
-    cargo build --release --quiet
-    cargo build --release --quiet --manifest-path init/Cargo.toml --target-dir target
-fi
-appliance=$root/target/release/appliance
+bench_tmp
+bench_build
 init=$root/target/release/appliance-init
 hello=$root/target/release/appliance-hello
 for f in "$appliance" "$init" "$hello"; do

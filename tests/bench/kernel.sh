@@ -39,47 +39,25 @@ removed on exit.
 EOF
 }
 
-build=1
-while (($#)); do
-    case $1 in
-        -h | --help) usage; exit 0 ;;
-        --no-build) build=0 ;;
-        *) echo "kernel.sh: unknown argument: $1 (see -h)" >&2; exit 2 ;;
-    esac
-    shift
-done
+bench=kernel.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} == 0)) || { say "unknown argument: ${bench_rest[0]} (see -h)"; exit 2; }
 
 runs=${BENCH_RUNS:-5}
 timeout=${BENCH_TIMEOUT:-120}
 mem_timeout=${BENCH_MEM_TIMEOUT:-60}
 accel=${BENCH_ACCEL:-tcg}
 series=${BENCH_SERIES:-6.1}
-for setting in "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout" "BENCH_MEM_TIMEOUT=$mem_timeout"; do
-    if ! [[ ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
-        echo "kernel.sh: ${setting%%=*} must be a positive integer, not '${setting#*=}'" >&2
-        exit 2
-    fi
-done
+bench_positive "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout" "BENCH_MEM_TIMEOUT=$mem_timeout"
 
 readonly SIZE_MAX_BYTES=2500000
 readonly MEMORY_TARGET_MIB=64
 # The bisection's bounds: below 16 MiB nothing boots, 512 MiB is what `appliance run` gives.
 readonly MEM_LOW=16 MEM_HIGH=512
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$root"
-say() { echo "kernel.sh: $*" >&2; }
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/appliance-kbench.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-
-if ((build)); then
-    say "building the host CLI and the init (cargo build --release)"
-    cargo build --release --quiet -p appliance-host
-    cargo build --release --quiet --manifest-path init/Cargo.toml --target-dir target
-fi
-appliance=$root/target/release/appliance
-[[ -x $appliance ]] || { say "$appliance is missing: run without --no-build"; exit 1; }
+bench_tmp
+bench_build
 
 # --- the kernels ----------------------------------------------------------------------------
 if ((build)); then

@@ -34,34 +34,26 @@ directory removed on exit.
 EOF
 }
 
-build=1
-tree=
-while [ $# -gt 0 ]; do
-    case "$1" in
-        -h | --help) usage; exit 0 ;;
-        --no-build) build=0 ;;
-        -*) echo "pack.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
-        *) tree=$1 ;;
-    esac
-    shift
-done
+here=$PWD
+bench=pack.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} <= 1)) || { say "one TREE at most (see -h)"; exit 2; }
+tree=${bench_rest[0]:-}
+# lib.sh works from the checkout's top: a relative TREE is relative to where we started.
+[[ -z $tree || $tree == /* ]] || tree=$here/$tree
 
 runs=${BENCH_RUNS:-3}
 limit=${BENCH_TIMEOUT:-300}
 megabytes=${BENCH_MB:-100}
-root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-appliance=$root/target/release/appliance
+bench_positive "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$limit" "BENCH_MB=$megabytes"
 
 for tool in cpio gzip zstd find timeout; do
-    command -v "$tool" >/dev/null || { echo "pack.sh: $tool is missing (host-tools/deps.sh installs it)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || { say "$tool is missing (host-tools/deps.sh installs it)"; exit 2; }
 done
-if [ "$build" = 1 ]; then
-    echo "pack.sh: cargo build --release -p appliance-host" >&2
-    (cd "$root" && cargo build --release -q -p appliance-host)
-fi
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+bench_build host
+bench_tmp
+work=$tmp
 
 if [ -z "$tree" ]; then
     tree=$work/tree

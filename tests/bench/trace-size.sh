@@ -35,25 +35,14 @@ directory removed on exit.
 EOF
 }
 
-build=1
-for arg in "$@"; do
-    case "$arg" in
-        -h | --help) usage; exit 0 ;;
-        --no-build) build=0 ;;
-        *) echo "trace-size: unknown argument $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
-
-cd "$(dirname "$0")/../.."
-top=$PWD
-if [ "$build" = 1 ]; then
-    echo "trace-size: building the tools (release)" >&2
-    cargo build --release -q -p appliance-host
-    cargo build --release -q --manifest-path init/Cargo.toml --target-dir target
-fi
-appliance=$top/target/release/appliance
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+bench=trace-size
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} == 0)) || { say "unknown argument: ${bench_rest[0]} (see -h)"; exit 2; }
+top=$root
+bench_build
+bench_tmp
+work=$tmp
 
 programs="cat cp cut date echo env expr false head id ln ls mkdir mv printf rm seq sleep sort sync tail test touch tr true uname wc md5sum basename dirname"
 mkdir -p "$work/image/app"

@@ -1,0 +1,52 @@
+# Sourced by the benchmark scripts in this directory: what they all do before measuring.
+# The caller sets `bench` (its name, for messages) before sourcing.
+#   bench_args "$@"        -h/--help (calls the caller's `usage`), --no-build; sets `build`
+#                          and leaves other arguments in `bench_rest`
+#   bench_positive N=V...  each V must be a positive integer, else exit 2 naming N
+#   bench_build [host]     cargo build --release of the host CLI (and the init, unless `host`)
+#   bench_tmp              a mktemp directory in `tmp`, removed on exit
+# It also sets `root` (the checkout's top, and the working directory) and `appliance`.
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+appliance=$root/target/release/appliance
+
+say() { echo "$bench: $*" >&2; }
+
+bench_args() {
+    build=1
+    bench_rest=()
+    while (($#)); do
+        case $1 in
+            -h | --help) usage; exit 0 ;;
+            --no-build) build=0 ;;
+            -*) say "unknown option $1 (see -h)"; exit 2 ;;
+            *) bench_rest+=("$1") ;;
+        esac
+        shift
+    done
+}
+
+bench_positive() {
+    local setting
+    for setting in "$@"; do
+        if ! [[ ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
+            say "${setting%%=*} must be a positive integer, not '${setting#*=}'"
+            exit 2
+        fi
+    done
+}
+
+bench_build() {
+    if ((build)); then
+        say "building the tools (cargo build --release)"
+        cargo build --release --quiet -p appliance-host
+        [[ ${1:-} == host ]] || cargo build --release --quiet --manifest-path init/Cargo.toml --target-dir target
+    fi
+    [[ -x $appliance ]] || { say "$appliance is missing: run without --no-build"; exit 1; }
+}
+
+bench_tmp() {
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/appliance-$bench.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+}
