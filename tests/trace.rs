@@ -4,11 +4,15 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use appliance_tests::{boot, build, image, root};
 use tempfile::TempDir;
+
+#[path = "data/dlopen.rs"]
+mod dlopen;
+use dlopen::build_dlopen_program;
 
 /// The member names of a zstd-compressed initrd, as `cpio -t` lists them.
 fn initrd_members(app: &Path) -> BTreeSet<String> {
@@ -70,21 +74,4 @@ fn a_library_loaded_with_dlopen_is_packed_and_found_at_boot() {
     let b = boot(&app, &[]);
     assert_eq!(b.code, 0, "{b:?}");
     b.assert_console("answered 42");
-}
-
-fn build_dlopen_program(dir: &Path) -> (PathBuf, PathBuf) {
-    let prog_c = dir.join("prog.c");
-    let plug_c = dir.join("plug.c");
-    fs::write(&prog_c, include_str!("data/dlopen-prog.c")).unwrap();
-    fs::write(&plug_c, "int answer(void) { return 42; }\n").unwrap();
-    let program = dir.join("prog");
-    let plugin = dir.join("libplug42.so");
-    for args in [
-        vec!["-shared".into(), "-fPIC".into(), "-o".into(), plugin.clone(), plug_c],
-        vec!["-o".into(), program.clone(), prog_c, "-ldl".into()],
-    ] {
-        let status = Command::new("gcc").args(&args).status().expect("gcc runs (tests/run installs it)");
-        assert!(status.success(), "gcc {args:?}");
-    }
-    (program, plugin)
 }

@@ -13,6 +13,10 @@ use std::process::{Command, Output};
 
 use appliance_host::trace;
 
+#[path = "../../tests/data/dlopen.rs"]
+mod dlopen;
+use dlopen::build_dlopen_program;
+
 fn appliance() -> Command {
     Command::new(env!("CARGO_BIN_EXE_appliance"))
 }
@@ -120,25 +124,6 @@ fn exit_status_is_the_commands() {
     assert_eq!(output.status.code(), Some(3), "{output:?}");
     let (_, output) = trace_list(&["--root", "/", "--", "sh", "-c", "kill -9 $$"]);
     assert_eq!(output.status.code(), Some(128 + 9), "{output:?}");
-}
-
-/// Builds `prog`, which dlopen()s `libplug42.so` next to itself by a name it computes,
-/// and the library. Shared with the boot test in tests/trace.rs.
-fn build_dlopen_program(dir: &Path) -> (PathBuf, PathBuf) {
-    let prog_c = dir.join("prog.c");
-    let plug_c = dir.join("plug.c");
-    fs::write(&prog_c, include_str!("../../tests/data/dlopen-prog.c")).unwrap();
-    fs::write(&plug_c, "int answer(void) { return 42; }\n").unwrap();
-    let program = dir.join("prog");
-    let plugin = dir.join("libplug42.so");
-    for args in [
-        vec!["-shared".into(), "-fPIC".into(), "-o".into(), plugin.clone(), plug_c],
-        vec!["-o".into(), program.clone(), prog_c, "-ldl".into()],
-    ] {
-        let status = Command::new("gcc").args(&args).status().expect("gcc runs (tests/run installs it)");
-        assert!(status.success(), "gcc {args:?}");
-    }
-    (program, plugin)
 }
 
 #[test]
