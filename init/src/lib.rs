@@ -18,18 +18,21 @@ extern crate alloc;
 
 pub mod cli;
 pub mod console;
+pub mod dhcp;
 pub mod logger;
 pub mod mem;
 pub mod modules;
 pub mod mount;
 pub mod net;
 pub mod plan;
+pub mod results;
 pub mod rt;
 pub mod sequence;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod watch;
 
 use alloc::string::String;
 use alloc::vec::Vec;

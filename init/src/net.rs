@@ -13,6 +13,7 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use core::time::Duration;
 
+use appliance_cmdline::status::NetCounters;
 use appliance_cmdline::{IpCidr, MacAddr};
 use rustix::io::Errno;
 
@@ -45,6 +46,21 @@ pub struct Control {
     pub mac: Option<MacAddr>,
     pub addr: IpCidr,
     pub gateway: Option<Ipv4Addr>,
+    /// `static` or `dhcp`.
+    pub method: &'static str,
+}
+
+impl Control {
+    /// The status record's `network` event.
+    pub fn event(&self) -> appliance_cmdline::status::Event {
+        appliance_cmdline::status::Event::Network {
+            t_us: crate::status::t_us(),
+            nic: self.nic.clone(),
+            addr: self.addr.to_string(),
+            mac: self.mac.map(|m| m.to_string()),
+            method: String::from(self.method),
+        }
+    }
 }
 
 /// Why the network could not be configured.
@@ -54,6 +70,8 @@ pub enum NetError {
     NoNic { mac: Option<MacAddr>, seen: Vec<String> },
     /// A system call on interface `nic` failed.
     Kernel { what: &'static str, nic: String, errno: Errno },
+    /// DHCP found no lease on `nic`.
+    Dhcp { nic: String, reason: String },
 }
 
 impl fmt::Display for NetError {
@@ -70,6 +88,7 @@ impl fmt::Display for NetError {
                 seen(s)
             ),
             NetError::Kernel { what, nic, errno } => write!(f, "cannot {what} on {nic}: {}", Describe(*errno)),
+            NetError::Dhcp { nic, reason } => write!(f, "DHCP on {nic}: {reason}"),
         }
     }
 }
@@ -151,6 +170,7 @@ pub fn set_link(nic: &str, up: bool) -> Result<(), NetError> {
 pub fn configure(nic: &Nic, addr: IpCidr, gateway: Option<Ipv4Addr>) -> Result<Control, NetError> {
     let name = nic.name.as_str();
     let kernel = |what| move |errno| NetError::Kernel { what, nic: String::from(name), errno };
+    quiet_ipv6(name);
     crate::sys::if_set_ipv4(name, addr.addr().octets(), netmask(addr.prefix()).octets())
         .map_err(kernel("set the address"))?;
     set_link(name, true)?;
@@ -161,32 +181,38 @@ pub fn configure(nic: &Nic, addr: IpCidr, gateway: Option<Ipv4Addr>) -> Result<C
             Err(e) => return Err(kernel("add the default route")(e)),
         }
     }
-    Ok(Control { nic: nic.name.clone(), mac: nic.mac, addr, gateway })
+    Ok(Control { nic: nic.name.clone(), mac: nic.mac, addr, gateway, method: "static" })
 }
 
-/// Finds the control NIC and configures it statically.
-pub fn bring_up_static(want: Option<MacAddr>, addr: IpCidr, gateway: Option<Ipv4Addr>) -> Result<Control, NetError> {
-    let nic = find_nic(want, NIC_WAIT)?;
-    configure(&nic, addr, gateway)
+/// Turns IPv6 off on `nic` before its link comes up. The protocol is IPv4; left on, the
+/// kernel sends router solicitations and duplicate-address probes on its own, seconds
+/// after the link comes up, which is traffic in the middle of the experiment. A kernel
+/// without IPv6 has no such file: nothing to do.
+pub fn quiet_ipv6(nic: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{nic}/disable_ipv6");
+    if let Ok(fd) = rustix::fs::open(path.as_str(), rustix::fs::OFlags::WRONLY, rustix::fs::Mode::empty()) {
+        let _ = rustix::io::write(&fd, b"1\n");
+    }
 }
 
-/// Packet and byte counters of an interface (sysfs `statistics/`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
+/// Finds the control NIC and configures it: statically with `appIp=a.b.c.d/nn`, else by
+/// DHCP (`appIp=dhcp`, or no `appIp` when the results step needs the network).
+pub fn bring_up(config: &appliance_cmdline::Config) -> Result<Control, NetError> {
+    let nic = find_nic(config.mac, NIC_WAIT)?;
+    match config.ip {
+        Some(addr) => configure(&nic, addr, config.gateway),
+        None => crate::dhcp::bring_up(&nic, config.gateway),
+    }
 }
 
-/// The counters of `nic` now; zero where unreadable.
-pub fn counters(nic: &str) -> Counters {
+/// The packet and byte counters of `nic` now (sysfs `statistics/`); zero where unreadable.
+pub fn counters(nic: &str) -> NetCounters {
     let read = |what: &str| {
         crate::read_to_string(&format!("{SYS_CLASS_NET}/{nic}/statistics/{what}"))
             .and_then(|t| t.trim().parse().ok())
             .unwrap_or(0)
     };
-    Counters {
+    NetCounters {
         rx_packets: read("rx_packets"),
         tx_packets: read("tx_packets"),
         rx_bytes: read("rx_bytes"),
@@ -235,6 +261,7 @@ mod tests {
             mac: Some(MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
             addr: "10.0.2.15/24".parse().unwrap(),
             gateway: None,
+            method: "static",
         };
         let env = env(&control, None);
         let want: Vec<(String, String)> =

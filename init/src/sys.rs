@@ -301,3 +301,17 @@ pub fn add_default_route(gateway: [u8; 4], dev: &str) -> Result<(), Errno> {
     // device name it points to live across the call, which only reads them.
     unsafe { syscall!(Sysno::ioctl, fd, SIOCADDRT, &route as *const RtEntry) }.map(drop).map_err(errno)
 }
+
+/// SO_BINDTODEVICE: the socket sends and receives on interface `name` only (the DHCP
+/// client's broadcasts leave through the control NIC even before it has an address).
+pub fn bind_to_device(fd: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
+    const SOL_SOCKET: usize = 1;
+    const SO_BINDTODEVICE: usize = 25;
+    let req = IfReq::new(name)?;
+    let fd = rustix::fd::AsRawFd::as_raw_fd(&fd);
+    // SAFETY: the option value is the NUL-padded 16-byte name buffer, which lives across
+    // the call; the kernel reads at most the length passed.
+    unsafe { syscall!(Sysno::setsockopt, fd, SOL_SOCKET, SO_BINDTODEVICE, req.name.as_ptr(), req.name.len()) }
+        .map(drop)
+        .map_err(errno)
+}
