@@ -297,6 +297,12 @@ mod tests {
     }
 
     #[test]
+    fn errors_say_what_to_install() {
+        assert!(NfsError::NotInstalled.to_string().contains("apt-get install nfs-ganesha nfs-ganesha-vfs"));
+        assert!(NfsError::NoVfs.to_string().contains("apt-get install nfs-ganesha-vfs"));
+    }
+
+    #[test]
     fn free_ports_are_not_zero() {
         assert_ne!(free_port().unwrap(), 0);
     }

@@ -87,7 +87,8 @@ pub struct Args {
     results: Option<PathBuf>,
 
     /// How the results travel: nfs (QEMU user networking, an NFS server on the host) or
-    /// 9p (virtio; modules = ["9pnet_virtio", "9p"] on Debian's kernel)
+    /// 9p (virtio, no network; needs a kernel with 9p, such as --kernel build:6.1:
+    /// Debian's cloud kernel has none)
     #[arg(long, value_name = "HOW", default_value = "nfs", value_parser = ["nfs", "9p"], requires = "results")]
     results_via: String,
 
