@@ -105,3 +105,28 @@ fn an_app_mac_that_no_nic_has_is_an_error_and_the_boot_goes_on() {
     // Not configured: the variable keeps the command line's value.
     b.assert_console("myip=10.0.2.15/24");
 }
+
+#[test]
+fn dhcp_at_boot_gives_the_lease_and_the_router_to_the_phases() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &manifest(), &[("run", RUN)]);
+    let app = build(&img, tmp.path());
+    let (port, rx) = listener();
+    let port_arg = port.to_string();
+    let b = boot(
+        &app,
+        &["--qemu-arg=-nic", "--qemu-arg=user,model=virtio-net-pci", "--args", &port_arg, "--", "appIp=dhcp"],
+    );
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(b.errors().is_empty(), "{:?}", b.errors());
+    // QEMU's slirp leases 10.0.2.15/24 with 10.0.2.2 as the router.
+    b.assert_console("myip=10.0.2.15/24 mymac=52:54:00:12:34:56 mynode=52_54_00_12_34_56 gw=10.0.2.2");
+    b.assert_console("default-route=eth0:0202000A");
+    let network = b.events.iter().find_map(|e| match e {
+        appliance_cmdline::status::Event::Network { method, addr, .. } => Some((method.clone(), addr.clone())),
+        _ => None,
+    });
+    assert_eq!(network, Some(("dhcp".into(), "10.0.2.15/24".into())));
+    let got = rx.recv_timeout(Duration::from_secs(5)).expect("the guest connected to the host");
+    assert_eq!(got, "hello from 10.0.2.15/24\n");
+}

@@ -123,6 +123,9 @@ pub fn env(control: &Control, node: Option<&str>) -> Vec<(String, String)> {
         (None, Some(mac)) => env.push((String::from("APP_MYNODE"), mac.to_string().replace(':', "_"))),
         (None, None) => {}
     }
+    if let Some(gw) = control.gateway {
+        env.push((String::from("APP_GATEWAY"), gw.to_string()));
+    }
     env
 }
 
@@ -272,6 +275,8 @@ mod tests {
         assert_eq!(env, want);
         let env = super::env(&control, Some("n1"));
         assert_eq!(env[2], (String::from("APP_MYNODE"), String::from("n1")));
+        let control = Control { gateway: Some(Ipv4Addr::new(10, 0, 2, 2)), ..control };
+        assert_eq!(super::env(&control, None)[3], (String::from("APP_GATEWAY"), String::from("10.0.2.2")));
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub fn run(
     if first.interrupted {
         return first;
     }
+    // Without a configured control NIC the link was never brought up: nothing to take down
+    // (and bringing it up afterwards would only start IPv6 chatter).
     let down = link_down
+        && control.is_some()
         && nic.is_some_and(|nic| match net::set_link(nic, false) {
             Ok(()) => {
                 log::info!("network: {nic} is down during run (appNetDown)");
