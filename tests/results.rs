@@ -201,3 +201,40 @@ fn ninep_results_arrive_without_any_network() {
     assert_arrived(&b, &only_dir(&dir));
     assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for 9p");
 }
+
+/// A server that accepts connections and never answers (hung, or a firewall that lets the
+/// handshake through): the soft mount gives up in bounded time, the results step fails
+/// with the error in the record, and the VM powers off. Measured: the mount fails with EIO
+/// after about 20 s (timeo=100,retrans=1).
+#[test]
+fn a_server_that_never_answers_ends_the_step_in_bounded_time() {
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\n";
+    let app = app(tmp.path(), NFS_MODULES, run);
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    // Accept and keep every connection, answer nothing.
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in hole.incoming() {
+            kept.push(s);
+        }
+    });
+    let param = format!("appResultsTo=nfs:10.0.2.2:/,port={port}");
+    let b =
+        boot(&app, &["--qemu-arg=-nic", "--qemu-arg=user,model=virtio-net-pci", "--", "appIp=10.0.2.15/24", &param]);
+    assert_eq!(b.code, 0, "the run itself succeeded: {b:?}");
+    let mount_us = b
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Results { mount_us, .. } => Some(*mount_us),
+            _ => None,
+        })
+        .unwrap();
+    let (ok, _, _, error) = results_event(&b);
+    assert!(!ok);
+    assert!(error.as_deref().unwrap_or_default().starts_with("cannot mount 10.0.2.2:/"), "{error:?}");
+    assert!(mount_us < 90_000_000, "the mount took {mount_us} us");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}
