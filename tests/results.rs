@@ -238,3 +238,88 @@ fn a_server_that_never_answers_ends_the_step_in_bounded_time() {
     assert!(mount_us < 90_000_000, "the mount took {mount_us} us");
     assert_eq!(b.end(), Some(("poweroff".into(), 0)));
 }
+
+/// The server is lost in the middle of the copy (a proxy between the guest and a ganesha
+/// this test starts cuts every connection after 6 MiB and refuses new ones): the step
+/// fails in bounded time and is never reported as success, though part of the data
+/// arrived.
+#[test]
+fn a_server_lost_mid_copy_is_never_reported_as_success() {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), NFS_MODULES, RUN);
+    let dir = tmp.path().join("results");
+    std::fs::create_dir(&dir).unwrap();
+    let server = appliance_host::nfs::NfsServer::start(&dir).unwrap();
+    let upstream = server.port();
+
+    const CUT_AFTER: u64 = 6 << 20;
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    std::thread::spawn(move || {
+        for guest in proxy.incoming().flatten() {
+            if dead.load(Ordering::SeqCst) {
+                let _ = guest.shutdown(Shutdown::Both);
+                continue;
+            }
+            let Ok(nfs) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            open.lock().unwrap().extend([guest.try_clone().unwrap(), nfs.try_clone().unwrap()]);
+            for (mut from, mut to, count) in [
+                (guest.try_clone().unwrap(), nfs.try_clone().unwrap(), true),
+                (nfs.try_clone().unwrap(), guest.try_clone().unwrap(), false),
+            ] {
+                let (sent, dead, open) = (Arc::clone(&sent), Arc::clone(&dead), Arc::clone(&open));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || dead.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if count && sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > CUT_AFTER {
+                            dead.store(true, Ordering::SeqCst);
+                            for s in open.lock().unwrap().iter() {
+                                let _ = s.shutdown(Shutdown::Both);
+                            }
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+
+    let param = format!("appResultsTo=nfs:10.0.2.2:/,port={port}");
+    let started = Instant::now();
+    let b = boot(
+        &app,
+        &[
+            "--qemu-arg=-nic",
+            "--qemu-arg=user,model=virtio-net-pci",
+            "--args",
+            "24",
+            "-m",
+            "512",
+            "--",
+            "appIp=10.0.2.15/24",
+            &param,
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(b.code, 0, "the run itself succeeded: {b:?}");
+    let (ok, _, _, error) = results_event(&b);
+    assert!(!ok, "a cut copy was reported as success");
+    let error = error.unwrap();
+    eprintln!("results step after the cut: {error} (boot took {elapsed:?})");
+    assert!(error.starts_with("cannot "), "{error}");
+    b.assert_console("they are still in the guest");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
+    drop(server);
+}

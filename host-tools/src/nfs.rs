@@ -61,11 +61,11 @@ pub enum NfsError {
 /// Finds `ganesha.nfsd`: in PATH, or where Debian installs it.
 pub fn find_ganesha() -> Result<PathBuf, NfsError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("ganesha.nfsd"))
-        .find(|p| p.is_file())
-        .ok_or(NfsError::NotInstalled)
+    find_in(std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]))
+}
+
+fn find_in(dirs: impl Iterator<Item = PathBuf>) -> Result<PathBuf, NfsError> {
+    dirs.map(|d| d.join("ganesha.nfsd")).find(|p| p.is_file()).ok_or(NfsError::NotInstalled)
 }
 
 /// Whether ganesha's VFS backend is installed (a separate package on Debian).
@@ -294,6 +294,18 @@ mod tests {
         assert_eq!(guest_param(20490), "nfs:10.0.2.2:/,port=20490");
         let parsed: appliance_cmdline::ResultsTo = guest_param(1).parse().unwrap();
         assert_eq!(parsed.transport(), "nfs");
+    }
+
+    #[test]
+    fn a_missing_ganesha_says_which_packages_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        let e = find_in([empty.path().to_path_buf()].into_iter()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ganesha.nfsd not found: install it with `apt-get install nfs-ganesha nfs-ganesha-vfs` (Debian/Ubuntu)"
+        );
+        std::fs::write(empty.path().join("ganesha.nfsd"), "").unwrap();
+        assert_eq!(find_in([empty.path().to_path_buf()].into_iter()).unwrap(), empty.path().join("ganesha.nfsd"));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! ordinary process it is a subreaper supervisor instead, so its process handling is
 //! tested on the host ([`cli`]).
 //!
-//! It loads the kernel modules the image packs ([`modules`]) and configures the control
-//! network ([`net`]); it does not switch roots.
+//! It loads the kernel modules the image packs ([`modules`]), configures the control
+//! network ([`net`], [`dhcp`]), watches it around the run phase ([`watch`]) and saves the
+//! results over NFS or 9p at the very end ([`results`]); it does not switch roots.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

@@ -316,7 +316,7 @@ pub fn step(config: &Config, control: &mut Option<Control>, status: &StatusWrite
     let name = run_dir_name(config, mac);
     let results_dir = config.results_dir_or_default();
     let sources = [(appliance_cmdline::APP_OUT, "output"), (results_dir, "results")];
-    // Appended to /app/output by nothing from here on: the copy is final.
+    // Every phase has ended: nothing appends to /app/output any more.
     let report = save(to, &name, &sources);
     let ok = report.error.is_none();
     let elapsed_ms = crate::status::t_us().saturating_sub(started) / 1000;
