@@ -19,6 +19,15 @@ use appliance_tests::{BOOT_TIMEOUT_S, Boot, Session, boot, build, image};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
+/// One boot at a time: the copies are timed by soft-mount timeouts and the proxy test by a
+/// byte count, and several TCG guests plus servers on a 2-core machine would only make
+/// them slower and flakier.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const NFS_MODULES: &str = r#"modules = ["virtio_pci", "virtio_net", "nfsv4"]"#;
 
 /// Writes results of `$1` MiB (random, with its checksum on the console), a small file in
@@ -80,6 +89,7 @@ fn assert_arrived(b: &Boot, run_dir: &Path) {
 
 #[test]
 fn nfs_results_arrive_intact_over_dhcp_and_never_overwrite_an_earlier_run() {
+    let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let app = app(tmp.path(), NFS_MODULES, RUN);
     let dir = tmp.path().join("results");
@@ -117,6 +127,7 @@ fn nfs_results_arrive_intact_over_dhcp_and_never_overwrite_an_earlier_run() {
 
 #[test]
 fn with_app_net_down_the_link_is_down_during_run_and_the_results_still_arrive() {
+    let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let app = app(tmp.path(), NFS_MODULES, RUN);
     let dir = tmp.path().join("results");
@@ -140,6 +151,7 @@ fn with_app_net_down_the_link_is_down_during_run_and_the_results_still_arrive() 
 /// so, the VM powers off, and `appliance run` exits 123.
 #[test]
 fn a_dead_server_is_a_clear_error_and_a_nonzero_exit_not_a_hang() {
+    let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\necho kill-the-server-now\nsleep 8\necho run done\n";
     let app = app(tmp.path(), NFS_MODULES, run);
@@ -185,8 +197,11 @@ fn nix_kill(pid: i32) {
     assert!(st.success());
 }
 
+/// On the project's kernel (`build:6.1`: `appliance run` builds it first when it is not
+/// cached, which takes long on a fresh machine; tests/kernel.rs builds the same one).
 #[test]
 fn ninep_results_arrive_without_any_network() {
+    let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let app = app(tmp.path(), "", RUN);
     let dir = tmp.path().join("results");
@@ -208,6 +223,7 @@ fn ninep_results_arrive_without_any_network() {
 /// after about 20 s (timeo=100,retrans=1).
 #[test]
 fn a_server_that_never_answers_ends_the_step_in_bounded_time() {
+    let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\n";
     let app = app(tmp.path(), NFS_MODULES, run);
@@ -245,6 +261,7 @@ fn a_server_that_never_answers_ends_the_step_in_bounded_time() {
 /// arrived.
 #[test]
 fn a_server_lost_mid_copy_is_never_reported_as_success() {
+    let _serial = serial();
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -15,8 +15,10 @@ Builds a small bash image whose /app/run writes N MiB of random data into $APP_R
 then boots it with `appliance run --results DIR` (NFS, then --results-via 9p) for
 N = 1 and 100, BENCH_RUNS times each, and prints per case the median of the guest's
 own timings from the status record (`results` event): mount, copy (with an fsync per
-file and a syncfs), unmount and their sum, the throughput of the copy, and the packets
-on the control NIC during /app/run (`run_traffic` event; NFS only, 9p has no NIC).
+file and a syncfs), unmount and their sum; `added`, from the end of /app/run to the end
+of the step (includes bringing the network up by DHCP for NFS); the throughput of the
+copy; and the packets on the control NIC during /app/run (`run_traffic` event; NFS
+only, 9p has no NIC).
 
 Both transports boot the project's kernel (--kernel build:6.1, built on demand and
 cached): it has virtio-net, NFSv4 and 9p built in, so both are measured on one kernel
@@ -86,7 +88,7 @@ chmod +x "$work/image/app/run"
 field() { sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" <<<"$1"; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
 
-printf '%-5s %8s %10s %10s %10s %10s %10s %14s\n' via size mount_ms copy_ms umount_ms total_ms MiB/s run_packets
+printf '%-5s %8s %10s %10s %10s %10s %10s %10s %12s\n' via size mount_ms copy_ms umount_ms total_ms added_ms MiB/s run_packets
 for size in $sizes; do
     for via in nfs 9p; do
         : >"$work/rows"
@@ -104,21 +106,24 @@ for size in $sizes; do
             line=$(grep '"event":"results"' "$status")
             traffic=$(grep '"event":"run_traffic"' "$status" || true)
             mount=$(field "$line" mount_us) copy=$(field "$line" copy_us) umount=$(field "$line" umount_us)
+            run_end=$(field "$(grep '"event":"phase_end".*"phase":"run"' "$status")" t_us)
+            added=$(($(field "$line" t_us) - run_end))
             packets=-
             if [ -n "$traffic" ]; then
                 # tx+rx packets after minus before: the fields appear in order before, after.
                 mapfile -t pk < <(grep -o '"[rt]x_packets":[0-9]*' <<<"$traffic" | cut -d: -f2)
                 packets=$((pk[2] - pk[0] + pk[3] - pk[1]))
             fi
-            echo "$mount $copy $umount $packets" >>"$work/rows"
+            echo "$mount $copy $umount $packets $added" >>"$work/rows"
         done
         m=$(cut -d' ' -f1 "$work/rows" | median)
         c=$(cut -d' ' -f2 "$work/rows" | median)
         u=$(cut -d' ' -f3 "$work/rows" | median)
+        a=$(cut -d' ' -f5 "$work/rows" | median)
         p=$(cut -d' ' -f4 "$work/rows" | sort -u | tr '\n' ' ')
-        printf '%-5s %6sMiB %10.1f %10.1f %10.1f %10.1f %10.1f %14s\n' "$via" "$size" \
+        printf '%-5s %6sMiB %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %12s\n' "$via" "$size" \
             "$(bc -l <<<"$m/1000")" "$(bc -l <<<"$c/1000")" "$(bc -l <<<"$u/1000")" \
-            "$(bc -l <<<"($m+$c+$u)/1000")" "$(bc -l <<<"$size/($c/1000000)")" "$p"
+            "$(bc -l <<<"($m+$c+$u)/1000")" "$(bc -l <<<"$a/1000")" "$(bc -l <<<"$size/($c/1000000)")" "$p"
     done
 done
 echo "(medians of $runs run(s); guest CLOCK_BOOTTIME; accel $accel; kernel build:6.1)"
