@@ -224,8 +224,14 @@ pub fn save(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report 
     let mounted = mount(&args);
     report.mount_us = us(now().saturating_sub(t0));
     if let Err(e) = mounted {
-        report.error =
-            Some(format!("cannot mount {} ({} -o {}): {}", args.source, args.fstype, args.options, Describe(e)));
+        report.error = Some(format!(
+            "cannot mount {} ({} -o {}): {}{}",
+            args.source,
+            args.fstype,
+            args.options,
+            Describe(e),
+            mount_hint(to, e)
+        ));
         return report;
     }
     let t1 = now();
@@ -245,6 +251,20 @@ pub fn save(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report 
     }
     report.umount_us = us(now().saturating_sub(t2));
     report
+}
+
+/// What to do about a mount error that usually means the kernel or QEMU lacks something.
+pub fn mount_hint(to: &ResultsTo, e: Errno) -> &'static str {
+    match (to, e) {
+        (ResultsTo::Nfs { .. }, Errno::NODEV) => {
+            "; the kernel has no NFSv4: on Debian's cloud kernel add \"nfsv4\" to the image's modules"
+        }
+        (ResultsTo::NineP { .. }, Errno::NODEV) => {
+            "; the kernel has no 9p (Debian's cloud kernel has none): boot one that has, e.g. --kernel build:6.1"
+        }
+        (ResultsTo::NineP { .. }, Errno::NOENT) => "; no 9p share with that tag (QEMU's -virtfs mount_tag)",
+        _ => "",
+    }
 }
 
 /// mount(2) with text options, as mount(8) passes them.
@@ -389,6 +409,16 @@ mod tests {
         assert_eq!((args.source.as_str(), args.fstype), ("results", "9p"));
         assert_eq!(args.options, "trans=virtio,version=9p2000.L,msize=524288,cache=none,msize=65536");
         assert_eq!(nfs_server(&to), None);
+    }
+
+    #[test]
+    fn mount_errors_that_mean_a_missing_feature_say_what_to_do() {
+        let nfs: ResultsTo = "nfs:10.0.2.2:/".parse().unwrap();
+        let ninep: ResultsTo = "9p:results".parse().unwrap();
+        assert!(mount_hint(&nfs, Errno::NODEV).contains("\"nfsv4\""));
+        assert!(mount_hint(&ninep, Errno::NODEV).contains("build:6.1"));
+        assert!(mount_hint(&ninep, Errno::NOENT).contains("mount_tag"));
+        assert_eq!(mount_hint(&nfs, Errno::CONNREFUSED), "");
     }
 
     #[test]
