@@ -1,8 +1,10 @@
 //! A minimal DHCP client for the control NIC (`appIp=dhcp`, or the results step without
 //! `appIp`): DISCOVER, OFFER, REQUEST, ACK (RFC 2131) over a UDP socket bound to port 68
 //! and to the NIC (SO_BINDTODEVICE), broadcast with the BOOTP broadcast flag, so the
-//! replies come back before the NIC has an address. Bounded: a few retries with growing
-//! waits, then an error. The lease is not renewed: an appliance lives for one run, and
+//! replies come back before the NIC has an address (the kernel sends a broadcast through
+//! the bound device without one, and delivers broadcasts to port 68: no AF_PACKET socket
+//! is needed, checked against QEMU's slirp). Bounded: a few retries with growing waits,
+//! then an error. The lease is not renewed: an appliance lives for one run, and
 //! QEMU's user network leases for a day.
 //!
 //! Building and reading the packets is pure and unit-tested; [`bring_up`] talks to the
