@@ -340,3 +340,32 @@ fn a_server_lost_mid_copy_is_never_reported_as_success() {
     assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
     drop(server);
 }
+
+/// Without booting: what `--results` adds to the QEMU command line and the kernel's.
+#[test]
+fn dry_run_shows_the_share_the_nic_and_the_parameters() {
+    let tmp = TempDir::new().unwrap();
+    let app = build(&appliance_tests::root().join("images/hello"), tmp.path());
+    let dir = tmp.path().join("r");
+    let dry = |via: &str| {
+        let o = appliance_tests::appliance()
+            .arg("run")
+            .arg(&app)
+            .args(["--dry-run", "--results", dir.to_str().unwrap(), "--results-via", via])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let line = dry("9p");
+    let share =
+        format!("-virtfs local,path={},mount_tag=results,security_model=none", dir.canonicalize().unwrap().display());
+    assert!(line.contains(&share), "{line}");
+    assert!(line.contains(" appResultsTo=9p:results"), "{line}");
+    assert!(line.contains(" appRunId=app-"), "{line}");
+    assert!(!line.contains("-nic "), "9p needs no network: {line}");
+    // A dry run starts no server: the port shown is NFS's default.
+    let line = dry("nfs");
+    assert!(line.contains(" appResultsTo=nfs:10.0.2.2:/,port=2049"), "{line}");
+    assert!(line.contains("-nic user,model=virtio-net-pci"), "{line}");
+}
