@@ -6,6 +6,9 @@
 #   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
 #   - make, flex, bison, bc, perl, libelf-dev and linux-source-6.1 (Debian 12):
 #     tests/kernel.rs builds the project's kernel from Debian's source
+#   - nfs-ganesha, nfs-ganesha-vfs: `appliance run --results` serves a run's results over
+#     NFS (tests/results.rs); a system instance the package starts is stopped (ours run on
+#     a free port of 127.0.0.1 with their own configuration)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -28,6 +31,10 @@ appliance_install_deps() {
     command -v bc >/dev/null || missing+=(bc)
     command -v perl >/dev/null || missing+=(perl)
     [ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
+    local ganesha=()
+    command -v ganesha.nfsd >/dev/null || [ -x /usr/bin/ganesha.nfsd ] || ganesha+=(nfs-ganesha)
+    compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null || ganesha+=(nfs-ganesha-vfs)
+    missing+=("${ganesha[@]}")
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)
@@ -42,6 +49,11 @@ appliance_install_deps() {
         if [ ${#missing[@]} -gt 0 ]; then
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \
                 apt-get install -y -q --no-install-recommends "${missing[@]}"
+        fi
+        if [ ${#ganesha[@]} -gt 0 ] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet nfs-ganesha 2>/dev/null; then
+            # Installing starts a system server on port 2049; appliance starts its own.
+            appliance_need_root systemctl disable --now nfs-ganesha || true
         fi
         if [ ${#kernel_source[@]} -gt 0 ] && apt-cache show "${kernel_source[@]}" >/dev/null 2>&1; then
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \

@@ -4,11 +4,15 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::cmds::{is_valid_cmd, join_cmds};
 use crate::error::Error;
+use crate::results::{
+    DEFAULT_RESULTS_DIR, RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, ResultsTo, is_valid_results_dir, is_valid_run_id,
+};
 use crate::value::{End, IpCidr, LogLevel, MODULE_EXPECTED, MacAddr, NODE_EXPECTED, is_valid_module, is_valid_node};
 use crate::words::join_words;
 
@@ -29,6 +33,11 @@ pub const KNOWN_KEYS: &[&str] = &[
     "appCtlFile",
     "appLog",
     "appModules",
+    "appGateway",
+    "appNetDown",
+    "appResultsTo",
+    "appResultsDir",
+    "appRunId",
 ];
 
 /// The application directory and its files, fixed by the protocol.
@@ -72,6 +81,20 @@ pub struct Config {
     /// `appModules`: kernel modules the init loads (with their dependencies) on top of
     /// those the image loads anyway; names as `modprobe` takes them.
     pub modules: Vec<String>,
+    /// `appGateway`: the default route's gateway, on the control NIC; no default route
+    /// when unset (a NIC address alone reaches its own subnet).
+    pub gateway: Option<Ipv4Addr>,
+    /// `appIp=dhcp`: the control NIC's address comes from DHCP (then `ip` is `None`).
+    pub dhcp: bool,
+    /// `appNetDown`: the control NIC's link is down while `/app/run` runs.
+    pub net_down: bool,
+    /// `appResultsTo`: where the results are saved after postrun.
+    pub results_to: Option<ResultsTo>,
+    /// `appResultsDir`: the guest directory saved with `/app/output`; `None` means
+    /// [`DEFAULT_RESULTS_DIR`].
+    pub results_dir: Option<String>,
+    /// `appRunId`: the run's directory name on the results server.
+    pub run_id: Option<String>,
 }
 
 const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
@@ -117,12 +140,30 @@ impl Config {
         {
             return Err(invalid("appNode", node, NODE_EXPECTED));
         }
+        if let Some(id) = &self.run_id
+            && !is_valid_run_id(id)
+        {
+            return Err(invalid("appRunId", id, RUN_ID_EXPECTED));
+        }
+        if let Some(dir) = &self.results_dir
+            && !is_valid_results_dir(dir)
+        {
+            return Err(invalid("appResultsDir", dir, RESULTS_DIR_EXPECTED));
+        }
+        if self.dhcp && self.ip.is_some() {
+            return Err(invalid("appIp", "dhcp", "both an address and dhcp (set one)"));
+        }
         for module in &self.modules {
             if !is_valid_module(module) {
                 return Err(invalid("appModules", module, MODULE_EXPECTED));
             }
         }
         Ok(())
+    }
+
+    /// `appResultsDir`, or `/app/results`.
+    pub fn results_dir_or_default(&self) -> &str {
+        self.results_dir.as_deref().unwrap_or(DEFAULT_RESULTS_DIR)
     }
 
     /// `appCtlFile`, or the original's intended default `<node>-<address>.out` when node and
@@ -156,7 +197,7 @@ impl Config {
         env.push(("APP_CMDS".to_string(), join_cmds(&self.cmds)));
         let optional = [
             ("APP_MYMAC", self.mac.map(|m| m.to_string())),
-            ("APP_MYIP", self.ip.map(|ip| ip.to_string())),
+            ("APP_MYIP", self.ip.map(|ip| ip.to_string()).or_else(|| self.dhcp.then(|| "dhcp".to_string()))),
             ("APP_MYNODE", self.node.clone()),
             ("APP_CTLSERVER", self.ctl_server.clone()),
             ("APP_CTLUSER", self.ctl_user.clone()),
@@ -164,12 +205,16 @@ impl Config {
             ("APP_CTLFILE", self.ctl_file_or_default()),
             ("APP_LOG", self.log.map(|l| l.to_string())),
             ("APP_MODULES", (!self.modules.is_empty()).then(|| self.modules.join(","))),
+            ("APP_GATEWAY", self.gateway.map(|g| g.to_string())),
+            ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
+            ("APP_RUNID", self.run_id.clone()),
         ];
         for (k, v) in optional {
             if let Some(v) = v {
                 env.push((k.to_string(), v));
             }
         }
+        env.push(("APP_RESULTS".to_string(), self.results_dir_or_default().to_string()));
         env
     }
 }
@@ -178,7 +223,6 @@ impl Config {
 mod tests {
     use super::*;
     use alloc::vec;
-    use core::net::Ipv4Addr;
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
         env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
@@ -199,7 +243,8 @@ mod tests {
                 "APP_END",
                 "APP_DEBUG",
                 "APP_ARGS",
-                "APP_CMDS"
+                "APP_CMDS",
+                "APP_RESULTS"
             ]
         );
         assert_eq!(get(&env, "APP_END"), Some("halt"));
@@ -238,6 +283,8 @@ mod tests {
         assert_eq!(get(&env, "APP_LOG"), Some("debug"));
         let c = Config { modules: vec!["virtio_net".into(), "9p".into()], ..Config::default() };
         assert_eq!(get(&c.env(), "APP_MODULES"), Some("virtio_net,9p"));
+        let c = Config { gateway: Some(Ipv4Addr::new(10, 0, 2, 2)), ..Config::default() };
+        assert_eq!(get(&c.env(), "APP_GATEWAY"), Some("10.0.2.2"));
     }
 
     /// The original once copied appCtlFile from the wrong variable; the default it meant is

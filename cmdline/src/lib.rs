@@ -23,6 +23,7 @@ mod config;
 mod error;
 mod parse;
 mod render;
+mod results;
 mod value;
 mod words;
 
@@ -33,6 +34,7 @@ pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config, KNO
 pub use error::Error;
 pub use parse::{Parsed, parse, parse_strict};
 pub use render::{check_len, render_param};
+pub use results::{DEFAULT_RESULTS_DIR, ResultsTo, is_valid_results_dir, is_valid_run_id};
 pub use value::{DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, is_valid_module, is_valid_node};
 pub use words::{Words, join_words, quote_word, split_words};
 

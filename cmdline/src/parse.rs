@@ -12,8 +12,10 @@ use crate::MAX_CMDLINE_LEN;
 use crate::cmds::split_cmds;
 use crate::config::{Config, KNOWN_KEYS};
 use crate::error::Error;
+use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, is_valid_results_dir, is_valid_run_id};
 use crate::value::{
-    DEFAULT_PREFIX, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node, parse_bool,
+    DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
+    parse_bool,
 };
 use crate::words::{is_space, split_words};
 
@@ -202,7 +204,6 @@ fn reset(config: &mut Config, key: &str) {
         "appDebug" => config.debug = d.debug,
         "appArgs" => config.args = d.args,
         "appMac" => config.mac = d.mac,
-        "appIp" => config.ip = d.ip,
         "appNode" => config.node = d.node,
         "appCtlServer" => config.ctl_server = d.ctl_server,
         "appCtlUser" => config.ctl_user = d.ctl_user,
@@ -210,6 +211,15 @@ fn reset(config: &mut Config, key: &str) {
         "appCtlFile" => config.ctl_file = d.ctl_file,
         "appLog" => config.log = d.log,
         "appModules" => config.modules = d.modules,
+        "appGateway" => config.gateway = d.gateway,
+        "appIp" => {
+            config.ip = d.ip;
+            config.dhcp = d.dhcp;
+        }
+        "appNetDown" => config.net_down = d.net_down,
+        "appResultsTo" => config.results_to = d.results_to,
+        "appResultsDir" => config.results_dir = d.results_dir,
+        "appRunId" => config.run_id = d.run_id,
         _ => {}
     }
 }
@@ -221,6 +231,10 @@ fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
     let value = match value {
         None if key == "appDebug" => {
             out.config.debug = true;
+            return;
+        }
+        None if key == "appNetDown" => {
+            out.config.net_down = true;
             return;
         }
         None => {
@@ -252,6 +266,10 @@ fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
             }
         }
         "appMac" => value.parse().map(|m| c.mac = Some(m)),
+        "appIp" if value.eq_ignore_ascii_case("dhcp") => {
+            c.dhcp = true;
+            Ok(())
+        }
         "appIp" => match value.parse() {
             Ok(ip) => {
                 c.ip = Some(ip);
@@ -301,6 +319,37 @@ fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
                     c.modules = modules;
                     Ok(())
                 }
+            }
+        }
+        "appGateway" => match Ipv4Addr::from_str(value) {
+            Ok(gw) => {
+                c.gateway = Some(gw);
+                Ok(())
+            }
+            Err(_) => {
+                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: GATEWAY_EXPECTED })
+            }
+        },
+        "appNetDown" => parse_bool(key, value).map(|b| c.net_down = b),
+        "appResultsTo" => value.parse().map(|r| c.results_to = Some(r)),
+        "appResultsDir" => {
+            if is_valid_results_dir(value) {
+                c.results_dir = Some(value.to_owned());
+                Ok(())
+            } else {
+                Err(Error::InvalidValue {
+                    param: key.to_owned(),
+                    value: value.to_owned(),
+                    expected: RESULTS_DIR_EXPECTED,
+                })
+            }
+        }
+        "appRunId" => {
+            if is_valid_run_id(value) {
+                c.run_id = Some(value.to_owned());
+                Ok(())
+            } else {
+                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: RUN_ID_EXPECTED })
             }
         }
         _ => Ok(()),

@@ -149,6 +149,8 @@ impl Config {
         }
         if let Some(ip) = self.ip {
             out.push(render_param("appIp", &ip.to_string()));
+        } else if self.dhcp {
+            out.push(render_param("appIp", "dhcp"));
         }
         let texts = [
             ("appNode", &self.node),
@@ -167,6 +169,21 @@ impl Config {
         }
         if !self.modules.is_empty() {
             out.push(render_param("appModules", &self.modules.join(",")));
+        }
+        if let Some(gw) = self.gateway {
+            out.push(render_param("appGateway", &gw.to_string()));
+        }
+        if self.net_down {
+            out.push(Ok(String::from("appNetDown")));
+        }
+        if let Some(r) = &self.results_to {
+            out.push(render_param("appResultsTo", &r.to_string()));
+        }
+        if let Some(d) = &self.results_dir {
+            out.push(render_param("appResultsDir", d));
+        }
+        if let Some(id) = &self.run_id {
+            out.push(render_param("appRunId", id));
         }
         out
     }

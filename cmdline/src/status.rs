@@ -57,12 +57,77 @@ pub enum Event {
     },
     /// Something went wrong that the user should know about.
     Error { t_us: u64, message: String },
+    /// The init configured the control NIC: `method` is `static` or `dhcp`, `addr` the
+    /// address in force (`a.b.c.d/nn`), `mac` the NIC's.
+    Network {
+        t_us: u64,
+        nic: String,
+        addr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mac: Option<String>,
+        method: String,
+    },
+    /// The control NIC's counters just before and just after `/app/run`: equal packet
+    /// counts prove nothing crossed the NIC during the run. `link_down` says the link was
+    /// down meanwhile (`appNetDown`).
+    RunTraffic { t_us: u64, nic: String, link_down: bool, before: NetCounters, after: NetCounters },
+    /// The results step (`appResultsTo`) ended. `dest` is where the files went (the
+    /// run's directory on the server, e.g. `nfs:10.0.2.2:/run-1`); `files` and `bytes` count
+    /// what was copied; the three durations are the step's parts. `ok` is false, with
+    /// `error`, when anything failed: the results are then still in the guest only, and a
+    /// partial copy is never reported as success.
+    Results {
+        t_us: u64,
+        ok: bool,
+        transport: String,
+        dest: String,
+        files: u64,
+        bytes: u64,
+        mount_us: u64,
+        copy_us: u64,
+        umount_us: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The end action is about to happen. `status` is the run phase's status (the
     /// appliance's result); `action` is what the init does now.
     End { t_us: u64, action: String, status: i32 },
 }
 
+/// A network interface's counters (sysfs `statistics/`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetCounters {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl NetCounters {
+    /// Packets in either direction from `self` to `later`.
+    pub fn packets_until(&self, later: &NetCounters) -> u64 {
+        later
+            .rx_packets
+            .saturating_sub(self.rx_packets)
+            .saturating_add(later.tx_packets.saturating_sub(self.tx_packets))
+    }
+}
+
 impl Event {
+    /// When the event happened: microseconds of `CLOCK_BOOTTIME`.
+    pub fn t_us(&self) -> u64 {
+        match self {
+            Event::Init { t_us, .. }
+            | Event::PhaseStart { t_us, .. }
+            | Event::PhaseEnd { t_us, .. }
+            | Event::Error { t_us, .. }
+            | Event::Network { t_us, .. }
+            | Event::RunTraffic { t_us, .. }
+            | Event::Results { t_us, .. }
+            | Event::End { t_us, .. } => *t_us,
+        }
+    }
+
     /// The event as one JSON line, newline included.
     pub fn to_line(&self) -> String {
         // Serialising these plain structs cannot fail; fall back to a fixed line anyway so
@@ -93,12 +158,45 @@ mod tests {
             Event::PhaseEnd { t_us: 3, phase: "run".to_string(), index: None, exit: Exit::Signal(9), status: 137 },
             Event::Error { t_us: 4, message: "no /app/run".to_string() },
             Event::End { t_us: 5, action: "halt".to_string(), status: 3 },
+            Event::Network {
+                t_us: 6,
+                nic: "eth0".to_string(),
+                addr: "10.0.2.15/24".to_string(),
+                mac: Some("52:54:00:12:34:56".to_string()),
+                method: "dhcp".to_string(),
+            },
+            Event::RunTraffic {
+                t_us: 7,
+                nic: "eth0".to_string(),
+                link_down: false,
+                before: NetCounters { rx_packets: 1, tx_packets: 2, rx_bytes: 3, tx_bytes: 4 },
+                after: NetCounters { rx_packets: 5, tx_packets: 6, rx_bytes: 7, tx_bytes: 8 },
+            },
+            Event::Results {
+                t_us: 8,
+                ok: false,
+                transport: "nfs".to_string(),
+                dest: "nfs:10.0.2.2:/r1".to_string(),
+                files: 2,
+                bytes: 10,
+                mount_us: 1,
+                copy_us: 2,
+                umount_us: 3,
+                error: Some("cannot mount: timed out".to_string()),
+            },
         ];
         for e in events {
             let line = e.to_line();
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
             assert_eq!(Event::from_line(&line).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn packets_between_two_readings() {
+        let a = NetCounters { rx_packets: 10, tx_packets: 5, rx_bytes: 0, tx_bytes: 0 };
+        assert_eq!(a.packets_until(&a), 0);
+        assert_eq!(a.packets_until(&NetCounters { rx_packets: 12, tx_packets: 6, ..a }), 3);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! original's defects, and the property tests: render/parse round trip, one kernel word
 //! per parameter, and no panic on any bytes.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -310,7 +311,9 @@ fn every_parameter() {
     let c = clean(
         "appCmds='a:b' appCmdsFile=/app/cmds appEnd=sshd appDebug appArgs='x \"y z\"' \
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
-         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p",
+         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
+         appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
+         appRunId=run-1",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -327,10 +330,20 @@ fn every_parameter() {
         ctl_file: Some("out.txt".into()),
         log: Some(LogLevel::Trace),
         modules: cmds(&["virtio_net", "9p"]),
+        gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
+        dhcp: false,
+        net_down: true,
+        results_to: Some(ResultsTo::Nfs {
+            server: Ipv4Addr::new(10, 0, 2, 2),
+            export: "/".into(),
+            options: "port=2049".into(),
+        }),
+        results_dir: Some("/app/r".into()),
+        run_id: Some("run-1".into()),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 15);
+    assert_eq!(KNOWN_KEYS.len(), 20);
 }
 
 #[test]
@@ -429,7 +442,7 @@ fn opt_text() -> impl Strategy<Value = Option<String>> {
     prop::option::of(text(12).prop_filter("non-empty", |s| !s.is_empty()))
 }
 
-fn arb_config() -> impl Strategy<Value = Config> {
+fn arb_base_config() -> impl Strategy<Value = Config> {
     let cmd = text(16).prop_map(|s| s.trim_matches(|c: char| c.is_ascii_whitespace()).to_string());
     let cmds = prop::collection::vec(cmd, 0..4).prop_map(|v| v.into_iter().filter(|c| !c.is_empty()).collect());
     let end = prop::sample::select(End::ALL.to_vec());
@@ -462,9 +475,35 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     ctl_file,
                     log,
                     modules,
+                    ..Config::default()
                 }
             },
         )
+}
+
+/// [`arb_base_config`] with the network and results parameters.
+fn arb_config() -> impl Strategy<Value = Config> {
+    let gateway = prop::option::of(any::<u32>().prop_map(Ipv4Addr::from));
+    let results_to = prop::option::of(prop_oneof![
+        (any::<u32>(), "/[a-z/]{0,12}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}").prop_map(|(a, export, o)| {
+            ResultsTo::Nfs { server: Ipv4Addr::from(a), export, options: o.trim_start_matches(',').to_string() }
+        }),
+        ("[a-z0-9_]{1,31}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}")
+            .prop_map(|(tag, o)| ResultsTo::NineP { tag, options: o.trim_start_matches(',').to_string() }),
+    ]);
+    let run_id = prop::option::of("[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}");
+    let results_dir = prop::option::of("/[A-Za-z0-9/._-]{0,20}");
+    (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir).prop_map(
+        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir)| Config {
+            gateway,
+            dhcp: dhcp && c.ip.is_none(),
+            net_down,
+            results_to,
+            run_id,
+            results_dir,
+            ..c
+        },
+    )
 }
 
 /// Byte strings made of the pieces that matter to the parser.
@@ -586,4 +625,42 @@ fn app_args_round_trip_through_a_real_sh() {
         .expect("/bin/sh runs");
     let got: Vec<String> = String::from_utf8(out.stdout).unwrap().split_terminator('\0').map(String::from).collect();
     assert_eq!(got, args, "APP_ARGS={app_args}");
+}
+
+#[test]
+fn gateway_is_an_address_without_prefix() {
+    assert_eq!(clean("appGateway=10.0.2.2").gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+    for bad in ["appGateway=10.0.2.2/24", "appGateway=gw.example", "appGateway=10.0.2"] {
+        let p = parsed(&format!("appGateway=10.0.2.1 {bad}"));
+        assert_eq!(p.config.gateway, None, "{bad}");
+        assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appGateway"), "{bad}");
+    }
+}
+
+#[test]
+fn app_ip_dhcp_and_the_results_parameters() {
+    let c = clean("appIp=DHCP appRunId=r1");
+    assert!(c.dhcp && c.ip.is_none());
+    assert_eq!(c.render().unwrap(), "appIp=dhcp appRunId=r1");
+    let env = c.env();
+    assert!(env.contains(&("APP_MYIP".to_string(), "dhcp".to_string())), "{env:?}");
+    assert!(env.contains(&("APP_RESULTS".to_string(), "/app/results".to_string())), "{env:?}");
+    // The last appIp wins, whichever kind.
+    let c = clean("appIp=dhcp appIp=10.0.2.15/24");
+    assert!(!c.dhcp && c.ip.is_some());
+    let c = clean("appIp=10.0.2.15/24 appIp=dhcp");
+    assert!(c.dhcp && c.ip.is_none());
+    assert!(clean("appNetDown").net_down);
+    assert!(!clean("appNetDown appNetDown=off").net_down);
+    let p = parsed("appResultsTo=nfs:nfs.example:/x appRunId=../x appResultsDir=rel");
+    let params: Vec<String> = p
+        .diagnostics
+        .iter()
+        .map(|d| match d {
+            Error::InvalidValue { param, .. } => param.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(params, ["appResultsTo", "appRunId", "appResultsDir"]);
+    assert_eq!(p.config.results_to, None);
 }

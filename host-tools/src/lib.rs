@@ -18,8 +18,12 @@
 //! - [`qemu`] and [`vm`]: the QEMU command line, and running it with a time bound and
 //!   reading back the init's status record.
 //!
+//! - [`nfs`] and [`results`]: a private NFS server (nfs-ganesha) for a run's results, and
+//!   reading the results step back from the status record.
+//!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
-//! the one exception is [`trace`] chrooting into a reference root other than `/`.
+//! the exceptions are [`trace`] chrooting into a reference root other than `/`, and the
+//! NFS server of [`nfs`].
 
 pub mod compress;
 pub mod cpio;
@@ -30,6 +34,8 @@ pub mod kconfig;
 pub mod kernel;
 pub mod manifest;
 pub mod modules;
+pub mod nfs;
 pub mod qemu;
+pub mod results;
 pub mod trace;
 pub mod vm;

@@ -8,8 +8,9 @@
 //! ordinary process it is a subreaper supervisor instead, so its process handling is
 //! tested on the host ([`cli`]).
 //!
-//! It loads the kernel modules the image packs ([`modules`]); it does not configure
-//! networks or switch roots.
+//! It loads the kernel modules the image packs ([`modules`]), configures the control
+//! network ([`net`], [`dhcp`]), watches it around the run phase ([`watch`]) and saves the
+//! results over NFS or 9p at the very end ([`results`]); it does not switch roots.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -18,17 +19,21 @@ extern crate alloc;
 
 pub mod cli;
 pub mod console;
+pub mod dhcp;
 pub mod logger;
 pub mod mem;
 pub mod modules;
 pub mod mount;
+pub mod net;
 pub mod plan;
+pub mod results;
 pub mod rt;
 pub mod sequence;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod watch;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -49,4 +54,21 @@ pub fn read_to_string(path: &str) -> Option<String> {
         }
     }
     Some(String::from(String::from_utf8_lossy(&data)))
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn read_dir(path: &str) -> Result<Vec<String>, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut buf = [core::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(String::from(String::from_utf8_lossy(name)));
+        }
+    }
+    Ok(names)
 }

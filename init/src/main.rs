@@ -18,7 +18,7 @@ use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
-use appliance_init::{cli, console, logger, modules, mount, read_to_string, shutdown, sys};
+use appliance_init::{cli, console, logger, modules, mount, net, read_to_string, results, shutdown, sys, watch};
 use rustix::system::RebootCommand;
 
 appliance_init::entry!(main);
@@ -69,6 +69,7 @@ fn pid1() -> ! {
     if let Err(e) = sys::loopback_up() {
         log::warn!("cannot bring up the loopback interface: {}", Describe(e));
     }
+    let mut control = network(&config, &status);
     log::debug!("network and hostname set");
     let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
     let _ = rustix::fs::mkdir("/app", rustix::fs::Mode::from_raw_mode(0o755));
@@ -92,8 +93,16 @@ fn pid1() -> ! {
         tty: &tty,
         status: &status,
     };
+    if let Some(control) = &control {
+        for (k, v) in net::env(control, config.node.as_deref()) {
+            plan::set(&mut ctx.env, &k, v);
+        }
+    }
     let phases = plan::phases(&config, &commands(&config), &app, &image);
-    let outcome = sequence::run(&mut sup, &phases, &mut ctx);
+    let watched = watch::nic_to_watch(control.as_ref(), config.mac);
+    let outcome = watch::run(&mut sup, &phases, &mut ctx, control.as_ref(), watched.as_deref(), config.net_down);
+    // After postrun, before the end action: the network is quiet until here.
+    results::step(&config, &mut control, &status);
 
     let end = if outcome.interrupted { End::Poweroff } else { config.end };
     if matches!(end, End::Shell | End::Sshd) {
@@ -142,6 +151,28 @@ fn load_modules(config: &Config, status: &StatusWriter) {
         status.error(format!("{failure}"));
     }
     log::info!("{loaded} kernel module(s) loaded");
+}
+
+/// The control NIC, configured when `appIp` is set (an address, or `dhcp`). A failure is
+/// an error on the console and in the status record; the boot goes on without the network.
+fn network(config: &Config, status: &StatusWriter) -> Option<net::Control> {
+    if config.ip.is_none() && !config.dhcp {
+        return None;
+    }
+    match net::bring_up(config) {
+        Ok(c) => {
+            let via = c.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            let mac = c.mac.map(|m| format!(" ({m})")).unwrap_or_default();
+            log::info!("network: {} is {}{via}{mac} ({})", c.nic, c.addr, c.method);
+            status.emit(&c.event());
+            Some(c)
+        }
+        Err(e) => {
+            log::error!("network: {e}");
+            status.error(format!("network: {e}"));
+            None
+        }
+    }
 }
 
 /// appEnd=shell: a console shell, then power off. Without a shell, say so and go on.

@@ -191,13 +191,7 @@ fn events(path: &Path) -> Vec<Event> {
 }
 
 fn t_us(e: &Event) -> u64 {
-    match e {
-        Event::Init { t_us, .. }
-        | Event::PhaseStart { t_us, .. }
-        | Event::PhaseEnd { t_us, .. }
-        | Event::Error { t_us, .. }
-        | Event::End { t_us, .. } => *t_us,
-    }
+    e.t_us()
 }
 
 // ---------------------------------------------------------------------------------------

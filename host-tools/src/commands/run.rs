@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
-use appliance_host::kbuild;
 use appliance_host::qemu::{self, Accel, VmSpec};
 use appliance_host::vm;
+use appliance_host::{kbuild, nfs, results};
 
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
@@ -19,8 +19,10 @@ use appliance_host::vm;
 /// panic=-1 [quiet], the app dir's cmdline, the options below, then EXTRA words; for a
 /// parameter given twice the last one wins.
 ///
-/// Exits with the status of /app/run; 124 when --timeout killed the VM; 125 when the
-/// guest ended without reporting (kernel panic, crash). Ctrl-A X quits QEMU.
+/// Exits with the status of /app/run; 123 when --results was given and the results did
+/// not arrive in full (the message says why and what run's status was); 124 when
+/// --timeout killed the VM; 125 when the guest ended without reporting (kernel panic,
+/// crash). Ctrl-A X quits QEMU.
 #[derive(clap::Args)]
 pub struct Args {
     /// App dir or image to boot
@@ -76,6 +78,20 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
 
+    /// Save the results in DIR/<run id>/ after postrun: /app/output and the guest's
+    /// $APP_RESULTS (/app/results). Over NFS (nfs-ganesha on 127.0.0.1, started for the
+    /// run; needs root and `apt-get install nfs-ganesha nfs-ganesha-vfs`; the guest needs a
+    /// NIC driver and NFSv4: modules = ["virtio_pci", "virtio_net", "nfsv4"] on Debian's
+    /// kernel) or 9p (--results-via)
+    #[arg(long, value_name = "DIR")]
+    results: Option<PathBuf>,
+
+    /// How the results travel: nfs (QEMU user networking, an NFS server on the host) or
+    /// 9p (virtio, no network; needs a kernel with 9p, such as --kernel build:6.1:
+    /// Debian's cloud kernel has none)
+    #[arg(long, value_name = "HOW", default_value = "nfs", value_parser = ["nfs", "9p"], requires = "results")]
+    results_via: String,
+
     /// Extra QEMU argument (repeatable)
     #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
     qemu_args: Vec<String>,
@@ -97,7 +113,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bail!("no {what} at {}: build the image with `appliance build`, or pass --kernel", path.display());
         }
     }
-    let append = kernel_cmdline(&args, &app_dir)?;
+    let results = match &args.results {
+        Some(dir) => Some(Results::prepare(dir, &args.results_via, &app_dir, args.dry_run)?),
+        None => None,
+    };
+    let append = kernel_cmdline(&args, &app_dir, results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default())?;
     let (accel, why) = match args.accel.as_str() {
         "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
         "tcg" => (Accel::Tcg, "--accel tcg".to_string()),
@@ -119,8 +139,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cpus: args.cpus,
         accel,
         status_file,
-        net: None,
-        shares: Vec::new(),
+        net: results.as_ref().and_then(|r| r.net.clone()),
+        shares: results.as_ref().map(|r| r.shares.clone()).unwrap_or_default(),
         qmp: None,
         extra: args.qemu_args.clone(),
     };
@@ -137,7 +157,96 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("appliance: the VM did not finish within {} s: killed it", args.timeout);
     }
     eprintln!("{}", report.summary());
-    Ok(ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1)))
+    let mut code = report.exit_code();
+    if let Some(mut results) = results {
+        // The guest is gone: nothing writes to the server any more.
+        results.stop();
+        if !report.timed_out && report.end().is_some() && !results.report(&report.events) {
+            code = results::EXIT_RESULTS_FAILED;
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The results destination of a run: the server (NFS) or share (9p), and what the guest
+/// and QEMU need to reach it.
+struct Results {
+    dir: PathBuf,
+    server: Option<nfs::NfsServer>,
+    params: Vec<String>,
+    net: Option<qemu::UserNet>,
+    shares: Vec<qemu::Share9p>,
+}
+
+impl Results {
+    fn prepare(dir: &Path, via: &str, app_dir: &Path, dry_run: bool) -> anyhow::Result<Results> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the results directory {}", dir.display()))?;
+        let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let name = app_dir.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let id = results::run_id(name.as_deref().unwrap_or("run"), std::time::SystemTime::now());
+        let mut r = Results {
+            dir: dir.clone(),
+            server: None,
+            params: vec![render_param("appRunId", &id)?],
+            net: None,
+            shares: Vec::new(),
+        };
+        if via == "9p" {
+            r.params.push(render_param("appResultsTo", &format!("9p:{}", results::NINEP_TAG))?);
+            r.shares.push(qemu::Share9p { tag: results::NINEP_TAG.into(), path: dir, readonly: false });
+            return Ok(r);
+        }
+        let port = if dry_run {
+            2049
+        } else {
+            let server = nfs::NfsServer::start(&dir)?;
+            let port = server.port();
+            log::info!("NFS server on 127.0.0.1:{port} exporting {}", dir.display());
+            r.server = Some(server);
+            port
+        };
+        r.params.push(render_param("appResultsTo", &nfs::guest_param(port))?);
+        r.net = Some(qemu::UserNet::default());
+        Ok(r)
+    }
+
+    fn stop(&mut self) {
+        if let Some(server) = &mut self.server {
+            server.stop();
+        }
+    }
+
+    /// Says where the results are, or why they are not; returns whether they arrived.
+    fn report(&self, events: &[appliance_cmdline::status::Event]) -> bool {
+        if let Some((nic, packets)) = results::run_packets(events) {
+            eprintln!("appliance: {packets} packet(s) on {nic} during /app/run");
+        }
+        match results::outcome(events, &self.dir) {
+            Some(o) if o.ok => {
+                let dir = o.dir.as_deref().unwrap_or(&self.dir);
+                eprintln!(
+                    "appliance: results in {} ({} file(s), {} byte(s); saving took {:.0} ms)",
+                    dir.display(),
+                    o.files,
+                    o.bytes,
+                    o.step_us as f64 / 1000.0
+                );
+                true
+            }
+            Some(o) => {
+                eprintln!(
+                    "appliance: the results were NOT saved: {}; they stayed in the guest",
+                    o.error.as_deref().unwrap_or("unknown error")
+                );
+                false
+            }
+            None => {
+                eprintln!("appliance: the results were NOT saved: the guest never reported its results step");
+                false
+            }
+        }
+    }
 }
 
 /// The file `--kernel` names: a path, or `build:<series>` from the cache (built now if
@@ -166,8 +275,9 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
 }
 
-/// console/panic/quiet, the app dir's cmdline, the options, the extra words.
-fn kernel_cmdline(args: &Args, app_dir: &Path) -> anyhow::Result<String> {
+/// console/panic/quiet, the app dir's cmdline, the options, the results parameters, the
+/// extra words.
+fn kernel_cmdline(args: &Args, app_dir: &Path, results: &[String]) -> anyhow::Result<String> {
     let mut words: Vec<String> = qemu::base_kernel_params(args.kernel_log).into_iter().map(String::from).collect();
     let file = app_dir.join("cmdline");
     if file.exists() {
@@ -187,6 +297,7 @@ fn kernel_cmdline(args: &Args, app_dir: &Path) -> anyhow::Result<String> {
     if let Some(a) = &args.app_args {
         words.push(render_param("appArgs", a)?);
     }
+    words.extend(results.iter().cloned());
     words.extend(args.extra.iter().cloned());
     let line = words.join(" ");
     check_len(&line)?;

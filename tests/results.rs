@@ -1,0 +1,371 @@
+//! The results step end to end: `appliance run --results DIR` starts nfs-ganesha on the
+//! host's loopback (or shares DIR over virtio 9p), the init saves `/app/output` and
+//! `$APP_RESULTS` there after postrun, and the files arrive with the right content; a dead
+//! server is a clear error, a non-zero exit and no hang.
+//!
+//! Kernels: for NFS, Debian's cloud kernel (the images' default), where the NIC driver and
+//! NFSv4 are modules the images pack and load: `virtio_pci`, `virtio_net`, `nfsv4` (with
+//! `nfs`, `sunrpc`...). Debian's cloud kernel has no 9p at all, so the 9p test boots the
+//! project's kernel (`--kernel build:6.1`, built and cached by tests/kernel.rs or
+//! `appliance kernel build`), which has virtio 9p built in. The NFS server needs real root (these
+//! tests run as root) and `nfs-ganesha` + `nfs-ganesha-vfs` (host-tools/deps.sh installs
+//! them); without them the NFS tests fail saying so.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use appliance_cmdline::status::Event;
+use appliance_tests::{BOOT_TIMEOUT_S, Boot, Session, boot, build, image};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// One boot at a time: the copies are timed by soft-mount timeouts and the proxy test by a
+/// byte count, and several TCG guests plus servers on a 2-core machine would only make
+/// them slower and flakier.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const NFS_MODULES: &str = r#"modules = ["virtio_pci", "virtio_net", "nfsv4"]"#;
+
+/// Writes results of `$1` MiB (random, with its checksum on the console), a small file in
+/// a subdirectory, a symbolic link, and a line to /app/output.
+const RUN: &str = r#"#!/bin/bash
+mkdir -p "$APP_RESULTS/sub"
+echo "small result" > "$APP_RESULTS/sub/small.txt"
+ln -s sub/small.txt "$APP_RESULTS/link"
+head -c "$(( ${1:-1} * 1048576 ))" /dev/urandom > "$APP_RESULTS/big.bin"
+echo "sum: $(sha256sum "$APP_RESULTS/big.bin" | cut -d' ' -f1)"
+echo "operstate: $(cat /sys/class/net/eth0/operstate 2>/dev/null)"
+echo "run done"
+"#;
+
+fn manifest(modules: &str) -> String {
+    format!(
+        r#"description = "results test"
+host_files = ["/bin/bash", "/usr/bin/cat", "/usr/bin/head", "/usr/bin/mkdir", "/usr/bin/ln", "/usr/bin/sha256sum", "/usr/bin/cut", "/usr/bin/sleep"]
+{modules}
+"#
+    )
+}
+
+fn app(tmp: &Path, modules: &str, run: &str) -> PathBuf {
+    let img = image(tmp, &manifest(modules), &[("run", run)]);
+    build(&img, tmp)
+}
+
+fn results_event(b: &Boot) -> (bool, String, u64, Option<String>) {
+    b.events
+        .iter()
+        .find_map(|e| match e {
+            Event::Results { ok, dest, files, error, .. } => Some((*ok, dest.clone(), *files, error.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no results event: {:?}\n{}\n{}", b.events, b.console, b.stderr))
+}
+
+/// The one directory under `dir`.
+fn only_dir(dir: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let data = std::fs::read(path).unwrap();
+    Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn assert_arrived(b: &Boot, run_dir: &Path) {
+    assert_eq!(std::fs::read_to_string(run_dir.join("results/sub/small.txt")).unwrap(), "small result\n");
+    assert_eq!(std::fs::read_link(run_dir.join("results/link")).unwrap(), Path::new("sub/small.txt"));
+    let output = std::fs::read_to_string(run_dir.join("output")).unwrap();
+    assert!(output.contains("run done"), "{output}");
+    let sum = b.console.lines().find_map(|l| l.strip_prefix("sum: ")).expect("the guest printed its checksum");
+    assert_eq!(sha256_hex(&run_dir.join("results/big.bin")), sum.trim());
+}
+
+#[test]
+fn nfs_results_arrive_intact_over_dhcp_and_never_overwrite_an_earlier_run() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), NFS_MODULES, RUN);
+    let dir = tmp.path().join("results");
+    // 40 MiB of random data, checksummed on both sides. No appIp: DHCP at the very end.
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--args", "40", "-m", "768"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, files, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert_eq!(files, 4, "output, small.txt, link, big.bin");
+    let run_dir = only_dir(&dir);
+    assert!(dest.ends_with(run_dir.file_name().unwrap().to_str().unwrap()), "{dest} vs {run_dir:?}");
+    assert_arrived(&b, &run_dir);
+    assert!(b.stderr.contains(&format!("appliance: results in {}", run_dir.display())), "{}", b.stderr);
+    let network = b.events.iter().find_map(|e| match e {
+        Event::Network { method, addr, .. } => Some((method.clone(), addr.clone())),
+        _ => None,
+    });
+    assert_eq!(network, Some(("dhcp".into(), "10.0.2.15/24".into())));
+    // The network came up after the run: nothing crossed the NIC while it ran.
+    let traffic = b.events.iter().find_map(|e| match e {
+        Event::RunTraffic { before, after, .. } => Some(before.packets_until(after)),
+        _ => None,
+    });
+    assert_eq!(traffic, Some(0));
+
+    // The same run id again: a directory of its own, the first one untouched.
+    let first = std::fs::read(run_dir.join("results/big.bin")).unwrap();
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--args", "1", "--", &format!("appRunId={id}")]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let second = dir.join(format!("{id}.2"));
+    assert_arrived(&b, &second);
+    assert_eq!(std::fs::read(run_dir.join("results/big.bin")).unwrap(), first);
+}
+
+#[test]
+fn with_app_net_down_the_link_is_down_during_run_and_the_results_still_arrive() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), NFS_MODULES, RUN);
+    let dir = tmp.path().join("results");
+    let b = boot(
+        &app,
+        &["--results", dir.to_str().unwrap(), "--", "appIp=10.0.2.15/24", "appGateway=10.0.2.2", "appNetDown"],
+    );
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("operstate: down");
+    let traffic = b.events.iter().find_map(|e| match e {
+        Event::RunTraffic { link_down, before, after, .. } => Some((*link_down, before.packets_until(after))),
+        _ => None,
+    });
+    assert_eq!(traffic, Some((true, 0)));
+    let (ok, _, _, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert_arrived(&b, &only_dir(&dir));
+}
+
+/// The server dies while the guest runs: the results step fails in bounded time, says
+/// so, the VM powers off, and `appliance run` exits 123.
+#[test]
+fn a_dead_server_is_a_clear_error_and_a_nonzero_exit_not_a_hang() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\necho kill-the-server-now\nsleep 8\necho run done\n";
+    let app = app(tmp.path(), NFS_MODULES, run);
+    let dir = tmp.path().join("results");
+    let started = Instant::now();
+    let s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
+    s.expect("kill-the-server-now", 0);
+    let server = ganesha_serving(&dir).expect("the run's ganesha.nfsd is running");
+    // SIGKILL: a crash, not a clean shutdown.
+    nix_kill(server);
+    let b = s.finish();
+    let elapsed = started.elapsed();
+    assert_eq!(b.code, 123, "{b:?}");
+    let (ok, _, _, error) = results_event(&b);
+    assert!(!ok);
+    let error = error.unwrap();
+    assert!(error.contains("cannot mount"), "{error}");
+    b.assert_console("they are still in the guest");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
+}
+
+/// The pid of the ganesha.nfsd whose configuration exports `dir`.
+fn ganesha_serving(dir: &Path) -> Option<i32> {
+    let dir = dir.canonicalize().ok()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if !args.first().is_some_and(|a| a.ends_with("ganesha.nfsd")) {
+            continue;
+        }
+        let conf = args.iter().skip_while(|a| *a != "-f").nth(1)?;
+        if std::fs::read_to_string(conf).is_ok_and(|c| c.contains(&format!("Path = \"{}\";", dir.display()))) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+fn nix_kill(pid: i32) {
+    let st = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    assert!(st.success());
+}
+
+/// On the project's kernel (`build:6.1`: `appliance run` builds it first when it is not
+/// cached, which takes long on a fresh machine; tests/kernel.rs builds the same one).
+#[test]
+fn ninep_results_arrive_without_any_network() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), "", RUN);
+    let dir = tmp.path().join("results");
+    let b = boot(
+        &app,
+        &["--kernel", "build:6.1", "--results", dir.to_str().unwrap(), "--results-via", "9p", "--args", "8"],
+    );
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, _, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert!(dest.starts_with("9p:results/"), "{dest}");
+    assert_arrived(&b, &only_dir(&dir));
+    assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for 9p");
+}
+
+/// A server that accepts connections and never answers (hung, or a firewall that lets the
+/// handshake through): the soft mount gives up in bounded time, the results step fails
+/// with the error in the record, and the VM powers off. Measured: the mount fails with EIO
+/// after about 20 s (timeo=100,retrans=1).
+#[test]
+fn a_server_that_never_answers_ends_the_step_in_bounded_time() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\n";
+    let app = app(tmp.path(), NFS_MODULES, run);
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    // Accept and keep every connection, answer nothing.
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in hole.incoming() {
+            kept.push(s);
+        }
+    });
+    let param = format!("appResultsTo=nfs:10.0.2.2:/,port={port}");
+    let b =
+        boot(&app, &["--qemu-arg=-nic", "--qemu-arg=user,model=virtio-net-pci", "--", "appIp=10.0.2.15/24", &param]);
+    assert_eq!(b.code, 0, "the run itself succeeded: {b:?}");
+    let mount_us = b
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Results { mount_us, .. } => Some(*mount_us),
+            _ => None,
+        })
+        .unwrap();
+    let (ok, _, _, error) = results_event(&b);
+    assert!(!ok);
+    assert!(error.as_deref().unwrap_or_default().starts_with("cannot mount 10.0.2.2:/"), "{error:?}");
+    assert!(mount_us < 90_000_000, "the mount took {mount_us} us");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}
+
+/// The server is lost in the middle of the copy (a proxy between the guest and a ganesha
+/// this test starts cuts every connection after 6 MiB and refuses new ones): the step
+/// fails in bounded time and is never reported as success, though part of the data
+/// arrived.
+#[test]
+fn a_server_lost_mid_copy_is_never_reported_as_success() {
+    let _serial = serial();
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), NFS_MODULES, RUN);
+    let dir = tmp.path().join("results");
+    std::fs::create_dir(&dir).unwrap();
+    let server = appliance_host::nfs::NfsServer::start(&dir).unwrap();
+    let upstream = server.port();
+
+    const CUT_AFTER: u64 = 6 << 20;
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let dead = Arc::new(AtomicBool::new(false));
+    let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    std::thread::spawn(move || {
+        for guest in proxy.incoming().flatten() {
+            if dead.load(Ordering::SeqCst) {
+                let _ = guest.shutdown(Shutdown::Both);
+                continue;
+            }
+            let Ok(nfs) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            open.lock().unwrap().extend([guest.try_clone().unwrap(), nfs.try_clone().unwrap()]);
+            for (mut from, mut to, count) in [
+                (guest.try_clone().unwrap(), nfs.try_clone().unwrap(), true),
+                (nfs.try_clone().unwrap(), guest.try_clone().unwrap(), false),
+            ] {
+                let (sent, dead, open) = (Arc::clone(&sent), Arc::clone(&dead), Arc::clone(&open));
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || dead.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if count && sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > CUT_AFTER {
+                            dead.store(true, Ordering::SeqCst);
+                            for s in open.lock().unwrap().iter() {
+                                let _ = s.shutdown(Shutdown::Both);
+                            }
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+    });
+
+    let param = format!("appResultsTo=nfs:10.0.2.2:/,port={port}");
+    let started = Instant::now();
+    let b = boot(
+        &app,
+        &[
+            "--qemu-arg=-nic",
+            "--qemu-arg=user,model=virtio-net-pci",
+            "--args",
+            "24",
+            "-m",
+            "512",
+            "--",
+            "appIp=10.0.2.15/24",
+            &param,
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(b.code, 0, "the run itself succeeded: {b:?}");
+    let (ok, _, _, error) = results_event(&b);
+    assert!(!ok, "a cut copy was reported as success");
+    let error = error.unwrap();
+    eprintln!("results step after the cut: {error} (boot took {elapsed:?})");
+    assert!(error.starts_with("cannot "), "{error}");
+    b.assert_console("they are still in the guest");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
+    drop(server);
+}
+
+/// Without booting: what `--results` adds to the QEMU command line and the kernel's.
+#[test]
+fn dry_run_shows_the_share_the_nic_and_the_parameters() {
+    let tmp = TempDir::new().unwrap();
+    let app = build(&appliance_tests::root().join("images/hello"), tmp.path());
+    let dir = tmp.path().join("r");
+    let dry = |via: &str| {
+        let o = appliance_tests::appliance()
+            .arg("run")
+            .arg(&app)
+            .args(["--dry-run", "--results", dir.to_str().unwrap(), "--results-via", via])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let line = dry("9p");
+    let share =
+        format!("-virtfs local,path={},mount_tag=results,security_model=none", dir.canonicalize().unwrap().display());
+    assert!(line.contains(&share), "{line}");
+    assert!(line.contains(" appResultsTo=9p:results"), "{line}");
+    assert!(line.contains(" appRunId=app-"), "{line}");
+    assert!(!line.contains("-nic "), "9p needs no network: {line}");
+    // A dry run starts no server: the port shown is NFS's default.
+    let line = dry("nfs");
+    assert!(line.contains(" appResultsTo=nfs:10.0.2.2:/,port=2049"), "{line}");
+    assert!(line.contains("-nic user,model=virtio-net-pci"), "{line}");
+}
