@@ -9,7 +9,8 @@
 //! tested on the host ([`cli`]).
 //!
 //! It loads the kernel modules the image packs ([`modules`]); it does not configure
-//! networks or switch roots.
+//! networks or switch roots. `appEnd=sshd` supervises an SSH server ([`sshd`]); the
+//! power button ([`power`]), SIGTERM and Ctrl-Alt-Del shut it down cleanly.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -23,9 +24,11 @@ pub mod mem;
 pub mod modules;
 pub mod mount;
 pub mod plan;
+pub mod power;
 pub mod rt;
 pub mod sequence;
 pub mod shutdown;
+pub mod sshd;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
