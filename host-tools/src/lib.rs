@@ -15,6 +15,7 @@
 //! - [`image`]: the builder tying these together into an app dir;
 //! - [`trace`]: trace-based file selection: run an application in a reference root under
 //!   ptrace and list only the files it touched (chrooting there needs root);
+//! - [`ssh`]: the SSH server an image gets with `[ssh]`, its host key and login key;
 //! - [`qemu`] and [`vm`]: the QEMU command line, and running it with a time bound and
 //!   reading back the init's status record.
 //!
@@ -31,5 +32,6 @@ pub mod kernel;
 pub mod manifest;
 pub mod modules;
 pub mod qemu;
+pub mod ssh;
 pub mod trace;
 pub mod vm;

@@ -161,7 +161,7 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.join(appliance_host::manifest::FILE_NAME).exists() || !path.exists() {
-        return super::build::build_image(target, None, None, None);
+        return super::build::build_image(target, None, None, None, None);
     }
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
 }
