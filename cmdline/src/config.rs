@@ -4,6 +4,7 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "appCtlFile",
     "appLog",
     "appModules",
+    "appGateway",
 ];
 
 /// The application directory and its files, fixed by the protocol.
@@ -72,6 +74,9 @@ pub struct Config {
     /// `appModules`: kernel modules the init loads (with their dependencies) on top of
     /// those the image loads anyway; names as `modprobe` takes them.
     pub modules: Vec<String>,
+    /// `appGateway`: the default route's gateway, on the control NIC; no default route
+    /// when unset (a NIC address alone reaches its own subnet).
+    pub gateway: Option<Ipv4Addr>,
 }
 
 const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
@@ -164,6 +169,7 @@ impl Config {
             ("APP_CTLFILE", self.ctl_file_or_default()),
             ("APP_LOG", self.log.map(|l| l.to_string())),
             ("APP_MODULES", (!self.modules.is_empty()).then(|| self.modules.join(","))),
+            ("APP_GATEWAY", self.gateway.map(|g| g.to_string())),
         ];
         for (k, v) in optional {
             if let Some(v) = v {
@@ -178,7 +184,6 @@ impl Config {
 mod tests {
     use super::*;
     use alloc::vec;
-    use core::net::Ipv4Addr;
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
         env.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
@@ -238,6 +243,8 @@ mod tests {
         assert_eq!(get(&env, "APP_LOG"), Some("debug"));
         let c = Config { modules: vec!["virtio_net".into(), "9p".into()], ..Config::default() };
         assert_eq!(get(&c.env(), "APP_MODULES"), Some("virtio_net,9p"));
+        let c = Config { gateway: Some(Ipv4Addr::new(10, 0, 2, 2)), ..Config::default() };
+        assert_eq!(get(&c.env(), "APP_GATEWAY"), Some("10.0.2.2"));
     }
 
     /// The original once copied appCtlFile from the wrong variable; the default it meant is

@@ -13,7 +13,8 @@ use crate::cmds::split_cmds;
 use crate::config::{Config, KNOWN_KEYS};
 use crate::error::Error;
 use crate::value::{
-    DEFAULT_PREFIX, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node, parse_bool,
+    DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
+    parse_bool,
 };
 use crate::words::{is_space, split_words};
 
@@ -210,6 +211,7 @@ fn reset(config: &mut Config, key: &str) {
         "appCtlFile" => config.ctl_file = d.ctl_file,
         "appLog" => config.log = d.log,
         "appModules" => config.modules = d.modules,
+        "appGateway" => config.gateway = d.gateway,
         _ => {}
     }
 }
@@ -303,6 +305,15 @@ fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
                 }
             }
         }
+        "appGateway" => match Ipv4Addr::from_str(value) {
+            Ok(gw) => {
+                c.gateway = Some(gw);
+                Ok(())
+            }
+            Err(_) => {
+                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: GATEWAY_EXPECTED })
+            }
+        },
         _ => Ok(()),
     };
     if let Err(e) = result {

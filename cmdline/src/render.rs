@@ -168,6 +168,9 @@ impl Config {
         if !self.modules.is_empty() {
             out.push(render_param("appModules", &self.modules.join(",")));
         }
+        if let Some(gw) = self.gateway {
+            out.push(render_param("appGateway", &gw.to_string()));
+        }
         out
     }
 

@@ -2,6 +2,7 @@
 //! original's defects, and the property tests: render/parse round trip, one kernel word
 //! per parameter, and no panic on any bytes.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -310,7 +311,8 @@ fn every_parameter() {
     let c = clean(
         "appCmds='a:b' appCmdsFile=/app/cmds appEnd=sshd appDebug appArgs='x \"y z\"' \
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
-         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p",
+         appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
+         appGateway=192.168.1.1",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -327,10 +329,11 @@ fn every_parameter() {
         ctl_file: Some("out.txt".into()),
         log: Some(LogLevel::Trace),
         modules: cmds(&["virtio_net", "9p"]),
+        gateway: Some(Ipv4Addr::new(192, 168, 1, 1)),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 15);
+    assert_eq!(KNOWN_KEYS.len(), 16);
 }
 
 #[test]
@@ -429,7 +432,7 @@ fn opt_text() -> impl Strategy<Value = Option<String>> {
     prop::option::of(text(12).prop_filter("non-empty", |s| !s.is_empty()))
 }
 
-fn arb_config() -> impl Strategy<Value = Config> {
+fn arb_base_config() -> impl Strategy<Value = Config> {
     let cmd = text(16).prop_map(|s| s.trim_matches(|c: char| c.is_ascii_whitespace()).to_string());
     let cmds = prop::collection::vec(cmd, 0..4).prop_map(|v| v.into_iter().filter(|c| !c.is_empty()).collect());
     let end = prop::sample::select(End::ALL.to_vec());
@@ -462,9 +465,16 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     ctl_file,
                     log,
                     modules,
+                    ..Config::default()
                 }
             },
         )
+}
+
+/// [`arb_base_config`] with the network and results parameters.
+fn arb_config() -> impl Strategy<Value = Config> {
+    let gateway = prop::option::of(any::<u32>().prop_map(Ipv4Addr::from));
+    (arb_base_config(), gateway).prop_map(|(c, gateway)| Config { gateway, ..c })
 }
 
 /// Byte strings made of the pieces that matter to the parser.
@@ -586,4 +596,14 @@ fn app_args_round_trip_through_a_real_sh() {
         .expect("/bin/sh runs");
     let got: Vec<String> = String::from_utf8(out.stdout).unwrap().split_terminator('\0').map(String::from).collect();
     assert_eq!(got, args, "APP_ARGS={app_args}");
+}
+
+#[test]
+fn gateway_is_an_address_without_prefix() {
+    assert_eq!(clean("appGateway=10.0.2.2").gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
+    for bad in ["appGateway=10.0.2.2/24", "appGateway=gw.example", "appGateway=10.0.2"] {
+        let p = parsed(&format!("appGateway=10.0.2.1 {bad}"));
+        assert_eq!(p.config.gateway, None, "{bad}");
+        assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appGateway"), "{bad}");
+    }
 }

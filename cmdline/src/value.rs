@@ -16,6 +16,7 @@ pub(crate) const LOG_EXPECTED: &str = "one of error, warn, info, debug, trace";
 pub(crate) const BOOL_EXPECTED: &str = "a boolean (1, yes, true, on or 0, no, false, off)";
 pub(crate) const MAC_EXPECTED: &str = "a MAC address (expected aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff)";
 pub(crate) const IP_EXPECTED: &str = "an IPv4 address with a prefix (expected a.b.c.d/nn, e.g. 10.0.2.15/24)";
+pub(crate) const GATEWAY_EXPECTED: &str = "an IPv4 address (expected a.b.c.d, e.g. 10.0.2.2)";
 pub(crate) const MODULE_EXPECTED: &str = "a kernel module name (expected 1 to 55 of A-Z a-z 0-9 - _)";
 pub(crate) const NODE_EXPECTED: &str = "a node name (expected 1 to 64 of A-Z a-z 0-9 - _ .)";
 

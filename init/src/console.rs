@@ -63,6 +63,12 @@ impl core::fmt::Display for Describe {
             Errno::TOOBIG => "argument list too long",
             Errno::LOOP => "too many levels of symbolic links",
             Errno::NAMETOOLONG => "file name too long",
+            Errno::TIMEDOUT => "timed out",
+            Errno::CONNREFUSED => "connection refused",
+            Errno::HOSTUNREACH => "no route to host",
+            Errno::NETUNREACH => "network is unreachable",
+            Errno::NETDOWN => "network is down",
+            Errno::ADDRNOTAVAIL => "address not available",
             _ => return write!(f, "error {}", self.0.raw_os_error()),
         };
         write!(f, "{text}")

@@ -8,9 +8,10 @@
 //! ordinary process it is a subreaper supervisor instead, so its process handling is
 //! tested on the host ([`cli`]).
 //!
-//! It loads the kernel modules the image packs ([`modules`]); it does not configure
-//! networks or switch roots. `appEnd=sshd` supervises an SSH server ([`sshd`]); the
-//! power button ([`power`]), SIGTERM and Ctrl-Alt-Del shut it down cleanly.
+//! It loads the kernel modules the image packs ([`modules`]) and configures the control
+//! network ([`net`]); it does not switch roots. `appEnd=sshd` supervises an SSH server
+//! ([`sshd`]); the power button ([`power`]), SIGTERM and Ctrl-Alt-Del shut it down
+//! cleanly.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -23,6 +24,7 @@ pub mod logger;
 pub mod mem;
 pub mod modules;
 pub mod mount;
+pub mod net;
 pub mod plan;
 pub mod power;
 pub mod rt;
@@ -52,4 +54,21 @@ pub fn read_to_string(path: &str) -> Option<String> {
         }
     }
     Some(String::from(String::from_utf8_lossy(&data)))
+}
+
+/// The names in a directory, without `.` and `..`.
+pub fn read_dir(path: &str) -> Result<Vec<String>, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut buf = [core::mem::MaybeUninit::<u8>::uninit(); 4096];
+    let mut dir = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut names = Vec::new();
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(String::from(String::from_utf8_lossy(name)));
+        }
+    }
+    Ok(names)
 }

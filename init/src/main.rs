@@ -18,7 +18,7 @@ use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
-use appliance_init::{cli, console, logger, modules, mount, power, read_to_string, shutdown, sshd, sys};
+use appliance_init::{cli, console, logger, modules, mount, net, power, read_to_string, shutdown, sshd, sys};
 use rustix::system::RebootCommand;
 
 appliance_init::entry!(main);
@@ -69,6 +69,7 @@ fn pid1() -> ! {
     if let Err(e) = sys::loopback_up() {
         log::warn!("cannot bring up the loopback interface: {}", Describe(e));
     }
+    let control = network(&config, &status);
     log::debug!("network and hostname set");
     let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
     let _ = rustix::fs::mkdir("/app", rustix::fs::Mode::from_raw_mode(0o755));
@@ -96,6 +97,11 @@ fn pid1() -> ! {
         tty: &tty,
         status: &status,
     };
+    if let Some(control) = &control {
+        for (k, v) in net::env(control, config.node.as_deref()) {
+            plan::set(&mut ctx.env, &k, v);
+        }
+    }
     if config.debug && image.shell.is_none() {
         log::error!("appDebug asks for a console shell, but the image has none: going on with the boot");
     }
@@ -148,6 +154,26 @@ fn load_modules(config: &Config, status: &StatusWriter) {
         status.error(format!("{failure}"));
     }
     log::info!("{loaded} kernel module(s) loaded");
+}
+
+/// The control NIC with `appIp`'s address (and `appGateway`'s default route), when
+/// `appIp` is set. A failure is an error on the console and in the status record; the boot
+/// goes on without the network.
+fn network(config: &Config, status: &StatusWriter) -> Option<net::Control> {
+    let addr = config.ip?;
+    match net::bring_up_static(config.mac, addr, config.gateway) {
+        Ok(c) => {
+            let via = c.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            let mac = c.mac.map(|m| format!(" ({m})")).unwrap_or_default();
+            log::info!("network: {} is {}{via}{mac}", c.nic, c.addr);
+            Some(c)
+        }
+        Err(e) => {
+            log::error!("network: {e}");
+            status.error(format!("network: {e}"));
+            None
+        }
+    }
 }
 
 /// appEnd=shell: a console shell, then power off. Without a shell, say so and go on.

@@ -179,22 +179,125 @@ pub fn finit_module(fd: BorrowedFd<'_>) -> Result<(), Errno> {
         .map_err(errno)
 }
 
-/// Brings the loopback interface up (SIOCGIFFLAGS/SIOCSIFFLAGS on "lo"), so the image
-/// needs no `ip` binary.
+/// Brings the loopback interface up, so the image needs no `ip` binary.
 pub fn loopback_up() -> Result<(), Errno> {
-    const SIOCGIFFLAGS: usize = 0x8913;
-    const SIOCSIFFLAGS: usize = 0x8914;
-    const IFF_UP: i16 = 0x1;
-    // Any socket reaches the device ioctls; a Unix one avoids setting up an inet socket.
-    let sock = rustix::net::socket(rustix::net::AddressFamily::UNIX, rustix::net::SocketType::DGRAM, None)?;
+    if_set_up("lo", true)
+}
+
+// Network device ioctls (linux/sockios.h), on an AF_INET socket: the address calls need
+// one, and it reaches the flag calls too.
+const SIOCADDRT: usize = 0x890B;
+const SIOCGIFFLAGS: usize = 0x8913;
+const SIOCSIFFLAGS: usize = 0x8914;
+const SIOCSIFADDR: usize = 0x8916;
+const SIOCSIFNETMASK: usize = 0x891C;
+const IFF_UP: i16 = 0x1;
+const AF_INET: u16 = 2;
+
+/// struct ifreq: 16 bytes of name, then a 24-byte union (`short ifr_flags` or a
+/// `struct sockaddr`).
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    data: [u8; 24],
+}
+
+impl IfReq {
+    /// An ifreq for `name`, or EINVAL when the name does not fit (15 bytes and a NUL).
+    fn new(name: &str) -> Result<IfReq, Errno> {
+        let mut req = IfReq { name: [0; 16], data: [0; 24] };
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() > 15 || bytes.contains(&0) {
+            return Err(Errno::INVAL);
+        }
+        req.name.get_mut(..bytes.len()).ok_or(Errno::INVAL)?.copy_from_slice(bytes);
+        Ok(req)
+    }
+}
+
+/// struct sockaddr_in as the 16 bytes of a struct sockaddr.
+fn sockaddr_in(addr: [u8; 4]) -> [u8; 16] {
+    let mut sa = [0u8; 16];
+    sa[..2].copy_from_slice(&AF_INET.to_ne_bytes());
+    sa[4..8].copy_from_slice(&addr);
+    sa
+}
+
+fn inet_socket() -> Result<OwnedFd, Errno> {
+    rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)
+}
+
+fn ifreq_ioctl(sock: &OwnedFd, request: usize, req: &mut IfReq) -> Result<(), Errno> {
+    let fd = rustix::fd::AsRawFd::as_raw_fd(sock);
+    // SAFETY: req is a struct ifreq (40 bytes, the kernel's layout) that lives across the
+    // call; the SIOC*IF* requests used here read or write only that struct.
+    unsafe { syscall!(Sysno::ioctl, fd, request, req as *mut IfReq) }.map(drop).map_err(errno)
+}
+
+/// Sets (`up`) or clears the IFF_UP flag of interface `name`, keeping its other flags.
+pub fn if_set_up(name: &str, up: bool) -> Result<(), Errno> {
+    let sock = inet_socket()?;
+    let mut req = IfReq::new(name)?;
+    ifreq_ioctl(&sock, SIOCGIFFLAGS, &mut req)?;
+    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]);
+    let flags = if up { flags | IFF_UP } else { flags & !IFF_UP };
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+    ifreq_ioctl(&sock, SIOCSIFFLAGS, &mut req)
+}
+
+/// Gives interface `name` the IPv4 address `addr` with netmask `mask` (which also adds
+/// the route to its subnet).
+pub fn if_set_ipv4(name: &str, addr: [u8; 4], mask: [u8; 4]) -> Result<(), Errno> {
+    let sock = inet_socket()?;
+    let mut req = IfReq::new(name)?;
+    req.data[..16].copy_from_slice(&sockaddr_in(addr));
+    ifreq_ioctl(&sock, SIOCSIFADDR, &mut req)?;
+    let mut req = IfReq::new(name)?;
+    req.data[..16].copy_from_slice(&sockaddr_in(mask));
+    ifreq_ioctl(&sock, SIOCSIFNETMASK, &mut req)
+}
+
+/// struct rtentry (linux/route.h), with the kernel's alignment.
+#[repr(C)]
+struct RtEntry {
+    pad1: usize,
+    dst: [u8; 16],
+    gateway: [u8; 16],
+    genmask: [u8; 16],
+    flags: u16,
+    pad2: i16,
+    pad3: usize,
+    pad4: *const u8,
+    metric: i16,
+    dev: *const c_char,
+    mtu: usize,
+    window: usize,
+    irtt: u16,
+}
+
+/// Adds the default route (0.0.0.0/0) through `gateway` on interface `dev`.
+pub fn add_default_route(gateway: [u8; 4], dev: &str) -> Result<(), Errno> {
+    const RTF_UP: u16 = 0x1;
+    const RTF_GATEWAY: u16 = 0x2;
+    let dev = CString::new(dev).map_err(|_| Errno::INVAL)?;
+    let sock = inet_socket()?;
+    let route = RtEntry {
+        pad1: 0,
+        dst: sockaddr_in([0; 4]),
+        gateway: sockaddr_in(gateway),
+        genmask: sockaddr_in([0; 4]),
+        flags: RTF_UP | RTF_GATEWAY,
+        pad2: 0,
+        pad3: 0,
+        pad4: core::ptr::null(),
+        metric: 0,
+        dev: dev.as_ptr(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
     let fd = rustix::fd::AsRawFd::as_raw_fd(&sock);
-    // struct ifreq: 16 bytes of name, then a union whose first member is short ifr_flags.
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    // SAFETY: ifr is a 40-byte struct ifreq that lives across the call.
-    unsafe { syscall!(Sysno::ioctl, fd, SIOCGIFFLAGS, ifr.as_mut_ptr()) }.map_err(errno)?;
-    let flags = i16::from_ne_bytes([ifr[16], ifr[17]]) | IFF_UP;
-    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: as above.
-    unsafe { syscall!(Sysno::ioctl, fd, SIOCSIFFLAGS, ifr.as_ptr()) }.map(drop).map_err(errno)
+    // SAFETY: route is a struct rtentry in the kernel's layout; it and the NUL-terminated
+    // device name it points to live across the call, which only reads them.
+    unsafe { syscall!(Sysno::ioctl, fd, SIOCADDRT, &route as *const RtEntry) }.map(drop).map_err(errno)
 }
