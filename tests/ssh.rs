@@ -143,3 +143,19 @@ fn sigterm_to_appliance_run_powers_the_guest_off_cleanly() {
     assert!(!b.console.contains("postrun-ran"), "{}", b.console);
     assert_eq!(b.end(), Some(("poweroff".into(), 3)));
 }
+
+#[test]
+fn dropbear_serves_the_generated_key_too() {
+    let tmp = TempDir::new().unwrap();
+    let manifest = bash_manifest("kernel = \"build:6.1\"\n[ssh]\nserver = \"dropbear\"\n");
+    let img = image(tmp.path(), &manifest, &[("run", "#!/bin/bash\necho dropbear-run-ran\n")]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &["--end", "sshd", "--ssh"]);
+    s.expect("sshd is running", 0);
+    let o = ssh_until_it_works(&app, &["cat /app/output"]);
+    assert!(o.status.success(), "appliance ssh failed: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("dropbear-run-ran"), "{o:?}");
+    assert!(stop(&app).status.success());
+    let b = s.finish();
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)), "{b:?}");
+}

@@ -132,9 +132,13 @@ fn tool(program: &str, args: &[&OsStr]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Checks that `text` is one OpenSSH public key line and returns it trimmed.
+/// The first OpenSSH public key line in `text` (other lines, such as dropbearkey's
+/// "Public key portion is:", are skipped), trimmed.
 pub fn parse_public_key(text: &str) -> Option<String> {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    text.lines().map(str::trim).find_map(public_key_line)
+}
+
+fn public_key_line(line: &str) -> Option<String> {
     let mut words = line.split_whitespace();
     let (kind, blob) = (words.next()?, words.next()?);
     let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
