@@ -159,3 +159,45 @@ fn dropbear_serves_the_generated_key_too() {
     let b = s.finish();
     assert_eq!(b.end(), Some(("poweroff".into(), 0)), "{b:?}");
 }
+
+#[test]
+fn ctrl_alt_del_stops_the_running_app_and_powers_off() {
+    let tmp = TempDir::new().unwrap();
+    // Debian's cloud kernel: the project's has no PC keyboard (i8042, atkbd) nor VT, so
+    // no Ctrl-Alt-Del.
+    let img =
+        image(tmp.path(), &bash_manifest(""), &[("run", SLEEPING_RUN), ("postrun", "#!/bin/bash\necho postrun-ran\n")]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &[]);
+    s.expect("run-started", 0);
+    let record = appliance_host::running::read(&app).unwrap();
+    let mut qmp = appliance_host::qmp::Qmp::connect(&record.qmp, Duration::from_secs(5)).unwrap();
+    let keys = serde_json::json!({ "keys": [
+        { "type": "qcode", "data": "ctrl" }, { "type": "qcode", "data": "alt" }, { "type": "qcode", "data": "delete" }
+    ] });
+    qmp.execute_with("send-key", Some(keys)).unwrap();
+    let b = s.finish();
+    // The kernel sends SIGINT to PID 1, which forwards it: run (trapping only TERM) dies of it.
+    assert_eq!(b.code, 130, "{b:?}");
+    b.assert_console("signal 2: shutting down");
+    assert!(!b.console.contains("postrun-ran"), "{}", b.console);
+    assert_eq!(phase_end(&b.events, "run"), Some(Exit::Signal(2)));
+    assert_eq!(b.end(), Some(("poweroff".into(), 130)));
+}
+
+#[test]
+fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
+    let tmp = TempDir::new().unwrap();
+    let prerun = "#!/bin/bash\necho prerun-asks-to-stop\nkill -TERM 1\nsleep 2\n";
+    let img = image(
+        tmp.path(),
+        &bash_manifest("kernel = \"build:6.1\"\n"),
+        &[("prerun", prerun), ("run", "#!/bin/bash\necho run-ran\n")],
+    );
+    let b = appliance_tests::boot(&build(&img, tmp.path()), &[]);
+    b.assert_console("prerun-asks-to-stop");
+    b.assert_console("signal 15: shutting down");
+    assert!(!b.console.contains("run-ran"), "{}", b.console);
+    assert!(phase_end(&b.events, "run").is_none(), "{:?}", b.events);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}

@@ -61,7 +61,15 @@ impl Qmp {
 
     /// Runs a command without arguments and returns its `return` value.
     pub fn execute(&mut self, command: &str) -> Result<Value, Error> {
-        let request = serde_json::json!({ "execute": command });
+        self.execute_with(command, None)
+    }
+
+    /// Runs a command with `arguments` (a JSON object) and returns its `return` value.
+    pub fn execute_with(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
+        let request = match arguments {
+            Some(arguments) => serde_json::json!({ "execute": command, "arguments": arguments }),
+            None => serde_json::json!({ "execute": command }),
+        };
         let line = format!("{request}\n");
         self.writer.write_all(line.as_bytes()).map_err(|source| Error::Io { path: self.path.clone(), source })?;
         loop {
