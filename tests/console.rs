@@ -70,3 +70,21 @@ fn without_a_shell_the_init_says_so_and_goes_on() {
     b.assert_console("appDebug asks for a console shell, but the image has none: going on with the boot");
     b.assert_console("arg[1]=hello");
 }
+
+#[test]
+fn the_power_button_hangs_up_a_debug_shell_and_powers_off_without_running_the_app() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\"\n"), &[("run", "#!/bin/bash\necho run-ran\n")]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &["--debug"]);
+    s.expect("debug shell on /dev/ttyS0", 0);
+    let o = appliance_tests::appliance().arg("stop").arg(&app).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let b = s.finish();
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("power button pressed");
+    // SIGHUP ended the shell: no SIGKILL after the grace period was needed.
+    assert!(!b.console.contains("killing"), "{}", b.console);
+    assert!(!b.console.contains("run-ran"), "{}", b.console);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}

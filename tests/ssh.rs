@@ -201,3 +201,22 @@ fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     assert!(phase_end(&b.events, "run").is_none(), "{:?}", b.events);
     assert_eq!(b.end(), Some(("poweroff".into(), 0)));
 }
+
+#[test]
+fn run_ssh_forwards_a_loopback_port_and_sets_the_guest_address_unless_given() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\"\n"), &[("run", "#!/bin/sh\n")]);
+    let app = build(&img, tmp.path());
+    let dry = |extra: &[&str]| {
+        let o = appliance().arg("run").arg(&app).args(["--dry-run", "--ssh", "2222"]).args(extra).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let line = dry(&[]);
+    assert!(line.contains("hostfwd=tcp:127.0.0.1:2222-:22"), "{line}");
+    assert!(line.contains("appIp=10.0.2.15/24"), "{line}");
+    // An appIp of the user's comes later on the line, and the last one wins.
+    let line = dry(&["--", "appIp=10.0.2.99/24"]);
+    let (ours, theirs) = (line.find("appIp=10.0.2.15/24").unwrap(), line.find("appIp=10.0.2.99/24").unwrap());
+    assert!(ours < theirs, "{line}");
+}

@@ -80,6 +80,8 @@ pub struct Supervisor {
     stop_since: Option<core::time::Duration>,
     /// Power-button event devices, read in the poll loop.
     power: Vec<OwnedFd>,
+    /// Console shells running in sessions of their own (hung up on a stop request).
+    sessions: Vec<Pid>,
 }
 
 impl Supervisor {
@@ -107,6 +109,7 @@ impl Supervisor {
             stop_on_signals: false,
             stop_since: None,
             power: Vec::new(),
+            sessions: Vec::new(),
         })
     }
 
@@ -135,6 +138,10 @@ impl Supervisor {
         }
         if forward_term {
             self.signal_current(Signal::TERM);
+        }
+        // As if the console hung up: an interactive shell ignores SIGTERM, not SIGHUP.
+        for session in &self.sessions {
+            let _ = sys::kill_group_raw(*session, Signal::HUP.as_raw());
         }
     }
 
@@ -185,6 +192,8 @@ impl Supervisor {
                 if !matches!(cmd.stdio, Stdio::Terminal(_)) {
                     // Also done in the child: whichever runs first wins the race.
                     let _ = rustix::process::setpgid(Some(pid), Some(pid));
+                } else {
+                    self.sessions.push(pid);
                 }
                 if foreground {
                     let _ = rustix::termios::tcsetpgrp(sys::stdin(), pid);
@@ -275,6 +284,7 @@ impl Supervisor {
     pub fn take_exit(&mut self, pid: Pid) -> Option<Exit> {
         let i = self.exited.iter().position(|(p, _)| *p == pid)?;
         let (_, exit) = self.exited.swap_remove(i);
+        self.sessions.retain(|s| *s != pid);
         if self.current == Some(pid) {
             self.current = None;
         }
