@@ -123,7 +123,7 @@ pub fn serve(sup: &mut Supervisor, env: &[String], shell: Option<(&str, &str)>) 
         {
             failures = if now() - started >= HEALTHY { 1 } else { failures + 1 };
             let wait = backoff(failures);
-            log::warn!("{path} ended ({exit:?}): restarting in {} s", wait.as_secs());
+            log::warn!("{path} ended with status {}: restarting in {} s", exit.status(), wait.as_secs());
             sshd = None;
             restart_at = Some(now() + wait);
         }
