@@ -305,7 +305,8 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
         Some(section) => {
             let login = ssh::client_public_key(out_dir, options.ssh_key.as_deref(), &format!("appliance@{name}"))?;
             let host_key = ssh::generate_host_key(section.server)?;
-            ssh::add_to_image(&mut archive, section.server, &login, &host_key)?;
+            let root = section.root.as_ref().map(|r| image_dir.join(r));
+            ssh::add_to_image(&mut archive, section.server, root.as_deref(), &login, &host_key)?;
             Some(host_key)
         }
         None => None,

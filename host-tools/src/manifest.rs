@@ -14,7 +14,7 @@
 //! [files]                                     # image path = file or directory on the host
 //! "/etc/motd" = "motd"
 //! [ssh]                                       # an SSH server for appEnd=sshd, see crate::ssh
-//! server = "openssh"                          # or "dropbear"
+//! server = "openssh"                          # or "dropbear"; root = "ref-root" to take it from there
 //! [trace]                                     # files an application touches, see TraceSection
 //! root = "/"
 //! commands = ["bash -c 'ls /; date'"]

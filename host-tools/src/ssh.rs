@@ -9,7 +9,7 @@
 //! repository). There is no password at all: root's password field is `x` without a
 //! shadow entry, and the servers refuse password and keyboard-interactive logins anyway.
 //!
-//! The server comes from the host: OpenSSH's `sshd` (with `sshd_config`, the
+//! The server comes from the host (or a reference root, `root = "DIR"`): OpenSSH's `sshd` (with `sshd_config`, the
 //! privilege-separation user `sshd`; the init creates `/run/sshd` at boot) or Dropbear.
 //! Starting and supervising it is the init's job (`appEnd=sshd`).
 
@@ -38,6 +38,10 @@ pub const KNOWN_HOSTS: &str = "known_hosts";
 pub struct SshSection {
     #[serde(default)]
     pub server: Server,
+    /// Take the server and its libraries from this reference root (a debootstrapped
+    /// tree, relative to the image directory or absolute) instead of the host.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
 }
 
 /// Which SSH server goes into the image, copied from the host with its libraries.
@@ -97,8 +101,8 @@ pub enum Error {
     },
     #[error("{} is not an SSH public key (expected one line `TYPE BASE64 [COMMENT]`)", path.display())]
     NotAPublicKey { path: PathBuf },
-    #[error("[ssh] server {binary} not found on this host: install {package}")]
-    NoServer { binary: &'static str, package: &'static str },
+    #[error("[ssh] server {binary} not found in {}: install {package} there", root.display())]
+    NoServer { binary: &'static str, package: &'static str, root: PathBuf },
     #[error(transparent)]
     Archive(#[from] cpio::Error),
     #[error("cannot add {binary} to the image")]
@@ -270,21 +274,37 @@ pub fn passwd(shell: &str) -> String {
 
 pub const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
-/// Adds the server, its configuration, the host key and `authorized_keys` to `archive`.
-/// Account files the image already has are kept (a warning says when they lack root).
+/// Adds the server (from the host, or from the reference root `root`), its
+/// configuration, the host key and `authorized_keys` to `archive`. Account files the
+/// image already has are kept (a warning says when they lack root).
 pub fn add_to_image(
     archive: &mut Archive,
     server: Server,
+    root: Option<&Path>,
     authorized_key: &str,
     host_key: &HostKey,
 ) -> Result<(), Error> {
     let binary = Path::new(server.binary());
-    if !binary.is_file() {
-        return Err(Error::NoServer { binary: server.binary(), package: server.package() });
+    let add_error = |source| Error::AddServer { binary: server.binary(), source: Box::new(source) };
+    let host_root = root.unwrap_or(Path::new("/"));
+    if !crate::trace::root::host_path(host_root, binary).is_file() {
+        return Err(Error::NoServer { binary: server.binary(), package: server.package(), root: host_root.to_owned() });
     }
-    let mut resolver = Resolver::host()?;
-    crate::image::add_host_program(archive, &mut resolver, binary)
-        .map_err(|source| Error::AddServer { binary: server.binary(), source: Box::new(source) })?;
+    match root {
+        None => {
+            let mut resolver = Resolver::host()?;
+            crate::image::add_host_program(archive, &mut resolver, binary).map_err(add_error)?;
+        }
+        Some(root) => {
+            // As `[trace]` does: the program, its loader and libraries, and every
+            // directory and symlink on the way, at their paths in the root.
+            let wanted = std::collections::BTreeSet::from([binary.to_owned()]);
+            let none = crate::trace::Exclusions::new(&[], false);
+            let paths = crate::trace::select(root, &wanted, &[], &none)
+                .map_err(|e| add_error(crate::image::Error::Trace(e)))?;
+            crate::image::add_root_paths(archive, root, &paths).map_err(add_error)?;
+        }
+    }
 
     let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh", "/usr/bin/sh"]
         .into_iter()
@@ -413,7 +433,8 @@ mod tests {
         let mut archive = Archive::new();
         archive.add(Entry::data("/bin/bash", "x", 0o755)).unwrap();
         let host = HostKey { private: b"PRIVATE".to_vec(), public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost".into() };
-        add_to_image(&mut archive, Server::Openssh, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser u@h", &host).unwrap();
+        add_to_image(&mut archive, Server::Openssh, None, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUser u@h", &host)
+            .unwrap();
         let data = |path: &str| match archive.get(path).map(|e| (e.kind().clone(), e.mode())) {
             Some((Kind::Data(d), mode)) => (String::from_utf8_lossy(&d).into_owned(), mode & 0o7777),
             other => panic!("{path}: {other:?}"),
@@ -427,6 +448,30 @@ mod tests {
         assert_eq!(data("/etc/ssh/ssh_host_ed25519_key"), ("PRIVATE".into(), 0o600));
         assert!(data("/etc/passwd").0.starts_with("root:x:0:0:root:/root:/bin/bash\n"));
         assert!(data("/etc/ssh/sshd_config").0.contains("PasswordAuthentication no"));
+    }
+
+    #[test]
+    fn the_server_can_come_from_a_reference_root() {
+        if !Path::new(Server::Openssh.binary()).is_file() {
+            eprintln!("skipped: no {} on this host", Server::Openssh.binary());
+            return;
+        }
+        let host = HostKey { private: b"PRIVATE".to_vec(), public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost".into() };
+        // The host as its own reference root: the same files, found the root's way.
+        let mut archive = Archive::new();
+        add_to_image(
+            &mut archive,
+            Server::Openssh,
+            Some(Path::new("/")),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIU",
+            &host,
+        )
+        .unwrap();
+        assert!(matches!(archive.get("/usr/sbin/sshd").map(Entry::kind), Some(Kind::File { .. })));
+        assert!(archive.entries().any(|e| e.path().ends_with("libcrypto.so.3")), "sshd's libraries come along");
+        let empty = tempfile::tempdir().unwrap();
+        let err = add_to_image(&mut Archive::new(), Server::Dropbear, Some(empty.path()), "k", &host).unwrap_err();
+        assert!(err.to_string().contains("/usr/sbin/dropbear not found in"), "{err}");
     }
 
     #[test]
