@@ -61,6 +61,16 @@ fn sshd_serves_the_generated_key_refuses_passwords_and_stops_gracefully() {
     assert!(stdout.contains("run-output-42\n"), "{stdout}");
     assert!(stdout.contains("shell=bash home=/root"), "{stdout}");
 
+    // The init restarts sshd when it dies (the listener is PID 1's child; sessions are
+    // forked from it, so this one survives the kill).
+    let kill_listener = r#"for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < "$f";
+        [ "$comm" = "(sshd)" ] && [ "$ppid" = 1 ] && kill -9 "$pid" && echo "killed-listener"; done"#;
+    let o = appliance_ssh(&app, &[kill_listener]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("killed-listener"), "{o:?}");
+    s.expect("restarting in 1 s", 0);
+    let o = ssh_until_it_works(&app, &["echo back-$((6 * 7))"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("back-42"), "{o:?}");
+
     // Passwords are not even offered: only public keys.
     let port = appliance_host::running::read(&app).unwrap().ssh_port.unwrap();
     let known_hosts = app.join("ssh/known_hosts");
