@@ -71,9 +71,18 @@ fn sshd_serves_the_generated_key_refuses_passwords_and_stops_gracefully() {
     let o = ssh_until_it_works(&app, &["echo back-$((6 * 7))"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("back-42"), "{o:?}");
 
+    // The host key is checked for real: another key under the alias is refused.
+    let known_hosts = app.join("ssh/known_hosts");
+    let recorded = std::fs::read_to_string(&known_hosts).unwrap();
+    let other = appliance_host::ssh::generate_host_key(appliance_host::ssh::Server::Openssh).unwrap();
+    std::fs::write(&known_hosts, format!("appliance-image {}\n", other.public)).unwrap();
+    let o = appliance_ssh(&app, &["true"]);
+    std::fs::write(&known_hosts, &recorded).unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("Host key verification failed"), "{stderr}");
+
     // Passwords are not even offered: only public keys.
     let port = appliance_host::running::read(&app).unwrap().ssh_port.unwrap();
-    let known_hosts = app.join("ssh/known_hosts");
     let o = std::process::Command::new("ssh")
         .args(["-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no"])
         .args(["-o", "PreferredAuthentications=password,keyboard-interactive"])
