@@ -17,10 +17,10 @@ fn bash_app(tmp: &TempDir) -> std::path::PathBuf {
 /// Starts `sleep 1000` in the shell, interrupts it with Ctrl-C, and checks that the
 /// shell lives on with job control on. Returns the console offset after the check.
 fn ctrl_c_kills_sleep_not_the_shell(s: &mut Session, from: usize) -> usize {
-    s.send("echo before-$((1 + 1)); sleep 1000\n");
-    let at = s.expect("before-2", from);
-    // Give sleep time to start under TCG.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The job says when it runs (the terminal is its group's by then: bash hands it over
+    // in the child too); the typed line's echo has `$((...))`, not its value.
+    s.send("bash -c 'echo fg-$((1 + 1))-ready; exec sleep 1000'\n");
+    let at = s.expect("fg-2-ready", from);
     s.send(CTRL_C);
     // `m` in $-: job control (monitor mode) is on, which needs a controlling terminal.
     s.send("case $- in *m*) echo after-$((2 + 3))-monitor;; *) echo after-no-monitor;; esac\n");

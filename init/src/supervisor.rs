@@ -140,8 +140,11 @@ impl Supervisor {
             self.signal_current(Signal::TERM);
         }
         // As if the console hung up: an interactive shell ignores SIGTERM, not SIGHUP.
+        // The process too: right after fork it has no session (no group) of its own yet,
+        // and a blocked SIGHUP stays pending until it unblocks its signals before exec.
         for session in &self.sessions {
             let _ = sys::kill_group_raw(*session, Signal::HUP.as_raw());
+            let _ = rustix::process::kill_process(*session, Signal::HUP);
         }
     }
 
