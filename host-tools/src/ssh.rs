@@ -6,12 +6,16 @@
 //! without ever asking). Logins are by public key only, as root: the user's own public key
 //! (`appliance build --ssh-key`), else a key pair generated once per app dir and kept in
 //! `<app-dir>/ssh/id_ed25519` (mode 0600, next to a `.gitignore` that keeps it out of any
-//! repository). There is no password at all: root's password field is `x` without a
-//! shadow entry, and the servers refuse password and keyboard-interactive logins anyway.
+//! repository). The generated pair is the default rather than `~/.ssh/id_ed25519.pub`: a
+//! build does not depend on the builder's home directory (CI, another user, no key yet),
+//! and an appliance given to others does not trust the builder's personal key. There is
+//! no password at all: root's password field is `x` without a shadow entry, and the
+//! servers refuse password and keyboard-interactive logins anyway.
 //!
-//! The server comes from the host (or a reference root, `root = "DIR"`): OpenSSH's `sshd` (with `sshd_config`, the
-//! privilege-separation user `sshd`; the init creates `/run/sshd` at boot) or Dropbear.
-//! Starting and supervising it is the init's job (`appEnd=sshd`).
+//! The server comes from the host, or from a reference root (`root = "DIR"`): OpenSSH's
+//! `sshd` (with `sshd_config`, the privilege-separation user `sshd`; the init creates
+//! `/run/sshd` at boot) or Dropbear. Starting and supervising it is the init's job
+//! (`appEnd=sshd`).
 
 use std::ffi::OsStr;
 use std::fs;
