@@ -9,6 +9,11 @@
 #   - nfs-ganesha, nfs-ganesha-vfs: `appliance run --results` serves a run's results over
 #     NFS (tests/results.rs); a system instance the package starts is stopped (ours run on
 #     a free port of 127.0.0.1 with their own configuration)
+#   - openssh-server, dropbear-bin: the SSH servers `appliance build` copies into images
+#     with [ssh]; openssh-client: ssh-keygen (host and login keys) and ssh (`appliance
+#     ssh`, tests/ssh.rs). Installing openssh-server must not start a host sshd: a
+#     temporary policy-rc.d forbids it (a host sshd on port 22 would not disturb the
+#     tests, which forward free loopback ports, but a CI machine needs no open port).
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -35,6 +40,9 @@ appliance_install_deps() {
     command -v ganesha.nfsd >/dev/null || [ -x /usr/bin/ganesha.nfsd ] || ganesha+=(nfs-ganesha)
     compgen -G '/usr/lib/*/ganesha/libfsalvfs.so' >/dev/null || ganesha+=(nfs-ganesha-vfs)
     missing+=("${ganesha[@]}")
+    { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing+=(openssh-client)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    { [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null; } || missing+=(dropbear-bin)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)
@@ -47,8 +55,18 @@ appliance_install_deps() {
         echo "deps: apt-get install ${missing[*]:-(refreshing package lists)}" >&2
         appliance_need_root apt-get update -q
         if [ ${#missing[@]} -gt 0 ]; then
+            local policy=""
+            if [ ! -e /usr/sbin/policy-rc.d ]; then
+                # Exit status 101: "action forbidden", so no service starts (openssh-server).
+                policy=/usr/sbin/policy-rc.d
+                printf '#!/bin/sh\nexit 101\n' | appliance_need_root tee "$policy" >/dev/null
+                appliance_need_root chmod 755 "$policy"
+            fi
+            local status=0
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y -q --no-install-recommends "${missing[@]}"
+                apt-get install -y -q --no-install-recommends "${missing[@]}" || status=$?
+            if [ -n "$policy" ]; then appliance_need_root rm -f "$policy"; fi
+            [ "$status" -eq 0 ] || return "$status"
         fi
         if [ ${#ganesha[@]} -gt 0 ] && command -v systemctl >/dev/null \
             && systemctl is-active --quiet nfs-ganesha 2>/dev/null; then

@@ -173,6 +173,11 @@ impl Session {
         }
     }
 
+    /// The `appliance run` process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Types `text` on the console.
     pub fn send(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("piped stdin");

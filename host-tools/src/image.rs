@@ -27,6 +27,7 @@ use crate::kbuild;
 use crate::kernel::{self, KernelInfo};
 use crate::manifest::{self, KernelSource, Manifest, TraceSection};
 use crate::modules;
+use crate::ssh;
 use crate::trace::{self, Exclusions};
 
 /// The init's file name, next to the `appliance` executable.
@@ -81,6 +82,8 @@ pub enum Error {
     TraceCommand { command: String, status: i32, root: PathBuf },
     #[error(transparent)]
     Modules(#[from] modules::Error),
+    #[error(transparent)]
+    Ssh(#[from] ssh::Error),
     #[error(
         "{INIT_NAME} not found next to {}: build it with \
          `cargo build --release -p appliance-init`, or set {INIT_ENV}",
@@ -221,6 +224,9 @@ pub struct BuildOptions {
     /// Receives the progress of a `build:<series>` kernel compiled on demand; logged
     /// when `None`.
     pub kernel_progress: Option<kbuild::ProgressSink>,
+    /// For `[ssh]`: the public key logins are accepted for; `None` generates a pair in
+    /// the app dir (see [`crate::ssh`]).
+    pub ssh_key: Option<PathBuf>,
 }
 
 /// What a build produced; also written, without `app_dir`, as `appliance.json`.
@@ -250,6 +256,10 @@ pub struct BuildReport {
     /// Where the kernel headers are in the image (`kernel_headers = true`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_headers: Option<String>,
+    /// The SSH server of `[ssh]` and the alias its host key is recorded under in
+    /// `ssh/known_hosts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key_alias: Option<String>,
 }
 
 /// The image directory `arg` names: a directory holding `appliance.toml`, else a bare
@@ -290,6 +300,17 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     let manifest = manifest::load(image_dir)?;
     let name = image_name(image_dir)?;
     let mut archive = collect(image_dir, &manifest, &options.tools)?;
+    // A new host key for every build; recorded in the app dir once the initrd is written.
+    let ssh_host_key = match &manifest.ssh {
+        Some(section) => {
+            let login = ssh::client_public_key(out_dir, options.ssh_key.as_deref(), &format!("appliance@{name}"))?;
+            let host_key = ssh::generate_host_key(section.server)?;
+            let root = section.root.as_ref().map(|r| image_dir.join(r));
+            ssh::add_to_image(&mut archive, section.server, root.as_deref(), &login, &host_key)?;
+            Some(host_key)
+        }
+        None => None,
+    };
     let compression = options.compression.unwrap_or(manifest.compression);
     let (kernel, headers) = obtain_kernel(image_dir, &manifest, options)?;
     let kernel_headers = match headers {
@@ -320,6 +341,15 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     );
     let cmdline = out_dir.join("cmdline");
     fs::write(&cmdline, format!("{}\n", manifest.cmdline)).map_err(io_error("write", &cmdline))?;
+    let ssh_host_key_alias = match &ssh_host_key {
+        Some(key) => {
+            let alias = ssh::host_key_alias(&name);
+            let known = ssh::record_host_key(out_dir, &alias, key)?;
+            log::info!("recorded the host key in {} as {alias}", known.display());
+            Some(alias)
+        }
+        None => None,
+    };
 
     let report = BuildReport {
         image: name,
@@ -335,6 +365,7 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
         modules: packed.load,
         modules_packed: packed.packed,
         kernel_headers,
+        ssh_host_key_alias,
     };
     let facts = out_dir.join("appliance.json");
     let mut json = serde_json::to_string_pretty(&report).map_err(|err| Error::Io {

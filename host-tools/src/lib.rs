@@ -15,6 +15,9 @@
 //! - [`image`]: the builder tying these together into an app dir;
 //! - [`trace`]: trace-based file selection: run an application in a reference root under
 //!   ptrace and list only the files it touched (chrooting there needs root);
+//! - [`ssh`]: the SSH server an image gets with `[ssh]`, its host key and login key;
+//! - [`qmp`], [`running`] and [`stop`]: a running VM's record in its app dir, and a
+//!   graceful stop through the guest's power button;
 //! - [`qemu`] and [`vm`]: the QEMU command line, and running it with a time bound and
 //!   reading back the init's status record.
 //!
@@ -36,6 +39,10 @@ pub mod manifest;
 pub mod modules;
 pub mod nfs;
 pub mod qemu;
+pub mod qmp;
 pub mod results;
+pub mod running;
+pub mod ssh;
+pub mod stop;
 pub mod trace;
 pub mod vm;

@@ -39,6 +39,8 @@ struct Cli {
 enum Command {
     Build(commands::build::Args),
     Run(commands::run::Args),
+    Stop(commands::stop::Args),
+    Ssh(commands::ssh::Args),
     Kernel(commands::kernel::Args),
     Cpio(commands::cpio::Args),
     Trace(commands::trace::Args),
@@ -61,6 +63,8 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Stop(args) => commands::stop::run(args),
+        Command::Ssh(args) => commands::ssh::run(args),
         Command::Kernel(args) => commands::kernel::run(args),
         Command::Cpio(args) => commands::cpio::run(args),
         Command::Trace(args) => commands::trace::run(args),

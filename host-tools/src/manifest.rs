@@ -13,6 +13,8 @@
 //! "/app/run" = "appliance-hello"
 //! [files]                                     # image path = file or directory on the host
 //! "/etc/motd" = "motd"
+//! [ssh]                                       # an SSH server for appEnd=sshd, see crate::ssh
+//! server = "openssh"                          # or "dropbear"; root = "ref-root" to take it from there
 //! [trace]                                     # files an application touches, see TraceSection
 //! root = "/"
 //! commands = ["bash -c 'ls /; date'"]
@@ -82,6 +84,10 @@ pub struct Manifest {
     /// `appModules=` names them.
     #[serde(default)]
     pub modules_available: Vec<String>,
+    /// An SSH server from the host with its configuration, a host key made for this
+    /// build and the login key's `authorized_keys` ([`crate::ssh`]), for `appEnd=sshd`.
+    #[serde(default)]
+    pub ssh: Option<crate::ssh::SshSection>,
 }
 
 /// `[trace]`: the files an application touches, taken from a reference root at their
@@ -464,6 +470,16 @@ modules_available = ["9p"]
         let dir = tempfile::tempdir().unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(err.to_string().contains("appliance.toml"), "{err}");
+    }
+
+    #[test]
+    fn ssh_section() {
+        use crate::ssh::Server;
+        assert_eq!(parse_ok("description = \"d\"\n").ssh, None);
+        assert_eq!(parse_ok("description = \"d\"\n[ssh]\n").ssh.unwrap().server, Server::Openssh);
+        let dropbear = parse_ok("description = \"d\"\n[ssh]\nserver = \"dropbear\"\n");
+        assert_eq!(dropbear.ssh.unwrap().server, Server::Dropbear);
+        assert!(parse_err("description = \"d\"\n[ssh]\nserver = \"telnetd\"\n").contains("unknown variant `telnetd`"));
     }
 
     #[test]

@@ -104,19 +104,58 @@ impl RunReport {
     }
 }
 
+/// What a [`Watch`] asks of the loop waiting for QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Continue,
+    /// Kill QEMU now (a graceful stop ran out of time).
+    Kill,
+}
+
+/// Hooks into a run (graceful stop, the run record of [`crate::running`]).
+pub trait Watch {
+    /// Start QEMU in a process group of its own, so that a signal to ours (a script's
+    /// Ctrl-C) reaches only us and we can power the guest off gracefully. Only when our
+    /// stdin is not a terminal: QEMU must stay in the foreground group of a terminal it
+    /// reads.
+    fn own_process_group(&self) -> bool {
+        false
+    }
+    /// QEMU started with this pid.
+    fn started(&mut self, _pid: u32) {}
+    /// Called every 20 ms while QEMU runs.
+    fn tick(&mut self) -> Tick {
+        Tick::Continue
+    }
+}
+
+impl Watch for () {}
+
 /// Starts QEMU for `spec` with the console on our terminal and waits for it, killing it
 /// after `timeout`.
 pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmError> {
+    run_watched(spec, timeout, &mut ())
+}
+
+/// [`run`], with `watch` told when QEMU starts and asked every tick whether to kill it.
+pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Watch) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
     let started = Instant::now();
-    let mut child = Command::new(&spec.qemu)
-        .args(qemu::argv(spec))
-        .spawn()
-        .map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+    let mut command = Command::new(&spec.qemu);
+    command.args(qemu::argv(spec));
+    if watch.own_process_group() {
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    }
+    let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+    watch.started(child.id());
     let mut timed_out = false;
     let qemu_status = loop {
         if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
             break Some(status);
+        }
+        if watch.tick() == Tick::Kill {
+            let _ = child.kill();
+            break child.wait().ok();
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             timed_out = true;

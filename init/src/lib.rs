@@ -11,6 +11,8 @@
 //! It loads the kernel modules the image packs ([`modules`]), configures the control
 //! network ([`net`], [`dhcp`]), watches it around the run phase ([`watch`]) and saves the
 //! results over NFS or 9p at the very end ([`results`]); it does not switch roots.
+//! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
+//! SIGTERM and Ctrl-Alt-Del shut it down cleanly.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -26,10 +28,12 @@ pub mod modules;
 pub mod mount;
 pub mod net;
 pub mod plan;
+pub mod power;
 pub mod results;
 pub mod rt;
 pub mod sequence;
 pub mod shutdown;
+pub mod sshd;
 pub mod status;
 pub mod supervisor;
 pub mod sys;

@@ -18,7 +18,9 @@ use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
-use appliance_init::{cli, console, logger, modules, mount, net, read_to_string, results, shutdown, sys, watch};
+use appliance_init::{
+    cli, console, logger, modules, mount, net, power, read_to_string, results, shutdown, sshd, sys, watch,
+};
 use rustix::system::RebootCommand;
 
 appliance_init::entry!(main);
@@ -81,6 +83,10 @@ fn pid1() -> ! {
             shutdown::power(RebootCommand::PowerOff)
         }
     };
+    // SIGTERM, Ctrl-Alt-Del and the power button (after the modules: Debian's kernel has
+    // `button` and `evdev` as modules) mean "shut down cleanly now".
+    sup.stop_on_signals();
+    sup.watch_power_button(power::open_buttons());
     let app = AppPaths::new("/app");
     if let Err(e) = sup.set_output(&app.output()) {
         log::warn!("cannot write {}: {}", app.output(), Describe(e));
@@ -98,6 +104,9 @@ fn pid1() -> ! {
             plan::set(&mut ctx.env, &k, v);
         }
     }
+    if config.debug && image.shell.is_none() {
+        log::error!("appDebug asks for a console shell, but the image has none: going on with the boot");
+    }
     let phases = plan::phases(&config, &commands(&config), &app, &image);
     let watched = watch::nic_to_watch(control.as_ref(), config.mac);
     let outcome = watch::run(&mut sup, &phases, &mut ctx, control.as_ref(), watched.as_deref(), config.net_down);
@@ -105,11 +114,10 @@ fn pid1() -> ! {
     results::step(&config, &mut control, &status);
 
     let end = if outcome.interrupted { End::Poweroff } else { config.end };
-    if matches!(end, End::Shell | End::Sshd) {
-        if end == End::Sshd {
-            log::error!("appEnd=sshd is not supported yet: offering the console shell instead");
-        }
-        end_shell(&mut sup, &image, &mut ctx);
+    match end {
+        End::Sshd => end_sshd(&mut sup, &image, &mut ctx),
+        End::Shell => end_shell(&mut sup, &image, &mut ctx),
+        _ => {}
     }
     let action = match end {
         End::Reboot => RebootCommand::Restart,
@@ -187,6 +195,20 @@ fn end_shell(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     let env = plan::render_env(&env);
     let argv = [shell.clone()];
     sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty)) });
+}
+
+/// appEnd=sshd: the image's SSH server, with a console shell beside it when there is
+/// one, until that shell exits or a stop is requested. Without a server, the console
+/// shell alone.
+fn end_sshd(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
+    let mut env = ctx.env.clone();
+    plan::set(&mut env, "APP_PHASE", String::from("end"));
+    let env = plan::render_env(&env);
+    let shell = image.shell.as_deref().map(|s| (s, ctx.tty));
+    if !sshd::serve(sup, &env, shell) {
+        log::error!("appEnd=sshd, but the image has no sshd or dropbear (build it with [ssh]): console shell instead");
+        end_shell(sup, image, ctx);
+    }
 }
 
 /// appCmds, then the lines of appCmdsFile.
@@ -280,6 +302,8 @@ fn supervise(args: &Args) -> ! {
                 log::error!("command line: {d}");
                 status.error(format!("command line: {d}"));
             }
+            // As in PID 1: SIGTERM or SIGINT to us ends the sequence after the running phase.
+            sup.stop_on_signals();
             let app = AppPaths::new(&app_dir);
             if let Err(e) = sup.set_output(&app.output()) {
                 log::warn!("cannot write {}: {}", app.output(), Describe(e));

@@ -15,7 +15,8 @@ use crate::supervisor::{Command, Stdio, Supervisor};
 pub struct Outcome {
     /// The run phase's status: the appliance's result.
     pub run_status: i32,
-    /// A request to shut down (SIGTERM, SIGPWR, ctrl-alt-del) cut the sequence short.
+    /// A request to shut down (SIGTERM, SIGPWR, ctrl-alt-del, the power button) cut the
+    /// sequence short, or came during its last phase.
     pub interrupted: bool,
 }
 
@@ -37,7 +38,7 @@ const SHUTDOWN: [Signal; 3] = [Signal::TERM, Signal::POWER, Signal::INT];
 pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Outcome {
     let mut outcome = Outcome { run_status: 0, interrupted: false };
     for phase in phases {
-        if sup.pending.iter().any(|s| SHUTDOWN.iter().any(|d| d.as_raw() == *s)) {
+        if sup.stop_requested() || sup.pending.iter().any(|s| SHUTDOWN.iter().any(|d| d.as_raw() == *s)) {
             log::warn!("shutdown requested: skipping the remaining phases");
             outcome.interrupted = true;
             break;
@@ -64,6 +65,7 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
         }
         absorb_env_file(ctx);
     }
+    outcome.interrupted |= sup.stop_requested();
     outcome
 }
 

@@ -26,6 +26,14 @@ const HANDLED: [Signal; 8] =
 /// Signals passed on to the running phase's process group.
 pub const FORWARDED: [Signal; 5] = [Signal::TERM, Signal::INT, Signal::HUP, Signal::USR1, Signal::USR2];
 
+/// Signals that ask us to shut down cleanly now (SIGINT is Ctrl-Alt-Del for PID 1); the
+/// ACPI power button ([`crate::power`]) asks the same.
+pub const STOP: [Signal; 3] = [Signal::TERM, Signal::INT, Signal::POWER];
+
+/// How long the running program has to end after a stop request (it got SIGTERM)
+/// before its process group is killed: an interactive shell ignores SIGTERM.
+pub const STOP_GRACE: core::time::Duration = core::time::Duration::from_secs(5);
+
 /// Where a child's standard streams go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stdio {
@@ -65,6 +73,15 @@ pub struct Supervisor {
     pub orphans_reaped: u64,
     /// The child whose process group we made the foreground group of our terminal.
     terminal: Option<Pid>,
+    /// Whether the signals in [`STOP`] are stop requests (PID 1, a phase sequence) or
+    /// only forwarded (one program, tini's way).
+    stop_on_signals: bool,
+    /// When a stop was requested (see [`STOP`]), if one was.
+    stop_since: Option<core::time::Duration>,
+    /// Power-button event devices, read in the poll loop.
+    power: Vec<OwnedFd>,
+    /// Console shells running in sessions of their own (hung up on a stop request).
+    sessions: Vec<Pid>,
 }
 
 impl Supervisor {
@@ -89,7 +106,46 @@ impl Supervisor {
             pending: Vec::new(),
             orphans_reaped: 0,
             terminal: None,
+            stop_on_signals: false,
+            stop_since: None,
+            power: Vec::new(),
+            sessions: Vec::new(),
         })
+    }
+
+    /// Also watches these input event devices for the power button (a stop request).
+    pub fn watch_power_button(&mut self, devices: Vec<OwnedFd>) {
+        self.power = devices;
+    }
+
+    /// Makes SIGTERM, SIGINT and SIGPWR stop requests: the running program gets SIGTERM,
+    /// then SIGKILL after [`STOP_GRACE`], and [`Supervisor::stop_requested`] turns true.
+    pub fn stop_on_signals(&mut self) {
+        self.stop_on_signals = true;
+    }
+
+    /// Whether a stop was requested: the rest of the sequence is skipped.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_since.is_some()
+    }
+
+    /// Records a stop request; the running program gets SIGTERM (signals in [`FORWARDED`]
+    /// reach it anyway).
+    pub fn request_stop(&mut self, why: &str, forward_term: bool) {
+        if self.stop_since.is_none() {
+            log::warn!("{why}: shutting down");
+            self.stop_since = Some(now());
+        }
+        if forward_term {
+            self.signal_current(Signal::TERM);
+        }
+        // As if the console hung up: an interactive shell ignores SIGTERM, not SIGHUP.
+        // The process too: right after fork it has no session (no group) of its own yet,
+        // and a blocked SIGHUP stays pending until it unblocks its signals before exec.
+        for session in &self.sessions {
+            let _ = sys::kill_group_raw(*session, Signal::HUP.as_raw());
+            let _ = rustix::process::kill_process(*session, Signal::HUP);
+        }
     }
 
     /// Appends phase output to `path` from now on (created if needed).
@@ -139,6 +195,8 @@ impl Supervisor {
                 if !matches!(cmd.stdio, Stdio::Terminal(_)) {
                     // Also done in the child: whichever runs first wins the race.
                     let _ = rustix::process::setpgid(Some(pid), Some(pid));
+                } else {
+                    self.sessions.push(pid);
                 }
                 if foreground {
                     let _ = rustix::termios::tcsetpgrp(sys::stdin(), pid);
@@ -198,37 +256,72 @@ impl Supervisor {
     /// reaping everything meanwhile.
     pub fn wait(&mut self, pid: Pid, timeout: Option<core::time::Duration>) -> Option<Exit> {
         let deadline = timeout.map(|t| now() + t);
+        let mut killed = false;
         loop {
-            if let Some(i) = self.exited.iter().position(|(p, _)| *p == pid) {
-                let (_, exit) = self.exited.swap_remove(i);
-                if self.current == Some(pid) {
-                    self.current = None;
-                }
-                if self.terminal == Some(pid) {
-                    self.terminal = None;
-                    let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
-                }
-                self.copy_output();
+            if let Some(exit) = self.take_exit(pid) {
                 return Some(exit);
             }
-            let left = match deadline {
+            let mut left = match deadline {
                 Some(d) if now() >= d => return None,
                 Some(d) => Some(d - now()),
                 None => None,
             };
+            if let Some(since) = self.stop_since
+                && !killed
+            {
+                let kill_at = since + STOP_GRACE;
+                if now() >= kill_at {
+                    log::warn!("still running {} s after the stop request: killing it", STOP_GRACE.as_secs());
+                    let _ = sys::kill_group_raw(pid, Signal::KILL.as_raw());
+                    killed = true;
+                } else {
+                    let until_kill = kill_at - now();
+                    left = Some(left.map_or(until_kill, |l| l.min(until_kill)));
+                }
+            }
             self.pump(left);
         }
+    }
+
+    /// The exit status of `pid` (a child we started) if it has ended, without waiting.
+    pub fn take_exit(&mut self, pid: Pid) -> Option<Exit> {
+        let i = self.exited.iter().position(|(p, _)| *p == pid)?;
+        let (_, exit) = self.exited.swap_remove(i);
+        self.sessions.retain(|s| *s != pid);
+        if self.current == Some(pid) {
+            self.current = None;
+        }
+        if self.terminal == Some(pid) {
+            self.terminal = None;
+            let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
+        }
+        self.copy_output();
+        Some(exit)
     }
 
     /// Handles whatever happens within `timeout` (all pending events when zero).
     pub fn pump(&mut self, timeout: Option<core::time::Duration>) {
         let ts = timeout.map(|t| Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
-        let mut fds = [PollFd::new(&self.sigfd, PollFlags::IN), PollFd::new(&self.tee_r, PollFlags::IN)];
+        let mut fds = Vec::with_capacity(2 + self.power.len());
+        fds.push(PollFd::new(&self.sigfd, PollFlags::IN));
+        fds.push(PollFd::new(&self.tee_r, PollFlags::IN));
+        fds.extend(self.power.iter().map(|fd| PollFd::new(fd, PollFlags::IN)));
         match rustix::event::poll(&mut fds, ts.as_ref()) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let (sig_ready, out_ready) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let (sig_ready, out_ready) = (ready.first() == Some(&true), ready.get(1) == Some(&true));
+        let pressed = self
+            .power
+            .iter()
+            .zip(ready.iter().skip(2))
+            .filter(|(_, r)| **r)
+            .fold(false, |any, (fd, _)| crate::power::read_pressed(fd.as_fd()) || any);
+        if pressed {
+            self.request_stop("power button pressed", true);
+        }
         if out_ready {
             self.copy_output();
         }
@@ -240,6 +333,10 @@ impl Supervisor {
     }
 
     fn on_signal(&mut self, sig: i32) {
+        if self.stop_on_signals && STOP.iter().any(|s| s.as_raw() == sig) {
+            // SIGTERM and SIGINT are forwarded below; SIGPWR is not a program's business.
+            self.request_stop(&format!("signal {sig}"), sig == Signal::POWER.as_raw());
+        }
         if sig == Signal::CHILD.as_raw() {
             self.reap();
         } else if sig == Signal::PIPE.as_raw() {

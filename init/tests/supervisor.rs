@@ -689,6 +689,46 @@ fn a_run_killed_by_a_signal_gives_128_plus_the_signal() {
 }
 
 #[test]
+fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_record() {
+    let dir = TempDir::new("stop");
+    dir.script("run", "trap 'echo run got TERM; exit 7' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done");
+    dir.script("postrun", "echo postrun ran");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let running = Running::start(cmd);
+    wait_for_file(&dir.join("ready"));
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let r = running.finish();
+    assert_eq!(r.code(), 7, "{}", r.stderr);
+    let output = dir.read("output");
+    assert!(output.contains("run got TERM\n") && !output.contains("postrun"), "postrun is skipped: {output}");
+    let events = events(&dir.join("status"));
+    assert!(matches!(events.last(), Some(Event::End { status: 7, .. })), "{events:?}");
+}
+
+#[test]
+fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
+    let dir = TempDir::new("stopkill");
+    dir.script(
+        "run",
+        "trap '' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 3",
+    );
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let running = Running::start(cmd);
+    wait_for_file(&dir.join("ready"));
+    let asked = Instant::now();
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let r = running.finish();
+    // SIGKILL after the 5 s grace, well before the run's own 20 s.
+    assert_eq!(r.code(), 137, "{}", r.stderr);
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
+}
+
+#[test]
 fn phases_go_on_when_our_stdout_is_a_closed_pipe() {
     let dir = TempDir::new("epipe");
     dir.script("prerun", "echo prerun");

@@ -40,10 +40,15 @@ pub struct Args {
     /// default, "build:<series>" for the project's own, built on demand)
     #[arg(long, value_name = "BZIMAGE")]
     kernel: Option<String>,
+
+    /// For an image with [ssh]: accept logins with this public key (e.g.
+    /// ~/.ssh/id_ed25519.pub) instead of a key pair generated in APP_DIR/ssh/
+    #[arg(long, value_name = "PUBKEY")]
+    ssh_key: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let out = build_image(&args.image, args.out, args.compression, args.kernel)?;
+    let out = build_image(&args.image, args.out, args.compression, args.kernel, args.ssh_key)?;
     println!("{}", out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -55,6 +60,7 @@ pub fn build_image(
     out: Option<PathBuf>,
     compression: Option<Compression>,
     kernel: Option<String>,
+    ssh_key: Option<PathBuf>,
 ) -> anyhow::Result<PathBuf> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let image_dir = image::locate_image(image, &cwd)?;
@@ -67,6 +73,7 @@ pub fn build_image(
         cache_dir: None,
         mtime: cpio::mtime_from_env()?,
         kernel_progress: Some(super::kernel::progress_sink()),
+        ssh_key,
     };
     let report = image::build(&image_dir, &out, &options)?;
     log::info!(

@@ -5,4 +5,6 @@ pub mod build;
 pub mod cpio;
 pub mod kernel;
 pub mod run;
+pub mod ssh;
+pub mod stop;
 pub mod trace;

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
-use appliance_host::qemu::{self, Accel, VmSpec};
-use appliance_host::vm;
-use appliance_host::{kbuild, nfs, results};
+use appliance_host::kbuild;
+use appliance_host::qemu::{self, Accel, PortForward, UserNet, VmSpec};
+use appliance_host::{nfs, results, running, stop, vm};
 
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
@@ -22,7 +22,14 @@ use appliance_host::{kbuild, nfs, results};
 /// Exits with the status of /app/run; 123 when --results was given and the results did
 /// not arrive in full (the message says why and what run's status was); 124 when
 /// --timeout killed the VM; 125 when the guest ended without reporting (kernel panic,
-/// crash). Ctrl-A X quits QEMU.
+/// crash).
+///
+/// Stopping: `appliance stop APP_DIR`, or SIGINT/SIGTERM/SIGHUP to this process, presses
+/// the guest's power button (the init shuts down cleanly) and kills QEMU after
+/// --stop-grace seconds. On a terminal, Ctrl-C goes to the guest's console; Ctrl-A X
+/// quits QEMU at once, Ctrl-A C opens QEMU's monitor (`system_powerdown` there is the
+/// graceful way). While it runs, APP_DIR/running.json tells `appliance stop` and
+/// `appliance ssh` where the VM is.
 #[derive(clap::Args)]
 pub struct Args {
     /// App dir or image to boot
@@ -36,6 +43,17 @@ pub struct Args {
     /// Stop at a console shell before prerun (appDebug)
     #[arg(long)]
     debug: bool,
+
+    /// Forward this loopback port (default: a free one, printed) to the guest's SSH
+    /// port, with QEMU user networking; passes appIp=10.0.2.15/24 unless the app dir's
+    /// cmdline or EXTRA sets appIp. Use with --end sshd and `appliance ssh APP_DIR`.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "0")]
+    ssh: Option<u16>,
+
+    /// Seconds a graceful stop (appliance stop, SIGINT, SIGTERM) waits for the guest to
+    /// power off before killing QEMU
+    #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::stop::DEFAULT_GRACE.as_secs())]
+    stop_grace: u64,
 
     /// Commands to run before /app/run, ':'-separated (appCmds)
     #[arg(long, value_name = "CMDS")]
@@ -117,6 +135,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => Some(Results::prepare(dir, &args.results_via, &app_dir, args.dry_run)?),
         None => None,
     };
+    let ssh_port = match args.ssh {
+        Some(0) if !args.dry_run => Some(free_port()?),
+        other => other,
+    };
     let append = kernel_cmdline(&args, &app_dir, results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default())?;
     let (accel, why) = match args.accel.as_str() {
         "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
@@ -139,9 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cpus: args.cpus,
         accel,
         status_file,
-        net: results.as_ref().and_then(|r| r.net.clone()),
+        net: user_net(results.as_ref().and_then(|r| r.net.clone()), ssh_port),
         shares: results.as_ref().map(|r| r.shares.clone()).unwrap_or_default(),
-        qmp: None,
+        // A short path: Unix socket paths are limited to 107 bytes.
+        qmp: (!args.dry_run).then(|| tmp.path().join("qmp.sock")),
         extra: args.qemu_args.clone(),
     };
     if args.dry_run {
@@ -149,7 +172,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    let report = vm::run(&spec, timeout)?;
+    running::claim(&app_dir)?;
+    if let Some(port) = ssh_port {
+        eprintln!(
+            "appliance: ssh: 127.0.0.1:{port} forwards to the guest's port 22: `appliance ssh {}`",
+            app_dir.display()
+        );
+    } else if args.end.as_deref() == Some("sshd") {
+        log::warn!("--end sshd without --ssh: nothing forwards a port to the guest's sshd");
+    }
+    // After the build: threads it started are gone, and later ones inherit the mask.
+    let signals = stop::catch_stop_signals().context("cannot set up signal handling")?;
+    let qmp = spec.qmp.clone().unwrap_or_default();
+    let grace = Duration::from_secs(args.stop_grace);
+    let mut watch = stop::GracefulStop::new(signals, &app_dir, &qmp, ssh_port, grace);
+    let report = vm::run_watched(&spec, timeout, &mut watch)?;
+    drop(watch);
     for line in &report.garbled {
         log::warn!("unreadable status line: {line}");
     }
@@ -249,6 +287,28 @@ impl Results {
     }
 }
 
+/// The guest's address under QEMU user networking (slirp's default, gateway 10.0.2.2).
+const GUEST_IP: &str = "10.0.2.15/24";
+
+/// One user-mode NIC for whatever needs it: the results server (NFS) and the SSH forward.
+fn user_net(results: Option<UserNet>, ssh_port: Option<u16>) -> Option<UserNet> {
+    if results.is_none() && ssh_port.is_none() {
+        return None;
+    }
+    let mut net = results.unwrap_or_default();
+    if let Some(port) = ssh_port {
+        net.forwards.push(PortForward { host: port, guest: 22 });
+    }
+    Some(net)
+}
+
+/// A loopback port nobody listens on now. Another program may take it before QEMU
+/// does; QEMU then fails to start and says so.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free loopback port")?;
+    Ok(listener.local_addr().context("cannot find a free loopback port")?.port())
+}
+
 /// The file `--kernel` names: a path, or `build:<series>` from the cache (built now if
 /// needed; a dry run only says where it will be).
 fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
@@ -270,7 +330,7 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.join(appliance_host::manifest::FILE_NAME).exists() || !path.exists() {
-        return super::build::build_image(target, None, None, None);
+        return super::build::build_image(target, None, None, None, None);
     }
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
 }
@@ -279,6 +339,11 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
 /// extra words.
 fn kernel_cmdline(args: &Args, app_dir: &Path, results: &[String]) -> anyhow::Result<String> {
     let mut words: Vec<String> = qemu::base_kernel_params(args.kernel_log).into_iter().map(String::from).collect();
+    if args.ssh.is_some() {
+        // QEMU user networking's guest address; before the app dir's cmdline and the
+        // extra words, so an appIp there wins (the last one does).
+        words.push(format!("appIp={GUEST_IP}"));
+    }
     let file = app_dir.join("cmdline");
     if file.exists() {
         let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;

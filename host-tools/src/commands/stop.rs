@@ -1,0 +1,38 @@
+//! `appliance stop`: power off a running appliance gracefully.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use appliance_host::stop::{self, Outcome};
+
+/// Power off the appliance that `appliance run` is running from APP_DIR.
+///
+/// Presses the guest's ACPI power button over QEMU's control socket (QMP
+/// system_powerdown): the init stops the running program (SIGTERM, then SIGKILL after
+/// 5 s), skips the remaining phases, writes the end of the status record and powers off.
+/// QEMU is killed if that takes longer than --grace seconds. `appliance run` then exits
+/// as usual, with the run's status.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The app dir `appliance run` was given
+    #[arg(value_name = "APP_DIR")]
+    app_dir: PathBuf,
+
+    /// Seconds to wait for the guest to power off before killing QEMU
+    #[arg(long, value_name = "SECONDS", default_value_t = stop::DEFAULT_GRACE.as_secs())]
+    grace: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match stop::stop(&args.app_dir, Duration::from_secs(args.grace))? {
+        Outcome::PoweredOff(took) => {
+            eprintln!("appliance: {} powered off in {:.1} s", args.app_dir.display(), took.as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Killed => {
+            eprintln!("appliance: {}: QEMU killed", args.app_dir.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}

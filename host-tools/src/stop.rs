@@ -1,0 +1,158 @@
+//! Stopping a running appliance gracefully: press its ACPI power button over QMP
+//! (`system_powerdown`), let the init run its shutdown sequence (the running program gets
+//! SIGTERM, the status record gets its `end` event, file systems are synced), and kill
+//! QEMU only when that has not happened within a grace period.
+//!
+//! Two ways in: `appliance stop <app-dir>` from anywhere ([`stop`]), and SIGINT, SIGTERM
+//! or SIGHUP to `appliance run` itself ([`GracefulStop`], a [`Watch`] of its run loop;
+//! a second signal kills at once). On a terminal, Ctrl-C goes to the guest's console
+//! instead (QEMU's `signal=off`), as on a serial line; there Ctrl-A X quits QEMU at once,
+//! and Ctrl-A C opens the QEMU monitor, whose `system_powerdown` is the graceful way.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::qmp;
+use crate::running::{self, Running};
+use crate::vm::{Tick, Watch};
+
+/// How long the guest gets to power off before QEMU is killed: the init gives the
+/// running program 5 s, every other process 2 s more, and TCG is slow.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Bound on each QMP read and write.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The signals that ask `appliance run` to stop the VM.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off within the grace period.
+    PoweredOff(Duration),
+    /// QEMU was killed: the guest did not power off in time, or QMP failed.
+    Killed,
+}
+
+/// `appliance stop`: asks the VM running from `app_dir` to power off, waits up to
+/// `grace` for its `appliance run` to end, then kills QEMU.
+pub fn stop(app_dir: &Path, grace: Duration) -> Result<Outcome, running::Error> {
+    let record = running::read(app_dir)?;
+    let started = Instant::now();
+    match qmp::powerdown(&record.qmp, QMP_TIMEOUT) {
+        Ok(()) => {
+            while started.elapsed() < grace {
+                if running::read(app_dir).is_err() {
+                    return Ok(Outcome::PoweredOff(started.elapsed()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            log::warn!("the guest did not power off within {} s: killing QEMU", grace.as_secs());
+        }
+        Err(e) => log::warn!("{e}: killing QEMU"),
+    }
+    kill(record.qemu_pid);
+    Ok(Outcome::Killed)
+}
+
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and threads it starts later; QEMU
+/// gets a clean mask from std) and returns a descriptor to read them from.
+pub fn catch_stop_signals() -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for s in STOP_SIGNALS {
+        set.add(s);
+    }
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// The [`Watch`] of `appliance run`: writes the run record once QEMU runs, and turns a
+/// stop signal into a power-button press followed, after the grace period (or a second
+/// signal), by killing QEMU.
+pub struct GracefulStop {
+    signals: SignalFd,
+    app_dir: PathBuf,
+    qmp: PathBuf,
+    ssh_port: Option<u16>,
+    grace: Duration,
+    own_group: bool,
+    deadline: Option<Instant>,
+    record: Option<running::Record>,
+}
+
+impl GracefulStop {
+    pub fn new(signals: SignalFd, app_dir: &Path, qmp: &Path, ssh_port: Option<u16>, grace: Duration) -> Self {
+        let own_group = !nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
+        GracefulStop {
+            signals,
+            app_dir: app_dir.to_owned(),
+            qmp: qmp.to_owned(),
+            ssh_port,
+            grace,
+            own_group,
+            deadline: None,
+            record: None,
+        }
+    }
+
+    fn on_signal(&mut self, signo: u32) -> Tick {
+        if self.deadline.is_some() {
+            eprintln!("appliance: signal {signo} again: killing the VM");
+            return Tick::Kill;
+        }
+        eprintln!(
+            "appliance: signal {signo}: powering the guest off (killing it after {} s; signal again to kill now)",
+            self.grace.as_secs()
+        );
+        if let Err(e) = qmp::powerdown(&self.qmp, QMP_TIMEOUT) {
+            eprintln!("appliance: {e}: killing the VM");
+            return Tick::Kill;
+        }
+        self.deadline = Some(Instant::now() + self.grace);
+        Tick::Continue
+    }
+}
+
+impl Watch for GracefulStop {
+    fn own_process_group(&self) -> bool {
+        self.own_group
+    }
+
+    fn started(&mut self, pid: u32) {
+        let record = Running {
+            appliance_pid: std::process::id(),
+            qemu_pid: pid,
+            qmp: self.qmp.clone(),
+            ssh_port: self.ssh_port,
+        };
+        match running::write(&self.app_dir, &record) {
+            Ok(guard) => self.record = Some(guard),
+            Err(e) => log::warn!("{e}: `appliance stop` and `appliance ssh` will not find this run"),
+        }
+    }
+
+    fn tick(&mut self) -> Tick {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            if self.on_signal(info.ssi_signo) == Tick::Kill {
+                return Tick::Kill;
+            }
+        }
+        match self.deadline {
+            Some(d) if Instant::now() >= d => {
+                eprintln!("appliance: the guest did not power off within {} s: killing the VM", self.grace.as_secs());
+                Tick::Kill
+            }
+            _ => Tick::Continue,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Console shells (`appEnd=shell`, `appDebug`) driven over the serial console, booted in
+//! QEMU (TCG): the shell has the console as its controlling terminal, so job control
+//! works and Ctrl-C reaches the foreground program, not the shell and not PID 1. Without a
+//! shell in the image the init says so and goes on.
+
+use appliance_tests::{Session, bash_manifest, boot, build, image, root};
+use tempfile::TempDir;
+
+/// Ctrl-C on the serial line.
+const CTRL_C: &str = "\x03";
+
+fn bash_app(tmp: &TempDir) -> std::path::PathBuf {
+    let img = image(tmp.path(), &bash_manifest(""), &[("run", "#!/bin/bash\necho run-ran\n")]);
+    build(&img, tmp.path())
+}
+
+/// Starts `sleep 1000` in the shell, interrupts it with Ctrl-C, and checks that the
+/// shell lives on with job control on. Returns the console offset after the check.
+fn ctrl_c_kills_sleep_not_the_shell(s: &mut Session, from: usize) -> usize {
+    // The job says when it runs (the terminal is its group's by then: bash hands it over
+    // in the child too); the typed line's echo has `$((...))`, not its value.
+    s.send("bash -c 'echo fg-$((1 + 1))-ready; exec sleep 1000'\n");
+    let at = s.expect("fg-2-ready", from);
+    s.send(CTRL_C);
+    // `m` in $-: job control (monitor mode) is on, which needs a controlling terminal.
+    s.send("case $- in *m*) echo after-$((2 + 3))-monitor;; *) echo after-no-monitor;; esac\n");
+    s.expect("after-5-monitor", at)
+}
+
+#[test]
+fn app_end_shell_has_job_control_and_ctrl_c_kills_only_the_foreground_job() {
+    let tmp = TempDir::new().unwrap();
+    let app = bash_app(&tmp);
+    let mut s = Session::start(&app, &["--end", "shell"]);
+    let at = s.expect("console shell on /dev/ttyS0", 0);
+    let at = ctrl_c_kills_sleep_not_the_shell(&mut s, at);
+    s.send("exit\n");
+    s.expect("Power down", at);
+    let b = s.finish();
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(!b.console.contains("shutting down"), "Ctrl-C must not reach PID 1:\n{}", b.console);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}
+
+#[test]
+fn app_debug_shell_survives_ctrl_c_and_exiting_it_continues_the_boot() {
+    let tmp = TempDir::new().unwrap();
+    let app = bash_app(&tmp);
+    let mut s = Session::start(&app, &["--debug"]);
+    let at = s.expect("debug shell on /dev/ttyS0", 0);
+    let at = ctrl_c_kills_sleep_not_the_shell(&mut s, at);
+    s.send("exit\n");
+    s.expect("run-ran", at);
+    let b = s.finish();
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(!b.console.contains("shutting down"), "{}", b.console);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}
+
+#[test]
+fn without_a_shell_the_init_says_so_and_goes_on() {
+    let tmp = TempDir::new().unwrap();
+    let app = build(&root().join("images/hello"), tmp.path());
+    let b = boot(&app, &["--end", "shell"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("appEnd asks for a console shell, but the image has none: powering off");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    let b = boot(&app, &["--debug"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("appDebug asks for a console shell, but the image has none: going on with the boot");
+    b.assert_console("arg[1]=hello");
+}
+
+#[test]
+fn the_power_button_hangs_up_a_debug_shell_and_powers_off_without_running_the_app() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\"\n"), &[("run", "#!/bin/bash\necho run-ran\n")]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &["--debug"]);
+    s.expect("debug shell on /dev/ttyS0", 0);
+    let o = appliance_tests::appliance().arg("stop").arg(&app).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let b = s.finish();
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("power button pressed");
+    // SIGHUP ended the shell: no SIGKILL after the grace period was needed.
+    assert!(!b.console.contains("killing"), "{}", b.console);
+    assert!(!b.console.contains("run-ran"), "{}", b.console);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+}
