@@ -39,37 +39,20 @@ directory removed on exit.
 EOF2
 }
 
-build=1
-while (($#)); do
-    case $1 in
-        -h | --help) usage; exit 0 ;;
-        --no-build) build=0 ;;
-        *) echo "results.sh: unknown argument: $1 (see -h)" >&2; exit 2 ;;
-    esac
-    shift
-done
+bench=results.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} == 0)) || { say "unknown argument: ${bench_rest[0]} (see -h)"; exit 2; }
 
 runs=${BENCH_RUNS:-3}
 timeout=${BENCH_TIMEOUT:-300}
 accel=${BENCH_ACCEL:-tcg}
 sizes=${BENCH_SIZES:-1 100}
-for setting in "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout"; do
-    if ! [[ ${setting#*=} =~ ^[1-9][0-9]*$ ]]; then
-        echo "results.sh: ${setting%%=*} must be a positive integer, not '${setting#*=}'" >&2
-        exit 2
-    fi
-done
-
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$root"
-if ((build)); then
-    echo "results.sh: building" >&2
-    cargo build --release -q -p appliance-host
-    cargo build --release -q --manifest-path init/Cargo.toml --target-dir target
-fi
-appliance=$root/target/release/appliance
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+bench_positive "BENCH_RUNS=$runs" "BENCH_TIMEOUT=$timeout"
+for size in $sizes; do bench_positive "BENCH_SIZES=$size"; done
+bench_build
+bench_tmp
+work=$tmp
 
 mkdir -p "$work/image/app"
 cat >"$work/image/appliance.toml" <<'EOF2'
@@ -93,13 +76,13 @@ for size in $sizes; do
     for via in nfs 9p; do
         : >"$work/rows"
         for ((i = 1; i <= runs; i++)); do
-            echo "results.sh: $via, $size MiB, run $i/$runs" >&2
+            say "$via, $size MiB, run $i/$runs"
             rm -rf "$work/out" && mkdir "$work/out"
             status=$work/status.jsonl
             if ! timeout $((timeout + 30)) "$appliance" run "$work/app" --kernel build:6.1 --accel "$accel" \
                 -m $((256 + 2 * size)) --timeout "$timeout" --status "$status" \
                 --results "$work/out" --results-via "$via" --args "$size" >"$work/console" 2>&1; then
-                echo "results.sh: the run failed:" >&2
+                say "the run failed:"
                 tail -n 20 "$work/console" >&2
                 exit 1
             fi
