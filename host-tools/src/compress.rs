@@ -86,6 +86,11 @@ const GZIP_LEVEL: u32 = 9;
 const ZSTD_LEVEL: i32 = 19;
 /// 8 MiB: the window of level 19, for the faster levels with long-distance matching.
 const ZSTD_PACK_WINDOW_LOG: u32 = 23;
+/// The input each zstd worker compresses as one job, for the faster levels. zstd's own
+/// choice with long-distance matching at level 1 is 2 MiB, too short for the matching to
+/// find much: 16 MiB made a 101 MiB tree of libraries 12% smaller and no slower. Fixed,
+/// not derived from the core count, so the output stays the same on every machine.
+const ZSTD_PACK_JOB_SIZE: u32 = 16 << 20;
 /// xz's own default; the kernel's xz decoder allocates the dictionary for initramfs
 /// dynamically, so the 8 MiB of level 6 is fine.
 const XZ_LEVEL: u32 = 6;
@@ -126,6 +131,7 @@ impl<W: Write> Encoder<W> {
                     // level 19 uses anyway, so the kernel allocates no more to unpack it.
                     encoder.long_distance_matching(true)?;
                     encoder.window_log(ZSTD_PACK_WINDOW_LOG)?;
+                    encoder.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_PACK_JOB_SIZE))?;
                 }
                 // Level 19 is slow; workers make it bearable. zstd's output is the same
                 // for any number of workers >= 1, so this does not hurt reproducibility.
