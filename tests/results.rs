@@ -174,6 +174,55 @@ fn a_dead_server_is_a_clear_error_and_a_nonzero_exit_not_a_hang() {
     assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
 }
 
+/// `appliance run` killed outright (SIGKILL, no chance to clean up) leaves neither its
+/// QEMU nor its NFS server running: both get SIGTERM from the kernel when it dies.
+#[test]
+fn a_killed_appliance_run_leaves_no_vm_and_no_server_behind() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\necho kill-appliance-run-now\nsleep 60\n";
+    let app = app(tmp.path(), NFS_MODULES, run);
+    let dir = tmp.path().join("results");
+    let s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
+    s.expect("kill-appliance-run-now", 0);
+    let server = ganesha_serving(&dir).expect("the run's ganesha.nfsd is running");
+    let appliance = i32::try_from(s.pid()).unwrap();
+    let qemu = children(appliance).into_iter().find(|&pid| comm(pid).starts_with("qemu")).expect("QEMU runs");
+    nix_kill(appliance);
+    let b = s.finish();
+    assert_eq!(b.code, -1, "killed by a signal");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (alive(server) || alive(qemu)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(qemu), "QEMU ({qemu}) outlived appliance run");
+    assert!(!alive(server), "ganesha.nfsd ({server}) outlived appliance run");
+}
+
+/// The process's name, "" when it is gone.
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned()
+}
+
+/// Running and not a zombie (a zombie's parent is the test's subreaper or init: it is gone).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+fn children(parent: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// The pid of the ganesha.nfsd whose configuration exports `dir`.
 fn ganesha_serving(dir: &Path) -> Option<i32> {
     let dir = dir.canonicalize().ok()?;

@@ -166,7 +166,9 @@ impl NfsServer {
         let conf = work.path().join("ganesha.conf");
         std::fs::write(&conf, config(&export, port, work.path())).map_err(setup)?;
         let log = work.path().join("ganesha.log");
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        crate::vm::as_our_child(&mut command);
+        let child = command
             .arg("-F")
             .arg("-f")
             .arg(&conf)

@@ -66,7 +66,8 @@ fn kill(pid: u32) {
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and threads it starts later; QEMU
-/// gets a clean mask from std) and returns a descriptor to read them from.
+/// and the NFS server start with a clean mask, see [`crate::vm::as_our_child`]) and
+/// returns a descriptor to read them from.
 pub fn catch_stop_signals() -> nix::Result<SignalFd> {
     let mut set = SigSet::empty();
     for s in STOP_SIGNALS {
