@@ -30,6 +30,9 @@ pub struct Context<'a> {
     pub status: &'a StatusWriter,
 }
 
+/// The run status when a stop came before `/app/run` started: 128 + SIGTERM.
+pub const STOPPED_BEFORE_RUN: i32 = 143;
+
 /// Signals that mean "shut down now" when they reach PID 1 between phases.
 const SHUTDOWN: [Signal; 3] = [Signal::TERM, Signal::POWER, Signal::INT];
 
@@ -37,10 +40,14 @@ const SHUTDOWN: [Signal; 3] = [Signal::TERM, Signal::POWER, Signal::INT];
 /// original did; the run phase's status is the result.
 pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Outcome {
     let mut outcome = Outcome { run_status: 0, interrupted: false };
-    for phase in phases {
+    for (i, phase) in phases.iter().enumerate() {
         if sup.stop_requested() || sup.pending.iter().any(|s| SHUTDOWN.iter().any(|d| d.as_raw() == *s)) {
             log::warn!("shutdown requested: skipping the remaining phases");
             outcome.interrupted = true;
+            if phases[i..].iter().any(|p| p.kind == PhaseKind::Run) {
+                // /app/run never ran: not a success. The status a SIGTERM would have given it.
+                outcome.run_status = STOPPED_BEFORE_RUN;
+            }
             break;
         }
         let program = phase.argv.first().map(String::as_str).unwrap_or_default();

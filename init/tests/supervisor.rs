@@ -708,6 +708,27 @@ fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_recor
 }
 
 #[test]
+fn a_stop_before_run_is_not_a_success() {
+    let dir = TempDir::new("stopprerun");
+    dir.script(
+        "prerun",
+        "trap 'exit 0' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done",
+    );
+    dir.script("run", "echo run ran");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let running = Running::start(cmd);
+    wait_for_file(&dir.join("ready"));
+    kill(running.pid(), Signal::SIGTERM).unwrap();
+    let r = running.finish();
+    assert_eq!(r.code(), 143, "{}", r.stderr);
+    assert!(!dir.read("output").contains("run ran"), "run is skipped");
+    let events = events(&dir.join("status"));
+    assert!(matches!(events.last(), Some(Event::End { status: 143, .. })), "{events:?}");
+}
+
+#[test]
 fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     let dir = TempDir::new("stopkill");
     dir.script(
