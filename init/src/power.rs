@@ -20,8 +20,6 @@ const KEY_POWER: u16 = 116;
 /// `struct input_event` on a 64-bit kernel: a 16-byte `struct timeval`, then type (u16),
 /// code (u16) and value (i32).
 const EVENT_SIZE: usize = 24;
-/// Input devices looked at: QEMU's PC has a handful.
-const MAX_DEVICES: u32 = 32;
 
 /// Whether a device's key capability bitmap (`/sys/class/input/eventN/device/
 /// capabilities/key`: hexadecimal words of the kernel's `long`, most significant first)
@@ -47,14 +45,18 @@ pub fn has_press(events: &[u8]) -> bool {
 /// Opens every input event device that has a power key (non-blocking, close-on-exec).
 pub fn open_buttons() -> Vec<OwnedFd> {
     let mut found = Vec::new();
-    for n in 0..MAX_DEVICES {
-        let Some(caps) = crate::read_to_string(&format!("/sys/class/input/event{n}/device/capabilities/key")) else {
+    // Listed rather than probed by number: under emulation every failed open costs.
+    let mut names = crate::read_dir("/sys/class/input").unwrap_or_default();
+    names.retain(|name| name.strip_prefix("event").is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())));
+    names.sort();
+    for name in names {
+        let Some(caps) = crate::read_to_string(&format!("/sys/class/input/{name}/device/capabilities/key")) else {
             continue;
         };
         if !has_power_key(&caps) {
             continue;
         }
-        let path = format!("/dev/input/event{n}");
+        let path = format!("/dev/input/{name}");
         match rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty()) {
             Ok(fd) => {
                 log::debug!("power button: {path}");
