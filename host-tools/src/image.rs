@@ -13,6 +13,7 @@
 //!
 //! Booting the result is not this module's job.
 
+use crate::fs_error::{FsError, io_error};
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -120,13 +121,8 @@ pub enum Error {
     UnsupportedFileType { path: PathBuf },
     #[error("{}: too many levels of symbolic links", path.display())]
     SymlinkLoop { path: PathBuf },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error(
         "no image {name:?}: neither a directory with {} nor {IMAGES_DIR}/{name} under {}; {}",
         manifest::FILE_NAME,
@@ -142,10 +138,6 @@ fn available_images(names: &[String]) -> String {
     } else {
         format!("available images: {}", names.join(", "))
     }
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
 }
 
 /// Where the workspace's own binaries come from.
@@ -368,11 +360,8 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
         ssh_host_key_alias,
     };
     let facts = out_dir.join("appliance.json");
-    let mut json = serde_json::to_string_pretty(&report).map_err(|err| Error::Io {
-        action: "serialise",
-        path: facts.clone(),
-        source: err.into(),
-    })?;
+    let mut json = serde_json::to_string_pretty(&report)
+        .map_err(|err| Error::Io(FsError { action: "serialise", path: facts.clone(), source: err.into() }))?;
     json.push('\n');
     fs::write(&facts, json).map_err(io_error("write", &facts))?;
     Ok(report)
@@ -724,11 +713,9 @@ fn write_initrd(
     let file = buffered.into_inner().map_err(|err| write_error(err.into_error()))?;
     let size = file.metadata().map_err(io_error("write", initrd))?.len();
     file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_error("write", initrd))?;
-    temporary.persist(initrd).map_err(|err| Error::Io {
-        action: "write",
-        path: initrd.to_owned(),
-        source: err.error,
-    })?;
+    temporary
+        .persist(initrd)
+        .map_err(|err| Error::Io(FsError { action: "write", path: initrd.to_owned(), source: err.error }))?;
     Ok((summary, size))
 }
 
@@ -741,7 +728,7 @@ fn install_kernel(source: &Path, destination: &Path) -> Result<(), Error> {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(Error::Io { action: "replace", path: destination.to_owned(), source });
+            return Err(Error::Io(FsError { action: "replace", path: destination.to_owned(), source }));
         }
     }
     if fs::hard_link(&source, destination).is_err() {

@@ -22,6 +22,7 @@
 //!   of fragments, kept so that an edited fragment recompiles only what changed;
 //! - `.lock`: held while building, so concurrent builds take turns.
 
+use crate::fs_error::{FsError, io_error};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
@@ -98,13 +99,8 @@ pub enum Error {
     NoFragment { name: String },
     #[error("building a kernel needs {}: install them (Debian: `apt-get install {}`)", tools.join(", "), packages.join(" "))]
     ToolsMissing { tools: Vec<String>, packages: Vec<String> },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("`{command}` could not be started")]
     Spawn {
         command: String,
@@ -127,10 +123,6 @@ pub enum Error {
     Lost { report: Report, config: PathBuf },
     #[error("make left no {} behind", path.display())]
     NoOutput { path: PathBuf },
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
 }
 
 /// The configuration a build starts from, before the fragments.
@@ -691,11 +683,8 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
     let facts_path = staging.path().join(FACTS);
-    let mut json = serde_json::to_string_pretty(&facts).map_err(|err| Error::Io {
-        action: "serialise",
-        path: facts_path.clone(),
-        source: err.into(),
-    })?;
+    let mut json = serde_json::to_string_pretty(&facts)
+        .map_err(|err| Error::Io(FsError { action: "serialise", path: facts_path.clone(), source: err.into() }))?;
     json.push('\n');
     fs::write(&facts_path, json).map_err(io_error("write", &facts_path))?;
     if plan.result.exists() {
@@ -791,7 +780,7 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
     if let Err(err) = fs::rename(&top, &dir) {
         // A concurrent extraction (`kernel check` takes no lock) may have won.
         if !dir.join("Makefile").is_file() {
-            return Err(Error::Io { action: "move the extracted source to", path: dir, source: err });
+            return Err(Error::Io(FsError { action: "move the extracted source to", path: dir, source: err }));
         }
     }
     Ok(dir)

@@ -15,6 +15,7 @@
 //!   atomically once a fetch is complete;
 //! - `kernels/.lock`: held while fetching, so concurrent builds fetch once.
 
+use crate::fs_error::{FsError, io_error};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -49,13 +50,8 @@ pub struct KernelInfo {
 pub enum Error {
     #[error("no cache directory: set APPLIANCE_CACHE, XDG_CACHE_HOME or HOME, or pass --kernel <bzImage>")]
     NoCacheDir,
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error(
         "{tool} not found, so the default kernel cannot be fetched: pass --kernel <bzImage>, \
          or on Debian/Ubuntu install apt and dpkg"
@@ -85,10 +81,6 @@ pub enum Error {
     NoVmlinuz { dir: PathBuf },
     #[error("kernel {} does not exist", path.display())]
     KernelMissing { path: PathBuf },
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
 }
 
 /// The tool's cache: `$APPLIANCE_CACHE`, else `$XDG_CACHE_HOME/appliance`, else
@@ -154,7 +146,7 @@ pub fn cached(cache_dir: &Path) -> Result<Option<KernelInfo>, Error> {
             }
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io { action: "read the link", path: link, source }),
+        Err(source) => Err(Error::Io(FsError { action: "read the link", path: link, source })),
     }
 }
 
@@ -175,7 +167,7 @@ pub fn from_package_dir(dir: &Path) -> Result<KernelInfo, Error> {
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(Error::Io { action: "read", path: boot, source });
+            return Err(Error::Io(FsError { action: "read", path: boot, source }));
         }
     }
     found.sort();
@@ -208,7 +200,11 @@ pub fn bzimage_version(path: &Path) -> Result<Option<String>, Error> {
     let mut file = File::open(path).map_err(io_error("open", path))?;
     let mut header = [0u8; 0x210];
     if let Err(err) = file.read_exact(&mut header) {
-        return if err.kind() == io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(io_error("read", path)(err)) };
+        return if err.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(None)
+        } else {
+            Err(io_error("read", path)(err).into())
+        };
     }
     // Documentation/arch/x86/boot.rst: "HdrS" at 0x202, the string's offset minus
     // 0x200 at 0x20e.
@@ -334,7 +330,8 @@ fn replace_symlink(target: &Path, link: &Path) -> Result<(), Error> {
     let temporary = link.with_extension(format!("new-{}", std::process::id()));
     let _ = fs::remove_file(&temporary);
     std::os::unix::fs::symlink(target, &temporary).map_err(io_error("create", &temporary))?;
-    fs::rename(&temporary, link).map_err(io_error("replace", link))
+    fs::rename(&temporary, link).map_err(io_error("replace", link))?;
+    Ok(())
 }
 
 #[cfg(test)]

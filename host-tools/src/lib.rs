@@ -31,6 +31,7 @@
 pub mod compress;
 pub mod cpio;
 pub mod elf;
+pub mod fs_error;
 pub mod image;
 pub mod kbuild;
 pub mod kconfig;

@@ -19,6 +19,7 @@
 //!
 //! It does not load anything, resolve aliases (`modalias`, `softdep`) or module parameters.
 
+use crate::fs_error::{FsError, io_error};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
@@ -52,13 +53,8 @@ pub enum Error {
     Cycle { name: String, through: String },
     #[error("module {name} depends on `{dependency}`, which is not in {}", dir.display())]
     MissingDependency { name: String, dependency: String, dir: PathBuf },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{} is not a kernel module: {reason}", path.display())]
     NotModule { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -67,10 +63,6 @@ pub enum Error {
 
 fn suggestions(near: &[String]) -> String {
     if near.is_empty() { String::new() } else { format!("; did you mean {}?", near.join(", ")) }
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
 }
 
 /// The kernel's name of a module: `-` and `_` are the same to it; `_` is canonical.
@@ -120,7 +112,7 @@ impl ModuleIndex {
         let deps = match fs::read_to_string(dir.join(DEP_FILE)) {
             Ok(text) => Some(parse_dep(&text)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => return Err(Error::Io { action: "read", path: dir.join(DEP_FILE), source }),
+            Err(source) => return Err(Error::Io(FsError { action: "read", path: dir.join(DEP_FILE), source })),
         };
         let builtin = match fs::read_to_string(dir.join(BUILTIN_FILE)) {
             Ok(text) => text.lines().filter_map(name_of_path).collect(),
@@ -276,7 +268,7 @@ pub fn parse_dep(text: &str) -> BTreeMap<String, Vec<String>> {
 /// its name).
 pub fn read_module(path: &Path) -> Result<Vec<u8>, Error> {
     let data = fs::read(path).map_err(io_error("read", path))?;
-    decompress(&data).map_err(io_error("decompress", path))
+    Ok(decompress(&data).map_err(io_error("decompress", path))?)
 }
 
 /// Decompresses xz, zstd or gzip data; anything else is returned as it is.

@@ -9,6 +9,7 @@
 //! says where. A record whose `appliance run` process is gone (killed with SIGKILL) is
 //! stale and ignored.
 
+use crate::fs_error::FsError;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,13 +43,8 @@ pub enum Error {
         app_dir.display()
     )]
     AlreadyRunning { app_dir: PathBuf, pid: u32 },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{} is not a run record", path.display())]
     Parse {
         path: PathBuf,
@@ -76,7 +72,7 @@ pub fn read(app_dir: &Path) -> Result<Running, Error> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Error::NotRunning { app_dir: app_dir.to_owned() });
         }
-        Err(source) => return Err(Error::Io { action: "read", path: file, source }),
+        Err(source) => return Err(Error::Io(FsError { action: "read", path: file, source })),
     };
     let running: Running = serde_json::from_str(&text).map_err(|source| Error::Parse { path: file, source })?;
     if !alive(running.appliance_pid) {
@@ -104,8 +100,8 @@ pub fn write(app_dir: &Path, running: &Running) -> Result<Record, Error> {
     let file = path(app_dir);
     let tmp = app_dir.join(format!(".{FILE_NAME}.{}", std::process::id()));
     let text = serde_json::to_string_pretty(running).map_err(|source| Error::Parse { path: file.clone(), source })?;
-    fs::write(&tmp, text + "\n").map_err(|source| Error::Io { action: "write", path: tmp.clone(), source })?;
-    fs::rename(&tmp, &file).map_err(|source| Error::Io { action: "write", path: file.clone(), source })?;
+    fs::write(&tmp, text + "\n").map_err(|source| Error::Io(FsError { action: "write", path: tmp.clone(), source }))?;
+    fs::rename(&tmp, &file).map_err(|source| Error::Io(FsError { action: "write", path: file.clone(), source }))?;
     Ok(Record { path: file })
 }
 

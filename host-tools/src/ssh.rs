@@ -17,6 +17,7 @@
 //! `/run/sshd` at boot) or Dropbear. Starting and supervising it is the init's job
 //! (`appEnd=sshd`).
 
+use crate::fs_error::{FsError, io_error};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -96,13 +97,8 @@ pub enum Error {
     },
     #[error("{program} failed: {stderr}")]
     Tool { program: String, stderr: String },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{} is not an SSH public key (expected one line `TYPE BASE64 [COMMENT]`)", path.display())]
     NotAPublicKey { path: PathBuf },
     #[error("[ssh] server {binary} not found in {}: install {package} there", root.display())]
@@ -117,10 +113,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Elf(#[from] elf::Error),
-}
-
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
 }
 
 /// Runs a key tool and returns its stdout.
@@ -183,7 +175,8 @@ fn make_private_dir(dir: &Path) -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error("protect", dir))?;
     let ignore = dir.join(".gitignore");
-    fs::write(&ignore, "# Keys of one appliance: never commit them.\n*\n").map_err(io_error("write", &ignore))
+    fs::write(&ignore, "# Keys of one appliance: never commit them.\n*\n").map_err(io_error("write", &ignore))?;
+    Ok(())
 }
 
 /// A host key made for one build.

@@ -14,6 +14,7 @@
 //! The checks and the writes are separate system calls, so a tree that someone else
 //! changes while we unpack into it is out of scope: unpack into a directory you own.
 
+use crate::fs_error::FsError;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -26,13 +27,8 @@ use super::{Archive, Entry, Kind};
 /// Errors of packing a directory.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("cannot add {}", path.display())]
     Archive {
         path: PathBuf,
@@ -54,29 +50,31 @@ pub struct PackReport {
 pub fn pack_dir(dir: &Path, prefix: &str, archive: &mut Archive) -> Result<PackReport, PackError> {
     let mut report = PackReport::default();
     let metadata =
-        fs::metadata(dir).map_err(|source| PackError::Io { action: "read", path: dir.to_owned(), source })?;
+        fs::metadata(dir).map_err(|source| PackError::Io(FsError { action: "read", path: dir.to_owned(), source }))?;
     if !metadata.is_dir() {
-        return Err(PackError::Io {
+        return Err(PackError::Io(FsError {
             action: "pack",
             path: dir.to_owned(),
             source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        });
+        }));
     }
     walk(dir, prefix.trim_matches('/'), archive, &mut report)?;
     Ok(report)
 }
 
 fn walk(dir: &Path, prefix: &str, archive: &mut Archive, report: &mut PackReport) -> Result<(), PackError> {
-    let list_error = |source| PackError::Io { action: "list", path: dir.to_owned(), source };
+    let list_error = |source| PackError::Io(FsError { action: "list", path: dir.to_owned(), source });
     let entries = fs::read_dir(dir).map_err(list_error)?;
     for entry in entries {
         let entry = entry.map_err(list_error)?;
         let path = entry.path();
         let name = entry.file_name();
-        let name = name.to_str().ok_or_else(|| PackError::Io {
-            action: "pack",
-            path: path.clone(),
-            source: io::Error::new(io::ErrorKind::InvalidData, "the name is not UTF-8"),
+        let name = name.to_str().ok_or_else(|| {
+            PackError::Io(FsError {
+                action: "pack",
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "the name is not UTF-8"),
+            })
         })?;
         let inner = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
         if let Some(entry) = entry_for(&path, &inner, report)? {
@@ -93,8 +91,8 @@ fn walk(dir: &Path, prefix: &str, archive: &mut Archive, report: &mut PackReport
 /// The entry for the host file at `path`, stored at `inner`; `None` for what cannot be
 /// archived (recorded in `report`).
 pub fn entry_for(path: &Path, inner: &str, report: &mut PackReport) -> Result<Option<Entry>, PackError> {
-    let metadata =
-        fs::symlink_metadata(path).map_err(|source| PackError::Io { action: "read", path: path.to_owned(), source })?;
+    let metadata = fs::symlink_metadata(path)
+        .map_err(|source| PackError::Io(FsError { action: "read", path: path.to_owned(), source }))?;
     let mode = metadata.mode();
     let file_type = FileType::from_mode(mode);
     let (major, minor) = (rustix::fs::major(metadata.rdev()), rustix::fs::minor(metadata.rdev()));
@@ -102,11 +100,8 @@ pub fn entry_for(path: &Path, inner: &str, report: &mut PackReport) -> Result<Op
         FileType::Directory => Kind::Directory,
         FileType::Regular => Kind::File { source: path.to_owned() },
         FileType::Symlink => Kind::Symlink {
-            target: fs::read_link(path).map_err(|source| PackError::Io {
-                action: "read the link",
-                path: path.to_owned(),
-                source,
-            })?,
+            target: fs::read_link(path)
+                .map_err(|source| PackError::Io(FsError { action: "read the link", path: path.to_owned(), source }))?,
         },
         FileType::CharDevice => Kind::CharDevice { major, minor },
         FileType::BlockDevice => Kind::BlockDevice { major, minor },
