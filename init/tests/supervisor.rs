@@ -688,18 +688,24 @@ fn a_run_killed_by_a_signal_gives_128_plus_the_signal() {
     );
 }
 
-#[test]
-fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_record() {
-    let dir = TempDir::new("stop");
-    dir.script("run", "trap 'echo run got TERM; exit 7' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done");
-    dir.script("postrun", "echo postrun ran");
+/// Runs the phases of `dir` with a status file, waits until a phase has written
+/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end.
+fn stop_phases_when_ready(dir: &TempDir) -> Run {
     let mut cmd = init();
     cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
         .arg(dir.join("status"));
     let running = Running::start(cmd);
     wait_for_file(&dir.join("ready"));
     kill(running.pid(), Signal::SIGTERM).unwrap();
-    let r = running.finish();
+    running.finish()
+}
+
+#[test]
+fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_record() {
+    let dir = TempDir::new("stop");
+    dir.script("run", "trap 'echo run got TERM; exit 7' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done");
+    dir.script("postrun", "echo postrun ran");
+    let r = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 7, "{}", r.stderr);
     let output = dir.read("output");
     assert!(output.contains("run got TERM\n") && !output.contains("postrun"), "postrun is skipped: {output}");
@@ -715,13 +721,7 @@ fn a_stop_before_run_is_not_a_success() {
         "trap 'exit 0' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done",
     );
     dir.script("run", "echo run ran");
-    let mut cmd = init();
-    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
-        .arg(dir.join("status"));
-    let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let r = running.finish();
+    let r = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 143, "{}", r.stderr);
     assert!(!dir.read("output").contains("run ran"), "run is skipped");
     let events = events(&dir.join("status"));
@@ -735,14 +735,8 @@ fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
         "run",
         "trap '' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 3",
     );
-    let mut cmd = init();
-    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
-        .arg(dir.join("status"));
-    let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
     let asked = Instant::now();
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    let r = running.finish();
+    let r = stop_phases_when_ready(&dir);
     // SIGKILL after the 5 s grace, well before the run's own 20 s.
     assert_eq!(r.code(), 137, "{}", r.stderr);
     let waited = asked.elapsed();
