@@ -45,6 +45,10 @@ pub fn has_press(events: &[u8]) -> bool {
 /// Opens every input event device that has a power key (non-blocking, close-on-exec).
 pub fn open_buttons() -> Vec<OwnedFd> {
     let mut found = Vec::new();
+    // No evdev (Debian's kernel without the module): no device nodes, nothing to list.
+    if rustix::fs::access("/dev/input", rustix::fs::Access::EXISTS).is_err() {
+        return found;
+    }
     // Listed rather than probed by number: under emulation every failed open costs.
     let mut names = crate::read_dir("/sys/class/input").unwrap_or_default();
     names.retain(|name| name.strip_prefix("event").is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())));
