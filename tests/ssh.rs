@@ -218,7 +218,9 @@ fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     b.assert_console("signal 15: shutting down");
     assert!(!b.console.contains("run-ran"), "{}", b.console);
     assert!(phase_end(&b.events, "run").is_none(), "{:?}", b.events);
-    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    // /app/run never ran: not a success (docs/protocol.md, "Stopping").
+    assert_eq!(b.end(), Some(("poweroff".into(), 143)));
+    assert_eq!(b.code, 143, "{b:?}");
 }
 
 #[test]

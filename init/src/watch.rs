@@ -31,7 +31,8 @@ pub fn run(
     let (run, after) = rest.split_at(1);
     let first = sequence::run(sup, before, ctx);
     if first.interrupted {
-        return first;
+        // Stopped before the run phase started, which `before` does not hold.
+        return Outcome { run_status: sequence::STOPPED_BEFORE_RUN, interrupted: true };
     }
     // Without a configured control NIC the link was never brought up: nothing to take down
     // (and bringing it up afterwards would only start IPv6 chatter).
