@@ -11,7 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use appliance_cmdline::status::{Event, STATUS_VERSION};
-use appliance_cmdline::{Config, End, ResultsTo};
+use appliance_cmdline::{Config, End};
 use appliance_init::console::Describe;
 use appliance_init::plan::{self, AppPaths, ImageFacts};
 use appliance_init::rt::Args;
@@ -110,7 +110,7 @@ fn pid1() -> ! {
     let phases = plan::phases(&config, &commands(&config), &app, &image);
     // A NIC is watched only when the network is used at all (now, or by the results step):
     // otherwise no NIC is ever brought up, and reading sysfs would only slow the boot.
-    let uses_network = control.is_some() || matches!(config.results_to, Some(ResultsTo::Nfs { .. }));
+    let uses_network = control.is_some() || results::needs_network(&config);
     let watched = if uses_network { watch::nic_to_watch(control.as_ref(), config.mac) } else { None };
     let outcome = watch::run(&mut sup, &phases, &mut ctx, control.as_ref(), watched.as_deref(), config.net_down);
     // After postrun, before the end action: the network is quiet until here.

@@ -65,6 +65,11 @@ pub fn mount_args(to: &ResultsTo) -> MountArgs {
     MountArgs { source, fstype, options }
 }
 
+/// Whether the results step will use the network (NFS; 9p needs none).
+pub fn needs_network(config: &Config) -> bool {
+    config.results_to.as_ref().is_some_and(|to| nfs_server(to).is_some())
+}
+
 /// The server's address, for NFS (the network must be up for it).
 pub fn nfs_server(to: &ResultsTo) -> Option<Ipv4Addr> {
     match to {

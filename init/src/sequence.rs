@@ -4,11 +4,10 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use appliance_cmdline::status::Exit;
-use rustix::process::Signal;
 
 use crate::plan::{self, Phase, PhaseKind};
 use crate::status::StatusWriter;
-use crate::supervisor::{Command, Stdio, Supervisor};
+use crate::supervisor::{Command, STOP, Stdio, Supervisor};
 
 /// What the phases produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,15 +32,12 @@ pub struct Context<'a> {
 /// The run status when a stop came before `/app/run` started: 128 + SIGTERM.
 pub const STOPPED_BEFORE_RUN: i32 = 143;
 
-/// Signals that mean "shut down now" when they reach PID 1 between phases.
-const SHUTDOWN: [Signal; 3] = [Signal::TERM, Signal::POWER, Signal::INT];
-
 /// Runs `phases` in order. A failing phase is reported and the sequence goes on, as the
 /// original did; the run phase's status is the result.
 pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Outcome {
     let mut outcome = Outcome { run_status: 0, interrupted: false };
     for (i, phase) in phases.iter().enumerate() {
-        if sup.stop_requested() || sup.pending.iter().any(|s| SHUTDOWN.iter().any(|d| d.as_raw() == *s)) {
+        if sup.stop_requested() || sup.pending.iter().any(|s| STOP.iter().any(|d| d.as_raw() == *s)) {
             log::warn!("shutdown requested: skipping the remaining phases");
             outcome.interrupted = true;
             if phases[i..].iter().any(|p| p.kind == PhaseKind::Run) {

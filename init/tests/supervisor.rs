@@ -688,6 +688,11 @@ fn a_run_killed_by_a_signal_gives_128_plus_the_signal() {
     );
 }
 
+/// A script that sets `trap`, writes `$APP_DIR/ready`, then waits `ticks` x 50 ms.
+fn ready_then_wait(trap: &str, ticks: u32) -> String {
+    format!(r#"{trap}; : > "$APP_DIR/ready"; i=0; while [ $i -lt {ticks} ]; do sleep 0.05; i=$((i + 1)); done"#)
+}
+
 /// Runs the phases of `dir` with a status file, waits until a phase has written
 /// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end.
 fn stop_phases_when_ready(dir: &TempDir) -> Run {
@@ -703,7 +708,7 @@ fn stop_phases_when_ready(dir: &TempDir) -> Run {
 #[test]
 fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_record() {
     let dir = TempDir::new("stop");
-    dir.script("run", "trap 'echo run got TERM; exit 7' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done");
+    dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 7' TERM", 200));
     dir.script("postrun", "echo postrun ran");
     let r = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 7, "{}", r.stderr);
@@ -716,10 +721,7 @@ fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_recor
 #[test]
 fn a_stop_before_run_is_not_a_success() {
     let dir = TempDir::new("stopprerun");
-    dir.script(
-        "prerun",
-        "trap 'exit 0' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done",
-    );
+    dir.script("prerun", &ready_then_wait("trap 'exit 0' TERM", 200));
     dir.script("run", "echo run ran");
     let r = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 143, "{}", r.stderr);
@@ -731,10 +733,7 @@ fn a_stop_before_run_is_not_a_success() {
 #[test]
 fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     let dir = TempDir::new("stopkill");
-    dir.script(
-        "run",
-        "trap '' TERM; : > \"$APP_DIR/ready\"; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 3",
-    );
+    dir.script("run", &format!("{}; exit 3", ready_then_wait("trap '' TERM", 400)));
     let asked = Instant::now();
     let r = stop_phases_when_ready(&dir);
     // SIGKILL after the 5 s grace, well before the run's own 20 s.
