@@ -128,8 +128,9 @@ LOG {{
     )
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released: another process may take it
-/// before ganesha does, which then fails to start with a clear error).
+/// A free TCP port on 127.0.0.1, for ganesha and for `appliance run --ssh` (bound, then
+/// released: another process may take it before its user does, which then fails to
+/// start with a clear error).
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }

@@ -136,7 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let ssh_port = match args.ssh {
-        Some(0) if !args.dry_run => Some(free_port()?),
+        // Another program may take it before QEMU does; QEMU then fails to start and says so.
+        Some(0) if !args.dry_run => Some(nfs::free_port().context("cannot find a free loopback port")?),
         other => other,
     };
     let append = kernel_cmdline(&args, &app_dir, results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default())?;
@@ -300,13 +301,6 @@ fn user_net(results: Option<UserNet>, ssh_port: Option<u16>) -> Option<UserNet> 
         net.forwards.push(PortForward { host: port, guest: 22 });
     }
     Some(net)
-}
-
-/// A loopback port nobody listens on now. Another program may take it before QEMU
-/// does; QEMU then fails to start and says so.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free loopback port")?;
-    Ok(listener.local_addr().context("cannot find a free loopback port")?.port())
 }
 
 /// The file `--kernel` names: a path, or `build:<series>` from the cache (built now if
