@@ -323,7 +323,7 @@ fn a_server_lost_mid_copy_is_never_reported_as_success() {
     let app = app(tmp.path(), NFS_MODULES, RUN);
     let dir = tmp.path().join("results");
     std::fs::create_dir(&dir).unwrap();
-    let server = appliance_host::nfs::NfsServer::start(&dir).unwrap();
+    let server = appliance_host::vm::nfs::NfsServer::start(&dir).unwrap();
     let upstream = server.port();
 
     const CUT_AFTER: u64 = 6 << 20;

@@ -74,7 +74,7 @@ fn sshd_serves_the_generated_key_refuses_passwords_and_stops_gracefully() {
     // The host key is checked for real: another key under the alias is refused.
     let known_hosts = app.join("ssh/known_hosts");
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();
-    let other = appliance_host::ssh::generate_host_key(appliance_host::ssh::Server::Openssh).unwrap();
+    let other = appliance_host::image::ssh::generate_host_key(appliance_host::image::ssh::Server::Openssh).unwrap();
     std::fs::write(&known_hosts, format!("appliance-image {}\n", other.public)).unwrap();
     let o = appliance_ssh(&app, &["true"]);
     std::fs::write(&known_hosts, &recorded).unwrap();
@@ -82,7 +82,7 @@ fn sshd_serves_the_generated_key_refuses_passwords_and_stops_gracefully() {
     assert!(!o.status.success() && stderr.contains("Host key verification failed"), "{stderr}");
 
     // Passwords are not even offered: only public keys.
-    let port = appliance_host::running::read(&app).unwrap().ssh_port.unwrap();
+    let port = appliance_host::vm::running::read(&app).unwrap().ssh_port.unwrap();
     let o = std::process::Command::new("ssh")
         .args(["-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no"])
         .args(["-o", "PreferredAuthentications=password,keyboard-interactive"])
@@ -103,7 +103,7 @@ fn sshd_serves_the_generated_key_refuses_passwords_and_stops_gracefully() {
     assert_eq!(b.code, 0, "{b:?}");
     b.assert_console("power button pressed");
     assert_eq!(b.end(), Some(("poweroff".into(), 0)));
-    assert!(!app.join(appliance_host::running::FILE_NAME).exists(), "the run record is removed");
+    assert!(!app.join(appliance_host::vm::running::FILE_NAME).exists(), "the run record is removed");
     let err = String::from_utf8_lossy(&stop(&app).stderr).into_owned();
     assert!(err.contains("no appliance is running from"), "{err}");
 }
@@ -189,8 +189,8 @@ fn ctrl_alt_del_stops_the_running_app_and_powers_off() {
     let app = build(&img, tmp.path());
     let s = Session::start(&app, &[]);
     s.expect("run-started", 0);
-    let record = appliance_host::running::read(&app).unwrap();
-    let mut qmp = appliance_host::qmp::Qmp::connect(&record.qmp, Duration::from_secs(5)).unwrap();
+    let record = appliance_host::vm::running::read(&app).unwrap();
+    let mut qmp = appliance_host::vm::qmp::Qmp::connect(&record.qmp, Duration::from_secs(5)).unwrap();
     let keys = serde_json::json!({ "keys": [
         { "type": "qcode", "data": "ctrl" }, { "type": "qcode", "data": "alt" }, { "type": "qcode", "data": "delete" }
     ] });

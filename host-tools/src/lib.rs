@@ -1,49 +1,25 @@
 //! The host side of the appliance toolkit: everything the `appliance` CLI does, as a
-//! library that tests call directly.
+//! library that tests call directly. Folders from the bottom up; a folder imports only
+//! from those above it in this list (`docs/architecture.md` is the full map):
 //!
-//! - [`manifest`]: the image definition, `images/<name>/appliance.toml`;
-//! - [`cpio`] and [`compress`]: a reproducible newc archive writer, a reader for
-//!   concatenated and compressed archives (the kernel's view), safe unpacking, comparisons,
-//!   and the compressions the kernel unpacks (gzip, zstd, xz, lz4);
-//! - [`elf`]: which loader and shared libraries a host program needs;
-//! - [`kernel`]: the kernel to boot, Debian's cloud kernel fetched and cached by default;
-//! - [`kconfig`]: kernel `.config` files and fragments: merging, and checking that a
-//!   resolved configuration kept what was asked, with the dependency that dropped it;
-//! - [`kbuild`]: the project's own kernels, built from a source tree or tarball with the
-//!   fragments of `kernel-configs/`, and cached;
-//! - [`modules`]: kernel modules an image loads, with their dependencies, decompressed;
-//! - [`image`]: the builder tying these together into an app dir;
-//! - [`trace`]: trace-based file selection: run an application in a reference root under
-//!   ptrace and list only the files it touched (chrooting there needs root);
-//! - [`ssh`]: the SSH server an image gets with `[ssh]`, its host key and login key;
-//! - [`qmp`], [`running`] and [`stop`]: a running VM's record in its app dir, and a
-//!   graceful stop through the guest's power button;
-//! - [`qemu`] and [`vm`]: the QEMU command line, and running it with a time bound and
-//!   reading back the init's status record.
-//!
-//! - [`nfs`] and [`results`]: a private NFS server (nfs-ganesha) for a run's results, and
-//!   reading the results step back from the status record.
+//! - [`host`]: what every capability takes from the host: file errors, glob patterns,
+//!   programs on `PATH`, child processes, free ports, sizes;
+//! - [`archive`]: the newc cpio writer and reader and the kernel's compressions;
+//! - [`rootfs`]: paths inside a root file system, and the ELF closure of a program;
+//! - [`kernel`]: Debian's kernels, the project's kernel builds, kconfig, modules;
+//! - [`trace`]: trace-based file selection under ptrace in a reference root;
+//! - [`image`]: the manifest and the builder of an app dir, with the SSH server half;
+//! - [`vm`]: QEMU, a running VM, QMP and stop, the status record, the SSH client half,
+//!   results and their NFS server.
 //!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
 //! the exceptions are [`trace`] chrooting into a reference root other than `/`, and the
-//! NFS server of [`nfs`].
+//! NFS server of [`vm::nfs`].
 
-pub mod compress;
-pub mod cpio;
-pub mod elf;
-pub mod fs_error;
+pub mod archive;
+pub mod host;
 pub mod image;
-pub mod kbuild;
-pub mod kconfig;
 pub mod kernel;
-pub mod manifest;
-pub mod modules;
-pub mod nfs;
-pub mod qemu;
-pub mod qmp;
-pub mod results;
-pub mod running;
-pub mod ssh;
-pub mod stop;
+pub mod rootfs;
 pub mod trace;
 pub mod vm;

@@ -7,9 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use appliance_host::compress::{Compression, Encoder};
-use appliance_host::cpio::read;
-use appliance_host::cpio::tree::{self, UnpackOptions};
+use appliance_host::archive::compress::{Compression, Encoder};
+use appliance_host::archive::cpio::read;
+use appliance_host::archive::cpio::tree::{self, UnpackOptions};
 
 const APPLIANCE: &str = env!("CARGO_BIN_EXE_appliance");
 

@@ -131,7 +131,7 @@ fn a_library_loaded_with_dlopen_is_listed() {
     let dir = scratch();
     let (program, plugin) = build_dlopen_program(dir.path());
     // Not in the ELF headers: only the trace can know.
-    let object = appliance_host::elf::inspect_elf(&program).unwrap();
+    let object = appliance_host::rootfs::elf::inspect_elf(&program).unwrap();
     assert!(!object.needed.iter().any(|n| n.contains("plug")), "{:?}", object.needed);
     // The scratch directory may lie under /tmp (a checkout there), which the default
     // exclusions leave out.

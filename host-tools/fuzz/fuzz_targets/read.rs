@@ -3,7 +3,7 @@
 //! to the writer) and read back with the same members.
 #![no_main]
 
-use appliance_host::cpio::read::read_bytes;
+use appliance_host::archive::cpio::read::read_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

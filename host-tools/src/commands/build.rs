@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use appliance_host::compress::Compression;
-use appliance_host::cpio;
-use appliance_host::image::{self, BuildOptions, Tools, human_size};
-use appliance_host::manifest::KernelSource;
+use appliance_host::archive::compress::Compression;
+use appliance_host::archive::cpio;
+use appliance_host::host::size::human_size;
+use appliance_host::image::manifest::KernelSource;
+use appliance_host::image::{self, BuildOptions, Tools};
 
 /// Build an app dir (vmlinuz, initrd, cmdline, appliance.json) from an image.
 ///

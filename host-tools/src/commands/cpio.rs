@@ -12,13 +12,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use appliance_host::compress::{Compression, Encoder};
-use appliance_host::cpio::compare::{self, Difference};
-use appliance_host::cpio::glob::Glob;
-use appliance_host::cpio::read::{self, FileType, ReadArchive, permission_string};
-use appliance_host::cpio::tree::{self, PackReport, UnpackOptions};
-use appliance_host::cpio::{self, Archive};
-use appliance_host::image::human_size;
+use appliance_host::archive::compress::{Compression, Encoder};
+use appliance_host::archive::cpio::compare::{self, Difference};
+use appliance_host::archive::cpio::read::{self, FileType, ReadArchive, permission_string};
+use appliance_host::archive::cpio::tree::{self, PackReport, UnpackOptions};
+use appliance_host::archive::cpio::{self, Archive};
+use appliance_host::host::glob::Glob;
+use appliance_host::host::size::human_size;
 
 /// Inspect and change initramfs archives (newc; gzip, zstd, xz, lz4 or uncompressed,
 /// detected by magic; concatenated archives are read as one).

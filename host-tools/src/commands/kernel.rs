@@ -12,10 +12,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use appliance_host::image::human_size;
-use appliance_host::kbuild::{self, Base, FragmentArg, Progress, ProgressSink, Request};
-use appliance_host::kconfig::{self, Config, Kconfig};
+use appliance_host::host::size::human_size;
 use appliance_host::kernel;
+use appliance_host::kernel::kbuild::{self, Base, FragmentArg, Progress, ProgressSink, Request};
+use appliance_host::kernel::kconfig::{self, Config, Kconfig};
 
 /// Build and check the project's own kernels.
 ///

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
-use appliance_host::kbuild;
-use appliance_host::qemu::{self, Accel, PortForward, UserNet, VmSpec};
-use appliance_host::{nfs, results, running, stop, vm};
+use appliance_host::kernel::kbuild;
+use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
+use appliance_host::vm::{self, nfs, results, running, stop};
 
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
@@ -52,7 +52,7 @@ pub struct Args {
 
     /// Seconds a graceful stop (appliance stop, SIGINT, SIGTERM) waits for the guest to
     /// power off before killing QEMU
-    #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::stop::DEFAULT_GRACE.as_secs())]
+    #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::vm::stop::DEFAULT_GRACE.as_secs())]
     stop_grace: u64,
 
     /// Commands to run before /app/run, ':'-separated (appCmds)
@@ -137,7 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let ssh_port = match args.ssh {
         // Another program may take it before QEMU does; QEMU then fails to start and says so.
-        Some(0) if !args.dry_run => Some(nfs::free_port().context("cannot find a free loopback port")?),
+        Some(0) if !args.dry_run => {
+            Some(appliance_host::host::net::free_port().context("cannot find a free loopback port")?)
+        }
         other => other,
     };
     let append = kernel_cmdline(&args, &app_dir, results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default())?;
@@ -323,7 +325,7 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     if path.join("initrd").exists() || path.join("vmlinuz").exists() {
         return Ok(path.to_path_buf());
     }
-    if path.join(appliance_host::manifest::FILE_NAME).exists() || !path.exists() {
+    if path.join(appliance_host::image::manifest::FILE_NAME).exists() || !path.exists() {
         return super::build::build_image(target, None, None, None, None);
     }
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")

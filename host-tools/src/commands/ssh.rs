@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use appliance_host::{running, ssh};
+use appliance_host::image::ssh;
+use appliance_host::vm::running;
 
 /// Log in as root to the appliance running from APP_DIR (`appliance run APP_DIR --ssh
 /// --end sshd`), or run COMMAND there.

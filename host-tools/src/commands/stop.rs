@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use appliance_host::stop::{self, Outcome};
+use appliance_host::vm::stop::{self, Outcome};
 
 /// Power off the appliance that `appliance run` is running from APP_DIR.
 ///

@@ -56,7 +56,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runs: Vec<Traced> = if args.shell {
-        let shell = if trace::root::walk(&args.root, Path::new("/bin/bash")).is_ok() { "/bin/bash" } else { "/bin/sh" };
+        let shell = if appliance_host::rootfs::path::walk(&args.root, Path::new("/bin/bash")).is_ok() {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
         log::info!("tracing an interactive {shell} in {}; exit it to write the list", args.root.display());
         vec![trace::run(&args.root, &[OsString::from(shell), OsString::from("-i")])?]
     } else if let Some(file) = &args.commands {

@@ -26,8 +26,8 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::root;
 use super::{Error, PathArg, path_argument};
+use crate::rootfs;
 
 /// PATH_MAX: the kernel refuses longer paths anyway.
 const PATH_MAX: usize = 4096;
@@ -186,13 +186,13 @@ fn describe(argv: &[OsString]) -> String {
 fn record_program(root: &Path, program: &OsStr, accessed: &mut BTreeSet<PathBuf>) {
     let program = Path::new(program);
     if program.as_os_str().as_bytes().contains(&b'/') {
-        accessed.insert(root::join(Path::new("/"), program));
+        accessed.insert(rootfs::path::join(Path::new("/"), program));
         return;
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     for dir in std::env::split_paths(&path) {
-        let candidate = root::join(Path::new("/"), &dir.join(program));
-        if root::walk(root, &candidate).is_ok() {
+        let candidate = rootfs::path::join(Path::new("/"), &dir.join(program));
+        if rootfs::path::walk(root, &candidate).is_ok() {
             accessed.insert(candidate);
             return;
         }
@@ -212,7 +212,7 @@ fn proc_link(root: &Path, pid: Pid, name: &str) -> Option<PathBuf> {
     let target = PathBuf::from(OsStr::from_bytes(
         target.as_os_str().as_bytes().strip_suffix(b" (deleted)").unwrap_or(target.as_os_str().as_bytes()),
     ));
-    root::in_root(root, &target)
+    rootfs::path::in_root(root, &target)
 }
 
 fn on_syscall(root: &Path, pid: Pid, accessed: &mut BTreeSet<PathBuf>) {

@@ -16,7 +16,6 @@
 //! supported (the system call table is x86-64's), and chrooting needs root.
 
 mod ptrace;
-pub mod root;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -26,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 use nix::libc;
 
-use crate::elf::{self, Resolver};
+use crate::rootfs;
+use crate::rootfs::elf::{self, Resolver};
 
 pub use ptrace::{Traced, run};
 
@@ -189,7 +189,7 @@ pub fn select(
         if exclude.excludes(path) {
             continue;
         }
-        let Ok(walk) = root::walk(&root, path) else {
+        let Ok(walk) = rootfs::path::walk(&root, path) else {
             continue;
         };
         if exclude.excludes(&walk.real) {
@@ -199,7 +199,7 @@ pub fn select(
     }
     let mut resolver = Resolver::in_root(&root)?;
     for file in files.clone() {
-        let host = root::host_path(&root, &file);
+        let host = rootfs::path::host_path(&root, &file);
         let Ok(Some(object)) = elf::inspect(&host) else {
             continue;
         };
@@ -219,7 +219,7 @@ pub fn select(
             needed.push(PathBuf::from("/etc/ld.so.cache"));
         }
         for path in needed {
-            if let Ok(walk) = root::walk(&root, &path) {
+            if let Ok(walk) = rootfs::path::walk(&root, &path) {
                 add_walk(&root, walk, &mut selected, &mut files);
             }
         }
@@ -228,7 +228,7 @@ pub fn select(
         if !path.is_absolute() {
             return Err(Error::RelativeExtra { path: path.clone() });
         }
-        let walk = root::walk(&root, path).map_err(|source| Error::MissingExtra {
+        let walk = rootfs::path::walk(&root, path).map_err(|source| Error::MissingExtra {
             path: path.clone(),
             root: root.clone(),
             source,
@@ -239,9 +239,9 @@ pub fn select(
     Ok(selected)
 }
 
-fn add_walk(root: &Path, walk: root::Walk, selected: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBuf>) {
+fn add_walk(root: &Path, walk: rootfs::path::Walk, selected: &mut BTreeSet<PathBuf>, files: &mut BTreeSet<PathBuf>) {
     selected.extend(walk.visited);
-    if root::host_path(root, &walk.real).is_file() {
+    if rootfs::path::host_path(root, &walk.real).is_file() {
         files.insert(walk.real.clone());
     }
     selected.insert(walk.real);

@@ -13,7 +13,11 @@
 //!
 //! Booting the result is not this module's job.
 
-use crate::fs_error::{FsError, io_error};
+pub mod manifest;
+pub mod ssh;
+
+use crate::host::fs_error::{FsError, io_error};
+use crate::host::size::human_size;
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -21,14 +25,14 @@ use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::compress::{Compression, Encoder};
-use crate::cpio::{self, Archive, Entry, Kind};
-use crate::elf::{self, Resolver};
-use crate::kbuild;
+use crate::archive::compress::{Compression, Encoder};
+use crate::archive::cpio::{self, Archive, Entry, Kind};
+use crate::kernel::kbuild;
+use crate::kernel::modules;
 use crate::kernel::{self, KernelInfo};
-use crate::manifest::{self, KernelSource, Manifest, TraceSection};
-use crate::modules;
-use crate::ssh;
+use crate::rootfs::elf::{self, Resolver};
+use manifest::{KernelSource, Manifest, TraceSection};
+
 use crate::trace::{self, Exclusions};
 
 /// The init's file name, next to the `appliance` executable.
@@ -217,7 +221,7 @@ pub struct BuildOptions {
     /// when `None`.
     pub kernel_progress: Option<kbuild::ProgressSink>,
     /// For `[ssh]`: the public key logins are accepted for; `None` generates a pair in
-    /// the app dir (see [`crate::ssh`]).
+    /// the app dir (see [`crate::image::ssh`]).
     pub ssh_key: Option<PathBuf>,
 }
 
@@ -631,7 +635,7 @@ pub fn add_root_paths(archive: &mut Archive, root: &Path, paths: &BTreeSet<PathB
         if archive.get(&name).is_some() {
             continue;
         }
-        let host = trace::root::host_path(root, path);
+        let host = crate::rootfs::path::host_path(root, path);
         let metadata = fs::symlink_metadata(&host).map_err(io_error("read", &host))?;
         let file_type = metadata.file_type();
         let entry = if file_type.is_symlink() {
@@ -735,18 +739,6 @@ fn install_kernel(source: &Path, destination: &Path) -> Result<(), Error> {
         fs::copy(&source, destination).map_err(io_error("copy the kernel to", destination))?;
     }
     Ok(())
-}
-
-/// Sizes for people: "12.3 MiB".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -1012,13 +1004,5 @@ mod tests {
         add_kernel_headers(&mut merged, &tree, "6.1.192-appliance").unwrap();
         assert!(symlink_target(&merged, "usr/lib/modules/6.1.192-appliance/build").is_some());
         assert!(merged.get("lib/modules/6.1.192-appliance/build").is_none());
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(5 << 20), "5.0 MiB");
     }
 }

@@ -9,13 +9,17 @@
 //!
 //! Cache layout, under [`default_cache_dir`]:
 //! - `kernels/<package>_<version>/`: the package extracted (`boot/vmlinuz-*`,
-//!   `lib/modules/<release>/`, from which [`crate::modules`] packs the modules an image
+//!   `lib/modules/<release>/`, from which [`crate::kernel::modules`] packs the modules an image
 //!   names);
 //! - `kernels/debian-cloud`: a symlink naming the extracted package in use, replaced
 //!   atomically once a fetch is complete;
 //! - `kernels/.lock`: held while fetching, so concurrent builds fetch once.
 
-use crate::fs_error::{FsError, io_error};
+pub mod kbuild;
+pub mod kconfig;
+pub mod modules;
+
+use crate::host::fs_error::{FsError, io_error};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};

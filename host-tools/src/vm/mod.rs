@@ -1,14 +1,20 @@
 //! Running an appliance in QEMU: start it, bound it in time, and read back the status
 //! record the init wrote to the second serial port.
 
-use nix::sys::signal::SigSet;
+pub mod nfs;
+pub mod qemu;
+pub mod qmp;
+pub mod results;
+pub mod running;
+pub mod stop;
+
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
 
-use crate::qemu::{self, VmSpec};
+use qemu::VmSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -113,7 +119,7 @@ pub enum Tick {
     Kill,
 }
 
-/// Hooks into a run (graceful stop, the run record of [`crate::running`]).
+/// Hooks into a run (graceful stop, the run record of [`crate::vm::running`]).
 pub trait Watch {
     /// Start QEMU in a process group of its own, so that a signal to ours (a script's
     /// Ctrl-C) reaches only us and we can power the guest off gracefully. Only when our
@@ -138,30 +144,6 @@ pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmErro
     run_watched(spec, timeout, &mut ())
 }
 
-/// Sets up a helper process (QEMU, the NFS server) as ours: it starts with no signal
-/// blocked (std passes our mask on, and `appliance run` blocks SIGINT, SIGTERM and SIGHUP
-/// to read them from a signalfd: QEMU would then ignore SIGTERM), and it gets SIGTERM when
-/// the thread that spawns it dies, so that a killed `appliance run` (SIGKILL, which it
-/// cannot catch) leaves no VM or server behind. The death signal survives `execve` (our
-/// helpers are not set-user-ID); spawn from a thread that lives as long as the child.
-pub(crate) fn as_our_child(command: &mut Command) {
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
-    // system calls (sigprocmask, prctl, getppid); it allocates only on the error path, as
-    // std's own child setup does.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(command, move || {
-            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-            // The parent died before the prctl: nobody will send the signal.
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the parent exited"));
-            }
-            Ok(())
-        });
-    }
-}
-
 /// [`run`], with `watch` told when QEMU starts and asked every tick whether to kill it.
 pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Watch) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
@@ -171,7 +153,7 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
     if watch.own_process_group() {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
     }
-    as_our_child(&mut command);
+    crate::host::process::as_our_child(&mut command);
     let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
     watch.started(child.id());
     let mut timed_out = false;

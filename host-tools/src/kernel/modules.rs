@@ -19,13 +19,13 @@
 //!
 //! It does not load anything, resolve aliases (`modalias`, `softdep`) or module parameters.
 
-use crate::fs_error::{FsError, io_error};
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crate::cpio::{self, Archive, Entry};
+use crate::archive::cpio::{self, Archive, Entry};
 use crate::kernel::KernelInfo;
 
 /// The load list the init reads, in the image's modules directory.

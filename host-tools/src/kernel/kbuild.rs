@@ -4,7 +4,7 @@
 //! A build starts from `make tinyconfig` (or `defconfig`), merges the fragments over it
 //! as `scripts/kconfig/merge_config.sh` does, resolves the result with `make
 //! olddefconfig`, and refuses to go on when an option the fragments asked for did not
-//! survive ([`crate::kconfig::check`], with the dependency that dropped it). Then `make
+//! survive ([`crate::kernel::kconfig::check`], with the dependency that dropped it). Then `make
 //! bzImage` on every core, with progress reported through a callback (this module draws
 //! nothing).
 //!
@@ -22,7 +22,7 @@
 //!   of fragments, kept so that an edited fragment recompiles only what changed;
 //! - `.lock`: held while building, so concurrent builds take turns.
 
-use crate::fs_error::{FsError, io_error};
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::kconfig::{self, Config, Kconfig, Redefinition, Report};
+use crate::kernel::kconfig::{self, Config, Kconfig, Redefinition, Report};
 
 /// Series with adjustments in `kernel-configs/series/`.
 pub const SERIES: [&str; 5] = ["5.4", "5.10", "5.15", "6.1", "6.6"];
@@ -57,23 +57,23 @@ const TAIL_LINES: usize = 25;
 
 /// The built-in topic fragments: `kernel-configs/<name>.config`.
 const TOPICS: [(&str, &str); 5] = [
-    ("base", include_str!("../../kernel-configs/base.config")),
-    ("net", include_str!("../../kernel-configs/net.config")),
-    ("debug", include_str!("../../kernel-configs/debug.config")),
-    ("bench", include_str!("../../kernel-configs/bench.config")),
-    ("modules", include_str!("../../kernel-configs/modules.config")),
+    ("base", include_str!("../../../kernel-configs/base.config")),
+    ("net", include_str!("../../../kernel-configs/net.config")),
+    ("debug", include_str!("../../../kernel-configs/debug.config")),
+    ("bench", include_str!("../../../kernel-configs/bench.config")),
+    ("modules", include_str!("../../../kernel-configs/modules.config")),
 ];
 
 /// Per-series adjustments: `kernel-configs/series/<series>/<topic>.config`.
 const ADJUSTMENTS: [(&str, &str, &str); 8] = [
-    ("5.4", "base", include_str!("../../kernel-configs/series/5.4/base.config")),
-    ("5.4", "debug", include_str!("../../kernel-configs/series/5.4/debug.config")),
-    ("5.10", "base", include_str!("../../kernel-configs/series/5.10/base.config")),
-    ("5.10", "debug", include_str!("../../kernel-configs/series/5.10/debug.config")),
-    ("5.15", "base", include_str!("../../kernel-configs/series/5.15/base.config")),
-    ("5.15", "debug", include_str!("../../kernel-configs/series/5.15/debug.config")),
-    ("6.1", "base", include_str!("../../kernel-configs/series/6.1/base.config")),
-    ("6.6", "base", include_str!("../../kernel-configs/series/6.6/base.config")),
+    ("5.4", "base", include_str!("../../../kernel-configs/series/5.4/base.config")),
+    ("5.4", "debug", include_str!("../../../kernel-configs/series/5.4/debug.config")),
+    ("5.10", "base", include_str!("../../../kernel-configs/series/5.10/base.config")),
+    ("5.10", "debug", include_str!("../../../kernel-configs/series/5.10/debug.config")),
+    ("5.15", "base", include_str!("../../../kernel-configs/series/5.15/base.config")),
+    ("5.15", "debug", include_str!("../../../kernel-configs/series/5.15/debug.config")),
+    ("6.1", "base", include_str!("../../../kernel-configs/series/6.1/base.config")),
+    ("6.6", "base", include_str!("../../../kernel-configs/series/6.6/base.config")),
 ];
 
 #[derive(Debug, thiserror::Error)]

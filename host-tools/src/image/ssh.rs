@@ -17,7 +17,7 @@
 //! `/run/sshd` at boot) or Dropbear. Starting and supervising it is the init's job
 //! (`appEnd=sshd`).
 
-use crate::fs_error::{FsError, io_error};
+use crate::host::fs_error::{FsError, io_error};
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -27,8 +27,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use crate::cpio::{self, Archive, Entry};
-use crate::elf::{self, Resolver};
+use crate::archive::cpio::{self, Archive, Entry};
+use crate::rootfs::elf::{self, Resolver};
 
 /// The app dir's subdirectory with the client key and the recorded host key.
 pub const SSH_DIR: &str = "ssh";
@@ -284,7 +284,7 @@ pub fn add_to_image(
     let binary = Path::new(server.binary());
     let add_error = |source| Error::AddServer { binary: server.binary(), source: Box::new(source) };
     let host_root = root.unwrap_or(Path::new("/"));
-    if !crate::trace::root::host_path(host_root, binary).is_file() {
+    if !crate::rootfs::path::host_path(host_root, binary).is_file() {
         return Err(Error::NoServer { binary: server.binary(), package: server.package(), root: host_root.to_owned() });
     }
     match root {
@@ -359,7 +359,7 @@ pub fn client_args(app_dir: &Path, alias: &str, port: u16) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::Kind;
+    use crate::archive::cpio::Kind;
 
     #[test]
     fn public_keys_are_recognised() {

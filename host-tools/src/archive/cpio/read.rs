@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Entry, HEADER_LEN, Kind, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, TRAILER};
-use crate::compress::{self, Compression, DecodeError};
+use crate::archive::compress::{self, Compression, DecodeError};
 
 const S_IFMT: u32 = 0o170_000;
 const S_IFSOCK: u32 = 0o140_000;
@@ -414,7 +414,7 @@ pub fn permission_string(mode: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::Encoder;
+    use crate::archive::compress::Encoder;
     use std::io::Write;
 
     fn sample() -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The host side of a run's results (`appliance run --results DIR`): the run's id, the
 //! guest parameters for each transport, and reading the outcome back from the status
-//! record. The NFS server itself is [`crate::nfs`].
+//! record. The NFS server itself is [`crate::vm::nfs`].
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

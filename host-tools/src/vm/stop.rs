@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::qmp;
-use crate::running::{self, Running};
+use crate::vm::qmp;
+use crate::vm::running::{self, Running};
 use crate::vm::{Tick, Watch};
 
 /// How long the guest gets to power off before QEMU is killed: the init gives the
@@ -66,7 +66,7 @@ fn kill(pid: u32) {
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and threads it starts later; QEMU
-/// and the NFS server start with a clean mask, see [`crate::vm::as_our_child`]) and
+/// and the NFS server start with a clean mask, see [`crate::host::process::as_our_child`]) and
 /// returns a descriptor to read them from.
 pub fn catch_stop_signals() -> nix::Result<SignalFd> {
     let mut set = SigSet::empty();

@@ -14,7 +14,7 @@
 //! The checks and the writes are separate system calls, so a tree that someone else
 //! changes while we unpack into it is out of scope: unpack into a directory you own.
 
-use crate::fs_error::FsError;
+use crate::host::fs_error::FsError;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

@@ -13,7 +13,7 @@
 //! "/app/run" = "appliance-hello"
 //! [files]                                     # image path = file or directory on the host
 //! "/etc/motd" = "motd"
-//! [ssh]                                       # an SSH server for appEnd=sshd, see crate::ssh
+//! [ssh]                                       # an SSH server for appEnd=sshd, see crate::image::ssh
 //! server = "openssh"                          # or "dropbear"; root = "ref-root" to take it from there
 //! [trace]                                     # files an application touches, see TraceSection
 //! root = "/"
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::compress::Compression;
+use crate::archive::compress::Compression;
 use crate::kernel::DEBIAN_CLOUD;
 
 /// The manifest's file name inside an image directory.
@@ -77,7 +77,7 @@ pub struct Manifest {
     #[serde(default)]
     pub trace: Option<TraceSection>,
     /// Kernel modules the init loads at every boot, packed with their dependencies
-    /// ([`crate::modules`]).
+    /// ([`crate::kernel::modules`]).
     #[serde(default)]
     pub modules: Vec<String>,
     /// Kernel modules packed (with their dependencies) but loaded only when
@@ -85,9 +85,9 @@ pub struct Manifest {
     #[serde(default)]
     pub modules_available: Vec<String>,
     /// An SSH server from the host with its configuration, a host key made for this
-    /// build and the login key's `authorized_keys` ([`crate::ssh`]), for `appEnd=sshd`.
+    /// build and the login key's `authorized_keys` ([`crate::image::ssh`]), for `appEnd=sshd`.
     #[serde(default)]
-    pub ssh: Option<crate::ssh::SshSection>,
+    pub ssh: Option<crate::image::ssh::SshSection>,
 }
 
 /// `[trace]`: the files an application touches, taken from a reference root at their
@@ -143,7 +143,7 @@ impl From<String> for KernelSource {
     fn from(value: String) -> KernelSource {
         if value == DEBIAN_CLOUD {
             KernelSource::DebianCloud
-        } else if crate::kbuild::parse_build_name(&value).is_some() {
+        } else if crate::kernel::kbuild::parse_build_name(&value).is_some() {
             KernelSource::Build(value)
         } else {
             KernelSource::Path(PathBuf::from(value))
@@ -191,7 +191,7 @@ pub enum Error {
         path: PathBuf,
         name: String,
         #[source]
-        source: Box<crate::kbuild::Error>,
+        source: Box<crate::kernel::kbuild::Error>,
     },
     #[error(
         "{}: kernel_headers needs a kernel built by this tool (kernel = \"build:<series>\"): \
@@ -271,7 +271,7 @@ impl Manifest {
             return Err(Error::CmdlineLines { path });
         }
         if let KernelSource::Build(name) = &self.kernel
-            && let Some(Err(source)) = crate::kbuild::parse_build_name(name)
+            && let Some(Err(source)) = crate::kernel::kbuild::parse_build_name(name)
         {
             return Err(Error::KernelName { path, name: name.clone(), source: Box::new(source) });
         }
@@ -474,7 +474,7 @@ modules_available = ["9p"]
 
     #[test]
     fn ssh_section() {
-        use crate::ssh::Server;
+        use crate::image::ssh::Server;
         assert_eq!(parse_ok("description = \"d\"\n").ssh, None);
         assert_eq!(parse_ok("description = \"d\"\n[ssh]\n").ssh.unwrap().server, Server::Openssh);
         let dropbear = parse_ok("description = \"d\"\n[ssh]\nserver = \"dropbear\"\n");

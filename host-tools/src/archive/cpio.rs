@@ -17,7 +17,6 @@
 //! `fsck`, and [`glob`] the patterns of `appliance cpio filter`.
 
 pub mod compare;
-pub mod glob;
 pub mod read;
 pub mod tree;
 
@@ -502,7 +501,7 @@ fn size_field(path: &str, size: u64) -> Result<u32, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::{Compression, Encoder};
+    use crate::archive::compress::{Compression, Encoder};
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
 

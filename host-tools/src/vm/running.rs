@@ -9,7 +9,7 @@
 //! says where. A record whose `appliance run` process is gone (killed with SIGKILL) is
 //! stale and ignored.
 
-use crate::fs_error::FsError;
+use crate::host::fs_error::FsError;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! files tell it (an unmet `depends on`, a hidden prompt, an option only ever selected,
 //! an option this kernel does not have).
 //!
-//! This module never runs `make`: resolving a configuration is [`crate::kbuild`]'s job.
+//! This module never runs `make`: resolving a configuration is [`crate::kernel::kbuild`]'s job.
 //! The `Kconfig` reader understands what dependencies are made of (`config`,
 //! `menuconfig`, `depends on`, `if`/`menu`/`choice` blocks, prompts with `if`, `select`,
 //! `source`) and skips the rest (defaults, ranges, help texts); it explains a lost

@@ -662,10 +662,10 @@ mod tests {
         let mut entries = Vec::new();
         for i in 0..40u32 {
             let data: Vec<u8> = (0..(i * 97_003) % 400_000).map(|j| (j * 7 + i) as u8 ^ (j / 4096) as u8).collect();
-            entries.push(crate::cpio::Entry::data(format!("/f{i}"), data, 0o644));
+            entries.push(crate::archive::cpio::Entry::data(format!("/f{i}"), data, 0o644));
         }
         let mut archive = Vec::new();
-        crate::cpio::write_archive(&mut archive, entries, 0).unwrap();
+        crate::archive::cpio::write_archive(&mut archive, entries, 0).unwrap();
         let reference = gzip_members(&archive, 1, 1 << 20);
         for (threads, write_size) in [(2, 4096), (3, 1_000_003), (4, archive.len())] {
             assert_eq!(gzip_members(&archive, threads, write_size), reference, "{threads} threads");

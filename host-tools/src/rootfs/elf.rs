@@ -168,8 +168,8 @@ impl Resolver {
         if self.root == Path::new("/") {
             return path.to_owned();
         }
-        let real = crate::trace::root::walk(&self.root, path).map_or_else(|_| path.to_owned(), |walk| walk.real);
-        crate::trace::root::host_path(&self.root, &real)
+        let real = crate::rootfs::path::walk(&self.root, path).map_or_else(|_| path.to_owned(), |walk| walk.real);
+        crate::rootfs::path::host_path(&self.root, &real)
     }
 
     fn inspect_in_root(&self, path: &Path) -> Result<Option<ElfFile>, Error> {
@@ -304,7 +304,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
     if depth > MAX_INCLUDE_DEPTH {
         return Err(Error::IncludeDepth { path: conf.to_owned() });
     }
-    let text = match fs::read_to_string(crate::trace::root::host_path(root, conf)) {
+    let text = match fs::read_to_string(crate::rootfs::path::host_path(root, conf)) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
@@ -318,9 +318,9 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
             // "include" must be its own word: "includes/lib" would be a directory.
             if patterns.starts_with(char::is_whitespace) {
                 for pattern in patterns.split_whitespace() {
-                    let pattern = crate::trace::root::host_path(root, &conf_dir.join(pattern));
+                    let pattern = crate::rootfs::path::host_path(root, &conf_dir.join(pattern));
                     for file in glob(&pattern)? {
-                        let file = crate::trace::root::in_root(root, &file).unwrap_or(file);
+                        let file = crate::rootfs::path::in_root(root, &file).unwrap_or(file);
                         read_conf(root, &file, depth + 1, dirs)?;
                     }
                 }

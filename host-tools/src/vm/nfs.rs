@@ -9,10 +9,10 @@
 //! waiting out a 90 s grace period. It needs real root (it changes credentials per
 //! request): `appliance run --results` says so when it is not.
 //!
-//! Not here: 9p (QEMU serves it itself, see [`crate::qemu::Share9p`]).
+//! Not here: 9p (QEMU serves it itself, see [`crate::vm::qemu::Share9p`]).
 
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,13 +128,6 @@ LOG {{
     )
 }
 
-/// A free TCP port on 127.0.0.1, for ganesha and for `appliance run --ssh` (bound, then
-/// released: another process may take it before its user does, which then fails to
-/// start with a clear error).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
-}
-
 /// A running server; stopped when dropped.
 #[derive(Debug)]
 pub struct NfsServer {
@@ -163,12 +156,12 @@ impl NfsServer {
             .map_err(|source| NfsError::Setup { path: std::env::temp_dir(), source })?;
         let setup = |source| NfsError::Setup { path: work.path().to_path_buf(), source };
         std::fs::create_dir(work.path().join("recovery")).map_err(setup)?;
-        let port = free_port().map_err(setup)?;
+        let port = crate::host::net::free_port().map_err(setup)?;
         let conf = work.path().join("ganesha.conf");
         std::fs::write(&conf, config(&export, port, work.path())).map_err(setup)?;
         let log = work.path().join("ganesha.log");
         let mut command = Command::new(&program);
-        crate::vm::as_our_child(&mut command);
+        crate::host::process::as_our_child(&mut command);
         let child = command
             .arg("-F")
             .arg("-f")
@@ -263,7 +256,7 @@ impl Drop for NfsServer {
 /// The `appResultsTo` value for a guest on QEMU's user network reaching a server on the
 /// host's loopback at `port`.
 pub fn guest_param(port: u16) -> String {
-    format!("nfs:{}:/,port={port}", crate::qemu::HOST_FROM_GUEST)
+    format!("nfs:{}:/,port={port}", crate::vm::qemu::HOST_FROM_GUEST)
 }
 
 #[cfg(test)]
@@ -315,10 +308,5 @@ mod tests {
     fn errors_say_what_to_install() {
         assert!(NfsError::NotInstalled.to_string().contains("apt-get install nfs-ganesha nfs-ganesha-vfs"));
         assert!(NfsError::NoVfs.to_string().contains("apt-get install nfs-ganesha-vfs"));
-    }
-
-    #[test]
-    fn free_ports_are_not_zero() {
-        assert_ne!(free_port().unwrap(), 0);
     }
 }

@@ -1,0 +1,8 @@
+//! What every capability takes from the host machine, written once: errors that name the
+//! file, glob patterns, programs on `PATH`, child processes, free ports, sizes for people.
+
+pub mod fs_error;
+pub mod glob;
+pub mod net;
+pub mod process;
+pub mod size;

@@ -1,0 +1,28 @@
+//! The helper processes the toolkit starts (QEMU, the NFS server, build tools).
+
+use nix::sys::signal::SigSet;
+use std::process::Command;
+
+/// Sets up a helper process (QEMU, the NFS server) as ours: it starts with no signal
+/// blocked (std passes our mask on, and `appliance run` blocks SIGINT, SIGTERM and SIGHUP
+/// to read them from a signalfd: QEMU would then ignore SIGTERM), and it gets SIGTERM when
+/// the thread that spawns it dies, so that a killed `appliance run` (SIGKILL, which it
+/// cannot catch) leaves no VM or server behind. The death signal survives `execve` (our
+/// helpers are not set-user-ID); spawn from a thread that lives as long as the child.
+pub fn as_our_child(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+    // system calls (sigprocmask, prctl, getppid); it allocates only on the error path, as
+    // std's own child setup does.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The parent died before the prctl: nobody will send the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited"));
+            }
+            Ok(())
+        });
+    }
+}
