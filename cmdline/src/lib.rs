@@ -6,8 +6,9 @@
 //! single quotes), parse the `app*` parameters into a typed [`Config`] with a diagnostic for
 //! every problem ([`parse`], lenient, for PID 1) or the first one ([`parse_strict`], for
 //! host tools), compute the `APP_*` environment of the phases ([`Config::env`]), render a
-//! config back to words the kernel keeps as one word each ([`Config::render`]), and define
-//! the status record ([`status`]).
+//! config back to words the kernel keeps as one word each ([`Config::render`]), define the
+//! status record ([`status`]), and find the known name closest to a mistyped one
+//! ([`suggest`]).
 //!
 //! It does not: touch the system (no I/O, no syscalls: the init reads `/proc/cmdline` and
 //! `appCmdsFile` and runs the phases), interpret kernel parameters other than its own, or
@@ -28,6 +29,7 @@ mod value;
 mod words;
 
 pub mod status;
+pub mod suggest;
 
 pub use cmds::{join_cmds, parse_cmds_file, split_cmds};
 pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config, KNOWN_KEYS};

@@ -13,6 +13,7 @@ use crate::cmds::split_cmds;
 use crate::config::{Config, KNOWN_KEYS};
 use crate::error::Error;
 use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, is_valid_results_dir, is_valid_run_id};
+use crate::suggest::closest;
 use crate::value::{
     DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
     parse_bool,
@@ -161,37 +162,9 @@ fn looks_like_ours(key: &[u8]) -> bool {
         || KNOWN_KEYS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(key))
 }
 
-/// The known key closest to `key` by edit distance, ignoring case, if it is close enough
-/// to be a typo (a third of the key's length, 1 to 3 edits).
+/// The known key closest to `key`, if it is close enough to be a typo.
 fn suggest(key: &str) -> Option<&'static str> {
-    let limit = (key.chars().count() / 3).clamp(1, 3);
-    let mut best: Option<(usize, &'static str)> = None;
-    for &known in KNOWN_KEYS {
-        let d = distance(key, known);
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, known));
-        }
-    }
-    best.map(|(_, k)| k)
-}
-
-/// Levenshtein distance over ASCII-lower-cased characters.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().map(|c| c.to_ascii_lowercase()).enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, &cb) in b.iter().enumerate() {
-            let at = |v: &Vec<usize>, k: usize| v.get(k).copied().unwrap_or(usize::MAX);
-            let substitute = at(&prev, j).saturating_add(usize::from(ca != cb));
-            let delete = at(&prev, j + 1).saturating_add(1);
-            let insert = at(&cur, j).saturating_add(1);
-            cur.push(substitute.min(delete).min(insert));
-        }
-        prev = cur;
-    }
-    prev.last().copied().unwrap_or(0)
+    closest(key, KNOWN_KEYS.iter().copied())
 }
 
 /// Sets the parameter `key` back to its default.
@@ -397,9 +370,6 @@ mod tests {
         assert_eq!(suggest("appArg"), Some("appArgs"));
         assert_eq!(suggest("appXyzzyPlugh"), None);
         assert_eq!(suggest(""), None);
-        assert_eq!(distance("kitten", "sitting"), 3);
-        assert_eq!(distance("", "abc"), 3);
-        assert_eq!(distance("abc", ""), 3);
     }
 
     #[test]

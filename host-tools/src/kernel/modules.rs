@@ -19,13 +19,15 @@
 //!
 //! It does not load anything, resolve aliases (`modalias`, `softdep`) or module parameters.
 
-use crate::host::fs_error::{FsError, io_error};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use appliance_cmdline::suggest;
+
 use crate::archive::cpio::{self, Archive, Entry};
+use crate::host::fs_error::{FsError, io_error};
 use crate::kernel::KernelInfo;
 
 /// The load list the init reads, in the image's modules directory.
@@ -202,12 +204,12 @@ impl ModuleIndex {
     /// Up to five module names close to `name`: those containing it, and those within a
     /// few edits of it.
     pub fn near(&self, name: &str) -> Vec<String> {
-        let limit = (name.len() / 3).clamp(1, 3);
+        let limit = suggest::max_typo_edits(name);
         let mut scored: Vec<(usize, &String)> = self
             .files
             .keys()
             .filter_map(|known| {
-                let d = distance(name, known);
+                let d = suggest::edit_distance(name, known);
                 if d <= limit {
                     Some((d, known))
                 } else if name.len() >= 3 && known.contains(name) {
@@ -428,20 +430,6 @@ fn transitive<'a>(
         }
     }
     order.push(module);
-}
-
-/// Levenshtein distance.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
