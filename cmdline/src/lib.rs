@@ -1,19 +1,20 @@
 //! The appliance protocol, shared by the PID 1 (`appliance-init`) and the host tools: the
-//! `app*` kernel command-line parameters and the status record. `docs/protocol.md` is the
-//! contract this crate implements.
+//! `app*` kernel command-line parameters, the status record and the image's module index.
+//! `docs/protocol.md` is the contract this crate implements.
 //!
 //! It does: split `/proc/cmdline` into words (kernel double quotes and the original's
 //! single quotes), parse the `app*` parameters into a typed [`Config`] with a diagnostic for
 //! every problem ([`parse`], lenient, for PID 1) or the first one ([`parse_strict`], for
 //! host tools), compute the `APP_*` environment of the phases ([`Config::env`]), render a
 //! config back to words the kernel keeps as one word each ([`Config::render`]), define the
-//! status record ([`status`]), and find the known name closest to a mistyped one
-//! ([`suggest`]).
+//! status record ([`status`]) and the lists of kernel modules an image packs ([`modules`]),
+//! and find the known name closest to a mistyped one ([`suggest`]).
 //!
-//! It does not: touch the system (no I/O, no syscalls: the init reads `/proc/cmdline` and
-//! `appCmdsFile` and runs the phases), interpret kernel parameters other than its own, or
-//! do shell expansions. It is `no_std` + `alloc` without its default `std` feature, and never
-//! panics on any input: it runs inside PID 1, where a panic is a kernel panic.
+//! It does not: touch the system (no I/O, no syscalls: the init reads `/proc/cmdline`,
+//! `appCmdsFile` and the module lists, and runs the phases), interpret kernel parameters
+//! other than its own, or do shell expansions. It is `no_std` + `alloc` without its default
+//! `std` feature, and never panics on any input: it runs inside PID 1, where a panic is a
+//! kernel panic.
 #![cfg_attr(not(feature = "std"), no_std)]
 // Runs inside PID 1: nothing here may panic on any input.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
@@ -28,6 +29,7 @@ mod results;
 mod value;
 mod words;
 
+pub mod modules;
 pub mod status;
 pub mod suggest;
 

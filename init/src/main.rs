@@ -10,6 +10,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use appliance_cmdline::modules::{BUILTIN_FILE, DEP_FILE, MODULES_ROOT, ORDER_FILE, parse_builtin, parse_dep};
 use appliance_cmdline::status::{Event, STATUS_VERSION};
 use appliance_cmdline::{Config, End};
 use appliance_init::console::Describe;
@@ -140,14 +141,14 @@ fn pid1() -> ! {
 fn load_modules(config: &Config, status: &StatusWriter) {
     let uname = rustix::system::uname();
     let release = uname.release().to_str().unwrap_or_default();
-    let dir = format!("{}/{release}", modules::MODULES_ROOT);
+    let dir = format!("{MODULES_ROOT}/{release}");
     let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
-    let order = read(modules::ORDER_FILE).unwrap_or_default();
+    let order = read(ORDER_FILE).unwrap_or_default();
     if order.trim().is_empty() && config.modules.is_empty() {
         return;
     }
-    let dep = read(modules::DEP_FILE).map(|t| modules::parse_dep(&t)).unwrap_or_default();
-    let builtin = read(modules::BUILTIN_FILE).map(|t| modules::parse_builtin(&t)).unwrap_or_default();
+    let dep = read(DEP_FILE).map(|t| parse_dep(&t)).unwrap_or_default();
+    let builtin = read(BUILTIN_FILE).map(|t| parse_builtin(&t)).unwrap_or_default();
     let plan = modules::plan(&order, &config.modules, &dep, &builtin);
     for problem in &plan.problems {
         log::error!("{problem}");
