@@ -23,6 +23,7 @@ extern crate alloc;
 mod cmds;
 mod config;
 mod error;
+mod params;
 mod parse;
 mod render;
 mod results;
@@ -34,8 +35,9 @@ pub mod status;
 pub mod suggest;
 
 pub use cmds::{join_cmds, parse_cmds_file, split_cmds};
-pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config, KNOWN_KEYS};
+pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config};
 pub use error::Error;
+pub use params::KNOWN_KEYS;
 pub use parse::{Parsed, parse, parse_strict};
 pub use render::{check_len, render_param};
 pub use results::{DEFAULT_RESULTS_DIR, ResultsTo, is_valid_results_dir, is_valid_run_id};
