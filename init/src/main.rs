@@ -20,7 +20,7 @@ use appliance_init::sequence::{self, Context};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
-    cli, console, logger, modules, mount, net, power, read_to_string, results, shutdown, sshd, sys, watch,
+    cli, console, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd, sys, watch,
 };
 use rustix::system::RebootCommand;
 
@@ -101,7 +101,7 @@ fn pid1() -> ! {
         status: &status,
     };
     if let Some(control) = &control {
-        for (k, v) in net::env(control, config.node.as_deref()) {
+        for (k, v) in nic::env(control, config.node.as_deref()) {
             plan::set(&mut ctx.env, &k, v);
         }
     }
@@ -167,7 +167,7 @@ fn load_modules(config: &Config, status: &StatusWriter) {
 
 /// The control NIC, configured when `appIp` is set (an address, or `dhcp`). A failure is
 /// an error on the console and in the status record; the boot goes on without the network.
-fn network(config: &Config, status: &StatusWriter) -> Option<net::Control> {
+fn network(config: &Config, status: &StatusWriter) -> Option<nic::Control> {
     if config.ip.is_none() && !config.dhcp {
         return None;
     }
