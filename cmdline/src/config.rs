@@ -8,37 +8,12 @@ use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cmds::{is_valid_cmd, join_cmds};
+use crate::cmds::join_cmds;
 use crate::error::Error;
-use crate::results::{
-    DEFAULT_RESULTS_DIR, RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, ResultsTo, is_valid_results_dir, is_valid_run_id,
-};
-use crate::value::{End, IpCidr, LogLevel, MODULE_EXPECTED, MacAddr, NODE_EXPECTED, is_valid_module, is_valid_node};
+use crate::params::PARAMS;
+use crate::results::{DEFAULT_RESULTS_DIR, ResultsTo};
+use crate::value::{End, IpCidr, LogLevel, MacAddr};
 use crate::words::join_words;
-
-/// Every parameter name. `appCmd` is the original's alias of `appCmds`.
-pub const KNOWN_KEYS: &[&str] = &[
-    "appCmds",
-    "appCmd",
-    "appCmdsFile",
-    "appEnd",
-    "appDebug",
-    "appArgs",
-    "appMac",
-    "appIp",
-    "appNode",
-    "appCtlServer",
-    "appCtlUser",
-    "appCtlDir",
-    "appCtlFile",
-    "appLog",
-    "appModules",
-    "appGateway",
-    "appNetDown",
-    "appResultsTo",
-    "appResultsDir",
-    "appRunId",
-];
 
 /// The application directory and its files, fixed by the protocol.
 pub const APP_DIR: &str = "/app";
@@ -49,6 +24,9 @@ pub const APP_OUT: &str = "/app/output";
 
 /// What the appliance parameters ask for. `Default` is what an empty command line means.
 /// Deserialising accepts any subset of the fields (the rest take their defaults).
+///
+/// Each field is one parameter, which its entry in the parameter table parses, checks and
+/// renders: a new field needs one there, in the same place.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -97,68 +75,13 @@ pub struct Config {
     pub run_id: Option<String>,
 }
 
-const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
-const TEXT_EXPECTED: &str = "a non-empty value without NUL (leave the field unset instead)";
-const ARG_EXPECTED: &str = "an argument without NUL";
-
-fn invalid(param: &str, value: &str, expected: &'static str) -> Error {
-    Error::InvalidValue { param: param.to_string(), value: value.to_string(), expected }
-}
-
 impl Config {
     /// Checks that every field holds a value the parser could have produced, so that
     /// rendering and parsing give the same config back: commands are trimmed and not empty,
     /// optional strings are not empty, the node name is valid, nothing holds a NUL.
     /// [`Config::render`] calls this first.
     pub fn validate(&self) -> Result<(), Error> {
-        for cmd in &self.cmds {
-            if !is_valid_cmd(cmd) || cmd.contains('\0') {
-                return Err(invalid("appCmds", cmd, CMD_EXPECTED));
-            }
-        }
-        for arg in &self.args {
-            if arg.contains('\0') {
-                return Err(invalid("appArgs", arg, ARG_EXPECTED));
-            }
-        }
-        let texts = [
-            ("appCmdsFile", &self.cmds_file),
-            ("appCtlServer", &self.ctl_server),
-            ("appCtlUser", &self.ctl_user),
-            ("appCtlDir", &self.ctl_dir),
-            ("appCtlFile", &self.ctl_file),
-        ];
-        for (param, value) in texts {
-            if let Some(v) = value
-                && (v.is_empty() || v.contains('\0'))
-            {
-                return Err(invalid(param, v, TEXT_EXPECTED));
-            }
-        }
-        if let Some(node) = &self.node
-            && !is_valid_node(node)
-        {
-            return Err(invalid("appNode", node, NODE_EXPECTED));
-        }
-        if let Some(id) = &self.run_id
-            && !is_valid_run_id(id)
-        {
-            return Err(invalid("appRunId", id, RUN_ID_EXPECTED));
-        }
-        if let Some(dir) = &self.results_dir
-            && !is_valid_results_dir(dir)
-        {
-            return Err(invalid("appResultsDir", dir, RESULTS_DIR_EXPECTED));
-        }
-        if self.dhcp && self.ip.is_some() {
-            return Err(invalid("appIp", "dhcp", "both an address and dhcp (set one)"));
-        }
-        for module in &self.modules {
-            if !is_valid_module(module) {
-                return Err(invalid("appModules", module, MODULE_EXPECTED));
-            }
-        }
-        Ok(())
+        PARAMS.iter().try_for_each(|param| (param.check)(self))
     }
 
     /// `appResultsDir`, or `/app/results`.

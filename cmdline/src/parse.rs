@@ -5,19 +5,13 @@
 use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::net::Ipv4Addr;
-use core::str::FromStr;
 
 use crate::MAX_CMDLINE_LEN;
-use crate::cmds::split_cmds;
-use crate::config::{Config, KNOWN_KEYS};
+use crate::config::Config;
 use crate::error::Error;
-use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, is_valid_results_dir, is_valid_run_id};
-use crate::value::{
-    DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
-    parse_bool,
-};
-use crate::words::{is_space, split_words};
+use crate::params::{self, KNOWN_KEYS, Param};
+use crate::suggest::closest;
+use crate::words::is_space;
 
 /// What [`parse`] found: the config, and every problem in the order met.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,12 +56,12 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             let at = core::str::from_utf8(raw).err().map_or(0, |e| e.valid_up_to());
             word.start.saturating_add(at)
         };
-        match KNOWN_KEYS.iter().find(|k| k.as_bytes() == key) {
-            Some(&known) => match value.map(core::str::from_utf8).transpose() {
-                Ok(value) => apply(&mut out, known, value),
+        match params::find(key) {
+            Some(param) => match value.map(core::str::from_utf8).transpose() {
+                Ok(value) => apply(&mut out, param, value),
                 Err(_) => {
-                    out.diagnostics.push(Error::NotUtf8 { param: known.to_owned(), offset: bad_utf8() });
-                    reset(&mut out.config, known);
+                    out.diagnostics.push(Error::NotUtf8 { param: param.key.to_owned(), offset: bad_utf8() });
+                    (param.reset)(&mut out.config);
                 }
             },
             None if looks_like_ours(key) => match core::str::from_utf8(key) {
@@ -161,198 +155,23 @@ fn looks_like_ours(key: &[u8]) -> bool {
         || KNOWN_KEYS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(key))
 }
 
-/// The known key closest to `key` by edit distance, ignoring case, if it is close enough
-/// to be a typo (a third of the key's length, 1 to 3 edits).
+/// The known key closest to `key`, if it is close enough to be a typo.
 fn suggest(key: &str) -> Option<&'static str> {
-    let limit = (key.chars().count() / 3).clamp(1, 3);
-    let mut best: Option<(usize, &'static str)> = None;
-    for &known in KNOWN_KEYS {
-        let d = distance(key, known);
-        if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, known));
-        }
-    }
-    best.map(|(_, k)| k)
-}
-
-/// Levenshtein distance over ASCII-lower-cased characters.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().map(|c| c.to_ascii_lowercase()).enumerate() {
-        let mut cur = Vec::with_capacity(b.len() + 1);
-        cur.push(i + 1);
-        for (j, &cb) in b.iter().enumerate() {
-            let at = |v: &Vec<usize>, k: usize| v.get(k).copied().unwrap_or(usize::MAX);
-            let substitute = at(&prev, j).saturating_add(usize::from(ca != cb));
-            let delete = at(&prev, j + 1).saturating_add(1);
-            let insert = at(&cur, j).saturating_add(1);
-            cur.push(substitute.min(delete).min(insert));
-        }
-        prev = cur;
-    }
-    prev.last().copied().unwrap_or(0)
-}
-
-/// Sets the parameter `key` back to its default.
-fn reset(config: &mut Config, key: &str) {
-    let d = Config::default();
-    match key {
-        "appCmds" | "appCmd" => config.cmds = d.cmds,
-        "appCmdsFile" => config.cmds_file = d.cmds_file,
-        "appEnd" => config.end = d.end,
-        "appDebug" => config.debug = d.debug,
-        "appArgs" => config.args = d.args,
-        "appMac" => config.mac = d.mac,
-        "appNode" => config.node = d.node,
-        "appCtlServer" => config.ctl_server = d.ctl_server,
-        "appCtlUser" => config.ctl_user = d.ctl_user,
-        "appCtlDir" => config.ctl_dir = d.ctl_dir,
-        "appCtlFile" => config.ctl_file = d.ctl_file,
-        "appLog" => config.log = d.log,
-        "appModules" => config.modules = d.modules,
-        "appGateway" => config.gateway = d.gateway,
-        "appIp" => {
-            config.ip = d.ip;
-            config.dhcp = d.dhcp;
-        }
-        "appNetDown" => config.net_down = d.net_down,
-        "appResultsTo" => config.results_to = d.results_to,
-        "appResultsDir" => config.results_dir = d.results_dir,
-        "appRunId" => config.run_id = d.run_id,
-        _ => {}
-    }
+    closest(key, KNOWN_KEYS.iter().copied())
 }
 
 /// Applies `key=value` (`value` is `None` for a bare word). The last occurrence wins; an
 /// empty value resets to the default; an invalid one is reported and resets too.
-fn apply(out: &mut Parsed, key: &'static str, value: Option<&str>) {
-    reset(&mut out.config, key);
-    let value = match value {
-        None if key == "appDebug" => {
-            out.config.debug = true;
-            return;
-        }
-        None if key == "appNetDown" => {
-            out.config.net_down = true;
-            return;
-        }
-        None => {
-            out.diagnostics.push(Error::MissingValue { param: key.to_owned() });
-            return;
-        }
-        Some("") => return,
-        Some(v) => v,
-    };
-    let c = &mut out.config;
-    let result = match key {
-        "appCmds" | "appCmd" => {
-            c.cmds = split_cmds(value);
+fn apply(out: &mut Parsed, param: &Param, value: Option<&str>) {
+    (param.reset)(&mut out.config);
+    let result = match (value, param.bare) {
+        (None, Some(set)) => {
+            set(&mut out.config);
             Ok(())
         }
-        "appCmdsFile" => {
-            c.cmds_file = Some(value.to_owned());
-            Ok(())
-        }
-        "appEnd" => value.parse().map(|e| c.end = e),
-        "appDebug" => parse_bool(key, value).map(|b| c.debug = b),
-        "appArgs" => {
-            let words = split_words(value);
-            c.args = words.words;
-            if words.unclosed_quote {
-                Err(Error::UnbalancedQuote { param: Some(key.to_owned()), text: value.to_owned() })
-            } else {
-                Ok(())
-            }
-        }
-        "appMac" => value.parse().map(|m| c.mac = Some(m)),
-        "appIp" if value.eq_ignore_ascii_case("dhcp") => {
-            c.dhcp = true;
-            Ok(())
-        }
-        "appIp" => match value.parse() {
-            Ok(ip) => {
-                c.ip = Some(ip);
-                Ok(())
-            }
-            Err(e) => match Ipv4Addr::from_str(value) {
-                Ok(addr) => {
-                    c.ip = IpCidr::new(addr, DEFAULT_PREFIX);
-                    Err(Error::IpWithoutPrefix { value: value.to_owned(), assumed: DEFAULT_PREFIX })
-                }
-                Err(_) => Err(e),
-            },
-        },
-        "appNode" => {
-            if is_valid_node(value) {
-                c.node = Some(value.to_owned());
-                Ok(())
-            } else {
-                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: NODE_EXPECTED })
-            }
-        }
-        "appCtlServer" => {
-            c.ctl_server = Some(value.to_owned());
-            Ok(())
-        }
-        "appCtlUser" => {
-            c.ctl_user = Some(value.to_owned());
-            Ok(())
-        }
-        "appCtlDir" => {
-            c.ctl_dir = Some(value.to_owned());
-            Ok(())
-        }
-        "appCtlFile" => {
-            c.ctl_file = Some(value.to_owned());
-            Ok(())
-        }
-        "appLog" => value.parse().map(|l| c.log = Some(l)),
-        "appModules" => {
-            let modules: Vec<String> =
-                value.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect();
-            match modules.iter().find(|m| !is_valid_module(m)) {
-                Some(bad) => {
-                    Err(Error::InvalidValue { param: key.to_owned(), value: bad.clone(), expected: MODULE_EXPECTED })
-                }
-                None => {
-                    c.modules = modules;
-                    Ok(())
-                }
-            }
-        }
-        "appGateway" => match Ipv4Addr::from_str(value) {
-            Ok(gw) => {
-                c.gateway = Some(gw);
-                Ok(())
-            }
-            Err(_) => {
-                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: GATEWAY_EXPECTED })
-            }
-        },
-        "appNetDown" => parse_bool(key, value).map(|b| c.net_down = b),
-        "appResultsTo" => value.parse().map(|r| c.results_to = Some(r)),
-        "appResultsDir" => {
-            if is_valid_results_dir(value) {
-                c.results_dir = Some(value.to_owned());
-                Ok(())
-            } else {
-                Err(Error::InvalidValue {
-                    param: key.to_owned(),
-                    value: value.to_owned(),
-                    expected: RESULTS_DIR_EXPECTED,
-                })
-            }
-        }
-        "appRunId" => {
-            if is_valid_run_id(value) {
-                c.run_id = Some(value.to_owned());
-                Ok(())
-            } else {
-                Err(Error::InvalidValue { param: key.to_owned(), value: value.to_owned(), expected: RUN_ID_EXPECTED })
-            }
-        }
-        _ => Ok(()),
+        (None, None) => Err(Error::MissingValue { param: param.key.to_owned() }),
+        (Some(""), _) => Ok(()),
+        (Some(value), _) => (param.parse)(&mut out.config, value),
     };
     if let Err(e) = result {
         out.diagnostics.push(e);
@@ -397,9 +216,6 @@ mod tests {
         assert_eq!(suggest("appArg"), Some("appArgs"));
         assert_eq!(suggest("appXyzzyPlugh"), None);
         assert_eq!(suggest(""), None);
-        assert_eq!(distance("kitten", "sitting"), 3);
-        assert_eq!(distance("", "abc"), 3);
-        assert_eq!(distance("abc", ""), 3);
     }
 
     #[test]

@@ -12,11 +12,10 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::MAX_CMDLINE_LEN;
-use crate::cmds::join_cmds;
 use crate::config::Config;
 use crate::error::Error;
-use crate::value::End;
-use crate::words::{is_space_char, join_words};
+use crate::params::{PARAMS, Rendered};
+use crate::words::is_space_char;
 
 const ODD_QUOTES_EXPECTED: &str = "representable on the kernel command line: it holds an odd number \
     of `\"`, and the kernel would read the rest of the line as one word";
@@ -126,66 +125,18 @@ pub fn check_len(line: &str) -> Result<(), Error> {
 }
 
 impl Config {
-    /// One result per non-default field, in the order of the struct's fields.
+    /// One result per non-default field, in the order of the parameter table (that of the
+    /// struct's fields).
     fn word_results(&self) -> Vec<Result<String, Error>> {
-        let mut out = Vec::new();
-        if !self.cmds.is_empty() {
-            out.push(render_param("appCmds", &join_cmds(&self.cmds)));
-        }
-        if let Some(v) = &self.cmds_file {
-            out.push(render_param("appCmdsFile", v));
-        }
-        if self.end != End::default() {
-            out.push(render_param("appEnd", self.end.as_str()));
-        }
-        if self.debug {
-            out.push(Ok(String::from("appDebug")));
-        }
-        if !self.args.is_empty() {
-            out.push(render_param("appArgs", &join_words(&self.args)));
-        }
-        if let Some(m) = self.mac {
-            out.push(render_param("appMac", &m.to_string()));
-        }
-        if let Some(ip) = self.ip {
-            out.push(render_param("appIp", &ip.to_string()));
-        } else if self.dhcp {
-            out.push(render_param("appIp", "dhcp"));
-        }
-        let texts = [
-            ("appNode", &self.node),
-            ("appCtlServer", &self.ctl_server),
-            ("appCtlUser", &self.ctl_user),
-            ("appCtlDir", &self.ctl_dir),
-            ("appCtlFile", &self.ctl_file),
-        ];
-        for (key, value) in texts {
-            if let Some(v) = value {
-                out.push(render_param(key, v));
-            }
-        }
-        if let Some(l) = self.log {
-            out.push(render_param("appLog", l.as_str()));
-        }
-        if !self.modules.is_empty() {
-            out.push(render_param("appModules", &self.modules.join(",")));
-        }
-        if let Some(gw) = self.gateway {
-            out.push(render_param("appGateway", &gw.to_string()));
-        }
-        if self.net_down {
-            out.push(Ok(String::from("appNetDown")));
-        }
-        if let Some(r) = &self.results_to {
-            out.push(render_param("appResultsTo", &r.to_string()));
-        }
-        if let Some(d) = &self.results_dir {
-            out.push(render_param("appResultsDir", d));
-        }
-        if let Some(id) = &self.run_id {
-            out.push(render_param("appRunId", id));
-        }
-        out
+        PARAMS
+            .iter()
+            .filter_map(|param| {
+                (param.render)(self).map(|rendered| match rendered {
+                    Rendered::Bare => Ok(String::from(param.key)),
+                    Rendered::Value(value) => render_param(param.key, &value),
+                })
+            })
+            .collect()
     }
 
     /// One `key=value` word per non-default field, in a fixed order (that of the struct's
@@ -217,6 +168,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::End;
     use alloc::vec;
 
     #[test]

@@ -20,7 +20,7 @@ use appliance_cmdline::{IpCidr, MacAddr};
 use rustix::io::Errno;
 
 use crate::console::Describe;
-use crate::net::{Control, NetError, Nic};
+use crate::nic::{self, Control, NetError, Nic};
 
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
 const DISCOVER: u8 = 1;
@@ -136,8 +136,8 @@ fn xid(mac: MacAddr) -> u32 {
 pub fn bring_up(nic: &Nic, gateway: Option<Ipv4Addr>) -> Result<Control, NetError> {
     let fail = |reason: String| NetError::Dhcp { nic: nic.name.clone(), reason };
     let mac = nic.mac.ok_or_else(|| fail(String::from("the interface has no MAC address")))?;
-    crate::net::quiet_ipv6(&nic.name);
-    crate::net::set_link(&nic.name, true)?;
+    nic::quiet_ipv6(&nic.name);
+    nic::set_link(&nic.name, true)?;
     let sock = socket(&nic.name).map_err(|e| fail(format!("cannot open the client socket: {}", Describe(e))))?;
     let xid = xid(mac);
     let offer = exchange(&sock, &message(DISCOVER, xid, mac, None), xid, mac, &[OFFER])
@@ -150,7 +150,7 @@ pub fn bring_up(nic: &Nic, gateway: Option<Ipv4Addr>) -> Result<Control, NetErro
     }
     let mask = ack.mask.or(offer.mask).unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
     let addr = IpCidr::new(ack.addr, prefix_of(mask)).ok_or_else(|| fail(String::from("bad netmask")))?;
-    let mut control = crate::net::configure(nic, addr, gateway.or(ack.router).or(offer.router))?;
+    let mut control = nic::configure(nic, addr, gateway.or(ack.router).or(offer.router))?;
     control.method = "dhcp";
     Ok(control)
 }

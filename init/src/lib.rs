@@ -9,8 +9,9 @@
 //! tested on the host ([`cli`]).
 //!
 //! It loads the kernel modules the image packs ([`modules`]), configures the control
-//! network ([`net`], [`dhcp`]), watches it around the run phase ([`watch`]) and saves the
-//! results over NFS or 9p at the very end ([`results`]); it does not switch roots.
+//! network ([`net`], on top of [`nic`] and [`dhcp`]), watches it around the run phase
+//! ([`watch`]) and saves the results over NFS or 9p at the very end ([`results`]); it does
+//! not switch roots.
 //! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
 //! SIGTERM and Ctrl-Alt-Del shut it down cleanly.
 #![cfg_attr(not(test), no_std)]
@@ -27,6 +28,7 @@ pub mod mem;
 pub mod modules;
 pub mod mount;
 pub mod net;
+pub mod nic;
 pub mod plan;
 pub mod power;
 pub mod results;

@@ -10,16 +10,17 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use appliance_cmdline::modules::{BUILTIN_FILE, DEP_FILE, MODULES_ROOT, ORDER_FILE, parse_builtin, parse_dep};
 use appliance_cmdline::status::{Event, STATUS_VERSION};
-use appliance_cmdline::{Config, End};
+use appliance_cmdline::{APP_DIR, Config, End};
 use appliance_init::console::Describe;
 use appliance_init::plan::{self, AppPaths, ImageFacts};
 use appliance_init::rt::Args;
-use appliance_init::sequence::{self, Context};
+use appliance_init::sequence::{self, Context, Outcome};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
-    cli, console, logger, modules, mount, net, power, read_to_string, results, shutdown, sshd, sys, watch,
+    cli, console, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd, sys, watch,
 };
 use rustix::system::RebootCommand;
 
@@ -33,8 +34,38 @@ fn main(args: Args) -> ! {
     if rustix::process::getpid().is_init() { pid1() } else { supervise(&args) }
 }
 
+/// The boot sequence. Every step reports its own failure and the boot goes on, except a
+/// supervisor that cannot be set up; every path ends in `shutdown::power`.
 fn pid1() -> ! {
     let t_init = t_us();
+    set_up_system();
+    let parsed = read_command_line();
+    let status = open_status(t_init);
+    report_diagnostics(&parsed.diagnostics, &status);
+    let config = parsed.config;
+    // After the status port opens, so that a module that fails is reported there too;
+    // before the network and the phases, which may need the drivers.
+    load_modules(&config, &status);
+    set_hostname(&config);
+    let mut control = set_up_network(&config, &status);
+    let app = make_app_dirs();
+    let mut sup = start_supervisor(&app);
+    let image = image_facts();
+    let tty = console_tty();
+    let env = phase_env(&config, &app, control.as_ref());
+    let mut ctx = Context { env, env_file: plan::ENV_FILE, tty: &tty, status: &status };
+    let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
+    // After postrun, before the end action: the network is quiet until here.
+    results::step(&config, &mut control, &status);
+    let end = if outcome.interrupted { End::Poweroff } else { config.end };
+    end_session(&mut sup, end, &image, &mut ctx);
+    shut_down(&mut sup, end, outcome.run_status, &status)
+}
+
+/// What every program expects of a system: the basic file systems, a console on the
+/// standard descriptors, logging to it and to the kernel log; and Ctrl-Alt-Del as a signal
+/// to us instead of an immediate reboot.
+fn set_up_system() {
     logger::init(log::LevelFilter::Trace);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let mount_failures = mount::mount_all(&mut mount::Kernel);
@@ -45,93 +76,32 @@ fn pid1() -> ! {
     }
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = rustix::system::reboot(RebootCommand::CadOff);
-
     log::debug!("file systems mounted");
+}
+
+/// `/proc/cmdline`, parsed; the log level it asks for is set.
+fn read_command_line() -> appliance_cmdline::Parsed {
     let cmdline = read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = appliance_cmdline::parse(cmdline.as_bytes());
-    let config = parsed.config;
-    log::set_max_level(config.log.map(level_filter).unwrap_or(log::LevelFilter::Info));
+    log::set_max_level(parsed.config.log.map(level_filter).unwrap_or(log::LevelFilter::Info));
     log::debug!("command line parsed");
+    parsed
+}
+
+/// The status port, which starts with the `init` event (`t_init`: when PID 1 started).
+fn open_status(t_init: u64) -> StatusWriter {
     let status = StatusWriter::open(STATUS_PORT);
     log::debug!("status port open");
     status.emit(&Event::Init { t_us: t_init, version: String::from(VERSION), v: STATUS_VERSION });
-    for d in &parsed.diagnostics {
+    status
+}
+
+/// The command line's problems, on the console and in the status record.
+fn report_diagnostics(diagnostics: &[appliance_cmdline::Error], status: &StatusWriter) {
+    for d in diagnostics {
         log::error!("kernel command line: {d}");
         status.error(format!("kernel command line: {d}"));
     }
-    // After the status port opens, so that a module that fails is reported there too;
-    // before the network and the phases, which may need the drivers.
-    load_modules(&config, &status);
-
-    if let Some(node) = &config.node
-        && let Err(e) = rustix::system::sethostname(node.as_bytes())
-    {
-        log::warn!("cannot set the hostname to {node}: {}", Describe(e));
-    }
-    if let Err(e) = sys::loopback_up() {
-        log::warn!("cannot bring up the loopback interface: {}", Describe(e));
-    }
-    let mut control = network(&config, &status);
-    log::debug!("network and hostname set");
-    let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
-    let _ = rustix::fs::mkdir("/app", rustix::fs::Mode::from_raw_mode(0o755));
-
-    let mut sup = match Supervisor::new() {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot set up process supervision: {}; powering off", Describe(e));
-            shutdown::power(RebootCommand::PowerOff)
-        }
-    };
-    // SIGTERM, Ctrl-Alt-Del and the power button (after the modules: Debian's kernel has
-    // `button` and `evdev` as modules) mean "shut down cleanly now".
-    sup.stop_on_signals();
-    sup.watch_power_button(power::open_buttons());
-    let app = AppPaths::new("/app");
-    if let Err(e) = sup.set_output(&app.output()) {
-        log::warn!("cannot write {}: {}", app.output(), Describe(e));
-    }
-    let image = image_facts();
-    let tty = console_tty();
-    let mut ctx = Context {
-        env: plan::base_env(&config, &app, plan::ENV_FILE),
-        env_file: plan::ENV_FILE,
-        tty: &tty,
-        status: &status,
-    };
-    if let Some(control) = &control {
-        for (k, v) in net::env(control, config.node.as_deref()) {
-            plan::set(&mut ctx.env, &k, v);
-        }
-    }
-    if config.debug && image.shell.is_none() {
-        log::error!("appDebug asks for a console shell, but the image has none: going on with the boot");
-    }
-    let phases = plan::phases(&config, &commands(&config), &app, &image);
-    // A NIC is watched only when the network is used at all (now, or by the results step):
-    // otherwise no NIC is ever brought up, and reading sysfs would only slow the boot.
-    let uses_network = control.is_some() || results::needs_network(&config);
-    let watched = if uses_network { watch::nic_to_watch(control.as_ref(), config.mac) } else { None };
-    let outcome = watch::run(&mut sup, &phases, &mut ctx, control.as_ref(), watched.as_deref(), config.net_down);
-    // After postrun, before the end action: the network is quiet until here.
-    results::step(&config, &mut control, &status);
-
-    let end = if outcome.interrupted { End::Poweroff } else { config.end };
-    match end {
-        End::Sshd => end_sshd(&mut sup, &image, &mut ctx),
-        End::Shell => end_shell(&mut sup, &image, &mut ctx),
-        _ => {}
-    }
-    let action = match end {
-        End::Reboot => RebootCommand::Restart,
-        _ => RebootCommand::PowerOff,
-    };
-    let action_name = if action == RebootCommand::Restart { "reboot" } else { "poweroff" };
-    log::info!("{action_name} (run status {})", outcome.run_status);
-    shutdown::terminate_all(&mut sup, shutdown::GRACE);
-    status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: outcome.run_status });
-    status.drain();
-    shutdown::power(action)
 }
 
 /// The image's kernel modules (`appliance.order`), then those `appModules` names with
@@ -140,14 +110,14 @@ fn pid1() -> ! {
 fn load_modules(config: &Config, status: &StatusWriter) {
     let uname = rustix::system::uname();
     let release = uname.release().to_str().unwrap_or_default();
-    let dir = format!("{}/{release}", modules::MODULES_ROOT);
+    let dir = format!("{MODULES_ROOT}/{release}");
     let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
-    let order = read(modules::ORDER_FILE).unwrap_or_default();
+    let order = read(ORDER_FILE).unwrap_or_default();
     if order.trim().is_empty() && config.modules.is_empty() {
         return;
     }
-    let dep = read(modules::DEP_FILE).map(|t| modules::parse_dep(&t)).unwrap_or_default();
-    let builtin = read(modules::BUILTIN_FILE).map(|t| modules::parse_builtin(&t)).unwrap_or_default();
+    let dep = read(DEP_FILE).map(|t| parse_dep(&t)).unwrap_or_default();
+    let builtin = read(BUILTIN_FILE).map(|t| parse_builtin(&t)).unwrap_or_default();
     let plan = modules::plan(&order, &config.modules, &dep, &builtin);
     for problem in &plan.problems {
         log::error!("{problem}");
@@ -164,9 +134,28 @@ fn load_modules(config: &Config, status: &StatusWriter) {
     log::info!("{loaded} kernel module(s) loaded");
 }
 
+/// `appNode` as the hostname.
+fn set_hostname(config: &Config) {
+    if let Some(node) = &config.node
+        && let Err(e) = rustix::system::sethostname(node.as_bytes())
+    {
+        log::warn!("cannot set the hostname to {node}: {}", Describe(e));
+    }
+}
+
+/// The loopback interface, and the control NIC when `appIp` asks for it.
+fn set_up_network(config: &Config, status: &StatusWriter) -> Option<nic::Control> {
+    if let Err(e) = sys::loopback_up() {
+        log::warn!("cannot bring up the loopback interface: {}", Describe(e));
+    }
+    let control = control_nic(config, status);
+    log::debug!("network and hostname set");
+    control
+}
+
 /// The control NIC, configured when `appIp` is set (an address, or `dhcp`). A failure is
 /// an error on the console and in the status record; the boot goes on without the network.
-fn network(config: &Config, status: &StatusWriter) -> Option<net::Control> {
+fn control_nic(config: &Config, status: &StatusWriter) -> Option<nic::Control> {
     if config.ip.is_none() && !config.dhcp {
         return None;
     }
@@ -184,6 +173,88 @@ fn network(config: &Config, status: &StatusWriter) -> Option<net::Control> {
             None
         }
     }
+}
+
+/// The application's directory, and the init's own under `/run`.
+fn make_app_dirs() -> AppPaths {
+    let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
+    let _ = rustix::fs::mkdir(APP_DIR, rustix::fs::Mode::from_raw_mode(0o755));
+    AppPaths::new(APP_DIR)
+}
+
+/// The supervisor of the phases, stopped by the signals that mean "shut down", with the
+/// phases' output copied to `app`'s output file. Without one nothing can run: power off.
+fn start_supervisor(app: &AppPaths) -> Supervisor {
+    let mut sup = match Supervisor::new() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot set up process supervision: {}; powering off", Describe(e));
+            shutdown::power(RebootCommand::PowerOff)
+        }
+    };
+    // SIGTERM, Ctrl-Alt-Del and the power button (after the modules: Debian's kernel has
+    // `button` and `evdev` as modules) mean "shut down cleanly now".
+    sup.stop_on_signals();
+    sup.watch_power_button(power::open_buttons());
+    if let Err(e) = sup.set_output(&app.output()) {
+        log::warn!("cannot write {}: {}", app.output(), Describe(e));
+    }
+    sup
+}
+
+/// The environment of the phases: the command line's, and the control NIC's values in
+/// force.
+fn phase_env(config: &Config, app: &AppPaths, control: Option<&nic::Control>) -> Vec<(String, String)> {
+    let mut env = plan::base_env(config, app, plan::ENV_FILE);
+    if let Some(control) = control {
+        for (k, v) in nic::env(control, config.node.as_deref()) {
+            plan::set(&mut env, &k, v);
+        }
+    }
+    env
+}
+
+/// prerun, the commands, run and postrun, with a NIC watched around run.
+fn run_phases(
+    sup: &mut Supervisor,
+    config: &Config,
+    app: &AppPaths,
+    image: &ImageFacts,
+    ctx: &mut Context<'_>,
+    control: Option<&nic::Control>,
+) -> Outcome {
+    if config.debug && image.shell.is_none() {
+        log::error!("appDebug asks for a console shell, but the image has none: going on with the boot");
+    }
+    let phases = plan::phases(config, &commands(config), app, image);
+    // A NIC is watched only when the network is used at all (now, or by the results step):
+    // otherwise no NIC is ever brought up, and reading sysfs would only slow the boot.
+    let uses_network = control.is_some() || results::needs_network(config);
+    let watched = if uses_network { watch::nic_to_watch(control, config.mac) } else { None };
+    watch::run(sup, &phases, ctx, control, watched.as_deref(), config.net_down)
+}
+
+/// What `end` asks for before the power goes: a console shell, or sshd beside one.
+fn end_session(sup: &mut Supervisor, end: End, image: &ImageFacts, ctx: &mut Context<'_>) {
+    match end {
+        End::Sshd => end_sshd(sup, image, ctx),
+        End::Shell => end_shell(sup, image, ctx),
+        End::Halt | End::Poweroff | End::Reboot => {}
+    }
+}
+
+/// Stops what is left, records the end, and powers off or reboots as `end` says.
+fn shut_down(sup: &mut Supervisor, end: End, run_status: i32, status: &StatusWriter) -> ! {
+    let action = match end {
+        End::Reboot => RebootCommand::Restart,
+        _ => RebootCommand::PowerOff,
+    };
+    let action_name = if action == RebootCommand::Restart { "reboot" } else { "poweroff" };
+    log::info!("{action_name} (run status {run_status})");
+    shutdown::terminate_all(sup, shutdown::GRACE);
+    status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: run_status });
+    status.drain();
+    shutdown::power(action)
 }
 
 /// appEnd=shell: a console shell, then power off. Without a shell, say so and go on.

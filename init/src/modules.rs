@@ -1,7 +1,8 @@
 //! Kernel modules at boot. The image builder packs modules under
 //! `/lib/modules/<release>/` with `appliance.order` (loaded at every boot, dependencies
-//! first), `modules.dep` (every packed module with its dependencies) and `modules.builtin`;
-//! `appModules=` names more modules, resolved here from the image's `modules.dep`.
+//! first), `modules.dep` (every packed module with its dependencies) and `modules.builtin`,
+//! in the format of [`appliance_cmdline::modules`]; `appModules=` names more modules,
+//! resolved here from the image's `modules.dep`.
 //!
 //! Pure first: [`plan`] turns the lists into the loads to make, as data; [`load`] applies
 //! them through a [`Loader`] (the kernel's `finit_module`, or a recorder in tests) and
@@ -14,53 +15,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use appliance_cmdline::modules::{DepEntry, canonical, name_of_path, order_paths};
 use rustix::io::Errno;
-
-/// Where the image keeps its modules; `<release>` below it.
-pub const MODULES_ROOT: &str = "/lib/modules";
-pub const ORDER_FILE: &str = "appliance.order";
-pub const DEP_FILE: &str = "modules.dep";
-pub const BUILTIN_FILE: &str = "modules.builtin";
-
-/// Module file suffixes the kernel's lists may name.
-const SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
-
-/// The kernel's name of a module: `-` and `_` are the same to it; `_` is canonical.
-pub fn canonical(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-/// The module name of a path in a module list (`kernel/drivers/net/virtio_net.ko` →
-/// `virtio_net`); `None` when it is not a module file.
-pub fn name_of_path(path: &str) -> Option<String> {
-    let file = path.trim().rsplit('/').next()?;
-    SUFFIXES.iter().find_map(|suffix| file.strip_suffix(suffix)).filter(|n| !n.is_empty()).map(canonical)
-}
-
-/// One line of `modules.dep`: the module's path and its dependencies' names.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DepEntry {
-    pub path: String,
-    pub deps: Vec<String>,
-}
-
-/// Parses `modules.dep` (`path: dependency-path ...` a line) into name → entry. Lines
-/// that are not of that form are skipped.
-pub fn parse_dep(text: &str) -> BTreeMap<String, DepEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (module, deps) = line.split_once(':')?;
-            let name = name_of_path(module)?;
-            let deps = deps.split_whitespace().filter_map(name_of_path).collect();
-            Some((name, DepEntry { path: String::from(module.trim()), deps }))
-        })
-        .collect()
-}
-
-/// Names in a `modules.builtin` (one path a line).
-pub fn parse_builtin(text: &str) -> BTreeSet<String> {
-    text.lines().filter_map(name_of_path).collect()
-}
 
 /// One module to load: its name, its path relative to the modules directory, and the
 /// names of the modules loaded for it first.
@@ -99,13 +55,13 @@ pub struct Plan {
     pub builtin: Vec<String>,
 }
 
-/// The loads for the image's `appliance.order` (`order`, one path a line), then for each
+/// The loads for the image's `appliance.order` (`order`), then for each
 /// `appModules` name, each with its dependencies from `modules.dep` first; each module
 /// once.
 pub fn plan(order: &str, requested: &[String], dep: &BTreeMap<String, DepEntry>, builtin: &BTreeSet<String>) -> Plan {
     let mut out = Plan::default();
     let mut seen = BTreeSet::new();
-    for path in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for path in order_paths(order) {
         let Some(name) = name_of_path(path) else { continue };
         if dep.contains_key(&name) {
             // The builder writes the list dependencies first; a list edited by hand still
@@ -238,6 +194,7 @@ pub fn load(loads: &[Load], dir: &str, loader: &mut impl Loader) -> (Vec<Failure
 mod tests {
     use super::*;
     use alloc::vec;
+    use appliance_cmdline::modules::{parse_builtin, parse_dep};
 
     const DEP: &str = "kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio_ring.ko \
         kernel/drivers/virtio/virtio.ko kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko
@@ -254,31 +211,6 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
 
     fn strings(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| String::from(*s)).collect()
-    }
-
-    #[test]
-    fn module_names_of_paths() {
-        let table = [
-            ("kernel/drivers/net/virtio_net.ko", Some("virtio_net")),
-            ("kernel/fs/9p/9p.ko.xz", Some("9p")),
-            ("a/virtio-rng.ko.zst", Some("virtio_rng")),
-            (" x.ko.gz ", Some("x")),
-            ("kernel/readme.txt", None),
-            (".ko", None),
-            ("", None),
-        ];
-        for (path, want) in table {
-            assert_eq!(name_of_path(path).as_deref(), want, "{path}");
-        }
-    }
-
-    #[test]
-    fn dep_file_parses_and_skips_junk() {
-        let dep = parse_dep(&format!("{DEP}# comment\nnot a line\n:\n"));
-        assert_eq!(dep.len(), 6);
-        assert_eq!(dep["virtio_net"].deps, ["virtio_ring", "virtio", "net_failover", "failover"]);
-        assert_eq!(dep["virtio_net"].path, "kernel/drivers/net/virtio_net.ko");
-        assert!(dep["failover"].deps.is_empty());
     }
 
     #[test]

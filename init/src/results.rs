@@ -20,7 +20,8 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::console::Describe;
-use crate::net::{self, Control};
+use crate::net;
+use crate::nic::Control;
 use crate::status::StatusWriter;
 use appliance_cmdline::status::Event;
 

@@ -9,7 +9,7 @@
 use alloc::string::String;
 use appliance_cmdline::status::Event;
 
-use crate::net::{self, Control};
+use crate::nic::{self, Control};
 use crate::plan::{Phase, PhaseKind};
 use crate::sequence::{self, Context, Outcome};
 use crate::supervisor::Supervisor;
@@ -38,7 +38,7 @@ pub fn run(
     // (and bringing it up afterwards would only start IPv6 chatter).
     let down = link_down
         && control.is_some()
-        && nic.is_some_and(|nic| match net::set_link(nic, false) {
+        && nic.is_some_and(|nic| match nic::set_link(nic, false) {
             Ok(()) => {
                 log::info!("network: {nic} is down during run (appNetDown)");
                 true
@@ -49,9 +49,9 @@ pub fn run(
                 false
             }
         });
-    let counters_before = nic.map(net::counters);
+    let counters_before = nic.map(nic::counters);
     let middle = sequence::run(sup, run, ctx);
-    let counters_after = nic.map(net::counters);
+    let counters_after = nic.map(nic::counters);
     if down {
         restore(nic.unwrap_or_default(), control, ctx);
     }
@@ -76,10 +76,10 @@ pub fn run(
 fn restore(nic: &str, control: Option<&Control>, ctx: &mut Context<'_>) {
     let result = match control {
         Some(c) => {
-            let nic = net::Nic { name: c.nic.clone(), ifindex: 0, mac: c.mac, ethernet: true };
-            net::configure(&nic, c.addr, c.gateway).map(drop)
+            let nic = nic::Nic { name: c.nic.clone(), ifindex: 0, mac: c.mac, ethernet: true };
+            nic::configure(&nic, c.addr, c.gateway).map(drop)
         }
-        None => net::set_link(nic, true),
+        None => nic::set_link(nic, true),
     };
     match result {
         Ok(()) => log::info!("network: {nic} is up again"),
@@ -94,6 +94,6 @@ fn restore(nic: &str, control: Option<&Control>, ctx: &mut Context<'_>) {
 pub fn nic_to_watch(control: Option<&Control>, want: Option<appliance_cmdline::MacAddr>) -> Option<String> {
     match control {
         Some(c) => Some(c.nic.clone()),
-        None => net::choose(&net::read_nics(net::SYS_CLASS_NET), want).ok().map(|n| n.name.clone()),
+        None => nic::choose(&nic::read_nics(nic::SYS_CLASS_NET), want).ok().map(|n| n.name.clone()),
     }
 }

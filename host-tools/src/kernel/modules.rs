@@ -1,15 +1,8 @@
 //! Kernel modules for an image: the manifest names the modules it wants, this module finds
 //! them in the kernel's `lib/modules/<release>`, adds their dependencies, decompresses them
 //! and packs them under `/lib/modules/<release>/` in the initramfs, with the lists
-//! `appliance-init` reads at boot:
-//!
-//! - `appliance.order`: the modules loaded at every boot, one path a line (relative to the
-//!   modules directory, like `modules.dep`), dependencies first;
-//! - `modules.dep`: every packed module with all its dependencies, in the kernel's format
-//!   (dependencies listed so that loading them from the last to the first works, as
-//!   `modprobe` does), from which the init resolves `appModules`;
-//! - `modules.builtin`, copied when the kernel has one, so that the init can tell a built-in
-//!   driver from a missing one.
+//! `appliance-init` reads at boot (`appliance.order`, `modules.dep`, `modules.builtin`),
+//! in the format [`appliance_cmdline::modules`] defines for both sides.
 //!
 //! Dependencies come from the kernel's `modules.dep` when it has one. Debian's kernel
 //! packages ship none (their post-install script runs `depmod`), so otherwise they are read
@@ -19,24 +12,20 @@
 //!
 //! It does not load anything, resolve aliases (`modalias`, `softdep`) or module parameters.
 
-use crate::host::fs_error::{FsError, io_error};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use appliance_cmdline::modules::{
+    BUILTIN_FILE, DEP_FILE, DepEntry, MODULES_ROOT, ORDER_FILE, canonical, dep_line, name_of_path, packed_path,
+    parse_builtin, parse_dep, render_order,
+};
+use appliance_cmdline::suggest;
+
 use crate::archive::cpio::{self, Archive, Entry};
+use crate::host::fs_error::{FsError, io_error};
 use crate::kernel::KernelInfo;
-
-/// The load list the init reads, in the image's modules directory.
-pub const ORDER_FILE: &str = "appliance.order";
-/// The kernel's dependency list, in the kernel's and the image's modules directory.
-pub const DEP_FILE: &str = "modules.dep";
-/// The kernel's list of built-in modules.
-pub const BUILTIN_FILE: &str = "modules.builtin";
-
-/// Module file suffixes, uncompressed first.
-const SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,20 +54,15 @@ fn suggestions(near: &[String]) -> String {
     if near.is_empty() { String::new() } else { format!("; did you mean {}?", near.join(", ")) }
 }
 
-/// The kernel's name of a module: `-` and `_` are the same to it; `_` is canonical.
-pub fn canonical(name: &str) -> String {
-    name.replace('-', "_")
-}
-
 /// The modules of one kernel: every module file under its modules directory, by name.
 #[derive(Clone, Debug)]
 pub struct ModuleIndex {
     dir: PathBuf,
     /// Canonical name → path relative to `dir`, as found (possibly compressed).
     files: BTreeMap<String, String>,
-    /// Canonical name → names of its dependencies, from `modules.dep` when the kernel has
-    /// one; otherwise filled from `.modinfo` as modules are resolved.
-    deps: Option<BTreeMap<String, Vec<String>>>,
+    /// Canonical name → its line of `modules.dep` when the kernel has one; otherwise the
+    /// dependencies come from `.modinfo` as modules are resolved.
+    deps: Option<BTreeMap<String, DepEntry>>,
     builtin: BTreeSet<String>,
 }
 
@@ -94,12 +78,7 @@ pub struct Module {
 impl Module {
     /// Its path in the image: relative like `path`, decompressed, so always `.ko`.
     pub fn image_path(&self) -> String {
-        for suffix in SUFFIXES.iter().skip(1) {
-            if let Some(stem) = self.path.strip_suffix(suffix) {
-                return format!("{stem}.ko");
-            }
-        }
-        self.path.clone()
+        packed_path(&self.path)
     }
 }
 
@@ -115,7 +94,7 @@ impl ModuleIndex {
             Err(source) => return Err(Error::Io(FsError { action: "read", path: dir.join(DEP_FILE), source })),
         };
         let builtin = match fs::read_to_string(dir.join(BUILTIN_FILE)) {
-            Ok(text) => text.lines().filter_map(name_of_path).collect(),
+            Ok(text) => parse_builtin(&text),
             Err(_) => BTreeSet::new(),
         };
         Ok(ModuleIndex { dir: dir.to_owned(), files, deps, builtin })
@@ -185,7 +164,7 @@ impl ModuleIndex {
 
     fn deps_of(&self, name: &str, file: &str) -> Result<Vec<String>, Error> {
         if let Some(deps) = &self.deps {
-            return Ok(deps.get(name).cloned().unwrap_or_default());
+            return Ok(deps.get(name).map(|entry| entry.deps.clone()).unwrap_or_default());
         }
         let path = self.dir.join(file);
         let data = read_module(&path)?;
@@ -202,12 +181,12 @@ impl ModuleIndex {
     /// Up to five module names close to `name`: those containing it, and those within a
     /// few edits of it.
     pub fn near(&self, name: &str) -> Vec<String> {
-        let limit = (name.len() / 3).clamp(1, 3);
+        let limit = suggest::max_typo_edits(name);
         let mut scored: Vec<(usize, &String)> = self
             .files
             .keys()
             .filter_map(|known| {
-                let d = distance(name, known);
+                let d = suggest::edit_distance(name, known);
                 if d <= limit {
                     Some((d, known))
                 } else if name.len() >= 3 && known.contains(name) {
@@ -228,7 +207,8 @@ impl ModuleIndex {
 }
 
 /// Every module file under `dir`, by canonical name (the first found wins: an
-/// uncompressed one over a compressed one, by [`SUFFIXES`] order within a directory).
+/// uncompressed one over a compressed one, by the order of
+/// [`SUFFIXES`](appliance_cmdline::modules::SUFFIXES) within a directory).
 fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, String>) -> Result<(), Error> {
     let mut entries: Vec<fs::DirEntry> =
         fs::read_dir(dir).map_err(io_error("read", dir))?.collect::<Result<_, _>>().map_err(io_error("read", dir))?;
@@ -244,24 +224,6 @@ fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, String>) -> Result
         }
     }
     Ok(())
-}
-
-/// The canonical module name of a module path (`kernel/drivers/net/virtio_net.ko.xz` →
-/// `virtio_net`); `None` when it is not a module file.
-fn name_of_path(path: &str) -> Option<String> {
-    let file = path.trim().rsplit('/').next()?;
-    SUFFIXES.iter().find_map(|suffix| file.strip_suffix(suffix)).filter(|n| !n.is_empty()).map(canonical)
-}
-
-/// `modules.dep`: `path: dependency-path ...` a line → name → dependency names.
-pub fn parse_dep(text: &str) -> BTreeMap<String, Vec<String>> {
-    text.lines()
-        .filter_map(|line| {
-            let (module, deps) = line.split_once(':')?;
-            let name = name_of_path(module)?;
-            Some((name, deps.split_whitespace().filter_map(name_of_path).collect()))
-        })
-        .collect()
 }
 
 /// Reads a module file, decompressing it when it is compressed (by its magic bytes, not
@@ -333,7 +295,7 @@ pub fn pack(
     }
     // On a merged-/usr image (host files bring `lib -> usr/lib`) the files go where the
     // symlink points; the init reads them as /lib/modules either way.
-    let base = resolve_in_archive(archive, &format!("/lib/modules/{}", kernel.version));
+    let base = resolve_in_archive(archive, &format!("{MODULES_ROOT}/{}", kernel.version));
     for module in all.values() {
         let source = dir.join(&module.path);
         let target = format!("{base}/{}", module.image_path());
@@ -344,7 +306,7 @@ pub fn pack(
         }
     }
     archive.add(Entry::data(format!("{base}/{DEP_FILE}"), render_dep(&all), 0o644))?;
-    let order: String = to_load.iter().map(|m| format!("{}\n", m.image_path())).collect();
+    let order = render_order(&to_load.iter().map(Module::image_path).collect::<Vec<_>>());
     archive.add(Entry::data(format!("{base}/{ORDER_FILE}"), order, 0o644))?;
     let builtin = dir.join(BUILTIN_FILE);
     if builtin.is_file() {
@@ -402,13 +364,7 @@ pub fn render_dep(modules: &BTreeMap<String, Module>) -> String {
         transitive(modules, module, &mut seen, &mut order);
         order.pop(); // the module itself
         let deps: Vec<String> = order.iter().rev().map(|m| m.image_path()).collect();
-        out.push_str(&module.image_path());
-        out.push(':');
-        for dep in deps {
-            out.push(' ');
-            out.push_str(&dep);
-        }
-        out.push('\n');
+        out.push_str(&dep_line(&module.image_path(), &deps));
     }
     out
 }
@@ -428,20 +384,6 @@ fn transitive<'a>(
         }
     }
     order.push(module);
-}
-
-/// Levenshtein distance.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -617,15 +559,6 @@ mod tests {
     }
 
     #[test]
-    fn dep_file_round_trip() {
-        let text = "kernel/a.ko: kernel/c.ko.xz kernel/b.ko\nkernel/b.ko:\nkernel/c.ko.xz:\ngarbage\n";
-        let deps = parse_dep(text);
-        assert_eq!(deps["a"], ["c", "b"]);
-        assert!(deps["b"].is_empty());
-        assert_eq!(deps.len(), 3);
-    }
-
-    #[test]
     fn pack_writes_modules_order_and_dep() {
         let dir = virtio_tree();
         fs::write(dir.path().join(BUILTIN_FILE), "kernel/drivers/block/virtio_blk.ko\n").unwrap();
@@ -663,7 +596,7 @@ mod tests {
         assert_eq!(data("lib/modules/9.9.9/modules.builtin"), "kernel/drivers/block/virtio_blk.ko\n");
         // The image's modules.dep reads back to the same graph.
         let reread = parse_dep(&dep);
-        assert_eq!(reread["virtio_net"].len(), 4);
+        assert_eq!(reread["virtio_net"].deps.len(), 4);
     }
 
     #[test]
