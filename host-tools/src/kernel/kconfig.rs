@@ -10,10 +10,10 @@
 //! `source`) and skips the rest (defaults, ranges, help texts); it explains a lost
 //! option, it does not resolve a configuration.
 
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 /// The prefix of every option in `.config` files.
@@ -139,18 +139,8 @@ pub enum Error {
         "{origin}: not a kernel configuration line: {line:?} (expected CONFIG_NAME=value or # CONFIG_NAME is not set)"
     )]
     Syntax { origin: Origin, line: String },
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{}: no Kconfig at the top: not a kernel source tree", dir.display())]
     NotASourceTree { dir: PathBuf },
 }
@@ -214,13 +204,14 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, Error> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = fs::read_to_string(path).map_err(io_error("read", path))?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Writes the configuration as a `.config` file.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        fs::write(path, self.render()).map_err(|source| Error::Write { path: path.to_owned(), source })
+        fs::write(path, self.render()).map_err(io_error("write", path))?;
+        Ok(())
     }
 
     /// The value of `name` (without the prefix).
@@ -799,7 +790,7 @@ impl KconfigReader<'_> {
         if !self.visited.insert(path.clone()) {
             return Ok(());
         }
-        let text = fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
         let dir = relative.parent().unwrap_or(Path::new("")).to_owned();
         self.text(&text, &relative.display().to_string(), &dir);
         Ok(())
