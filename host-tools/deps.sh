@@ -94,6 +94,8 @@ appliance_rust_is_recent() {
 }
 
 # Builds the host CLI and the init (a separate no_std workspace) into target/release.
+# The init's line is the one `appliance build` runs itself when it finds no init
+# (host-tools/src/image/checkout.rs, whose tests check that the two agree).
 appliance_build_release() {
     cargo build --release -q -p appliance-host
     cargo build --release -q --manifest-path init/Cargo.toml --target-dir target

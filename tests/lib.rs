@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
+use appliance_host::image::checkout::Checkout;
 
 /// The bound on every boot: generous, since TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT_S: u64 = 180;
@@ -30,19 +31,13 @@ pub fn tools() -> &'static Path {
         let root = root();
         let target = root.join("target");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let init_manifest = root.join("init/Cargo.toml");
-        for args in [
-            vec!["build", "--release", "-q", "-p", "appliance-host"],
-            vec!["build", "--release", "-q", "--manifest-path", init_manifest.to_str().unwrap()],
-        ] {
-            let st = Command::new(&cargo)
-                .args(&args)
-                .arg("--target-dir")
-                .arg(&target)
-                .current_dir(&root)
-                .status()
-                .expect("cargo runs");
-            assert!(st.success(), "cargo {args:?} failed");
+        let mut host = Command::new(&cargo);
+        host.args(["build", "--release", "-q", "-p", "appliance-host", "--target-dir"]).arg(&target).current_dir(&root);
+        // The init's own workspace, built as host-tools/deps.sh and `appliance build` build it.
+        let init = Checkout { root: root.clone(), target_dir: target.clone() }.init_build_command();
+        for mut command in [host, init] {
+            let st = command.status().expect("cargo runs");
+            assert!(st.success(), "{command:?} failed");
         }
         target.join("release")
     })

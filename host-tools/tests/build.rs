@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 const APPLIANCE: &str = env!("CARGO_BIN_EXE_appliance");
+/// How the init is built (host-tools/deps.sh); the CLI runs it and names it in errors.
+const INIT_BUILD: &str = "cargo build --release -q --manifest-path init/Cargo.toml --target-dir target";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -246,7 +248,8 @@ fn a_dynamic_init_is_refused() {
 }
 
 /// Without APPLIANCE_INIT, the init must sit next to the executable; a copy of the CLI
-/// in an empty directory shows the error users get.
+/// in an empty directory (not a checkout's target directory, where it would build the
+/// init) shows the error users get.
 #[test]
 fn missing_init_says_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,8 +264,58 @@ fn missing_init_says_how_to_build_it() {
     assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
     assert!(message.contains(&format!("appliance-init not found next to {}", exe.display())), "{message}");
-    assert!(message.contains("cargo build --release -p appliance-init"), "{message}");
+    assert!(message.contains(INIT_BUILD), "{message}");
     assert!(message.contains("APPLIANCE_INIT"), "{message}");
+}
+
+/// A new user's first build: `cargo build --release` at the top leaves the init (a
+/// workspace of its own) unbuilt, and `appliance build` run from the checkout's target
+/// directory builds it where it then finds it. The checkout is a stand-in whose init is
+/// an empty static program, so that the build takes seconds.
+#[test]
+fn a_missing_init_is_built_in_the_checkout_the_cli_runs_from() {
+    let setup = setup();
+    static_program(setup.dir.path(), "appliance-hello").unwrap();
+    let checkout = setup.dir.path().join("checkout");
+    fs::create_dir_all(checkout.join("init/src")).unwrap();
+    fs::write(
+        checkout.join("init/Cargo.toml"),
+        "[package]\nname = \"appliance-init\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    fs::write(checkout.join("init/src/main.rs"), "fn main() {}\n").unwrap();
+    // Static, as the image requires of its init.
+    fs::create_dir(checkout.join(".cargo")).unwrap();
+    fs::write(checkout.join(".cargo/config.toml"), "[build]\nrustflags = [\"-C\", \"target-feature=+crt-static\"]\n")
+        .unwrap();
+    let exe = checkout.join("target/debug/appliance");
+    fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    fs::copy(APPLIANCE, &exe).unwrap();
+    let build = |out: &str| {
+        let out = setup.dir.path().join(out);
+        Command::new(&exe)
+            .args(["build", "hello", "-o", out.to_str().unwrap(), "--kernel", setup.kernel.to_str().unwrap()])
+            .current_dir(workspace())
+            .env_remove("APPLIANCE_INIT")
+            .env("APPLIANCE_PROGRAM_DIR", setup.dir.path())
+            .env("APPLIANCE_CACHE", setup.dir.path().join("cache"))
+            .env("CARGO", env!("CARGO"))
+            // The stand-in's flags are its configuration's.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .unwrap()
+    };
+
+    let first = build("first");
+    assert!(first.status.success(), "{}", stderr(&first));
+    let running = format!("running `{INIT_BUILD}` in {}", checkout.display());
+    assert!(stderr(&first).contains(&running), "{}", stderr(&first));
+    assert!(checkout.join("target/release/appliance-init").is_file());
+
+    let second = build("second");
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(!stderr(&second).contains("cargo build"), "built again: {}", stderr(&second));
 }
 
 #[test]

@@ -412,3 +412,24 @@ fn errors_name_the_file_and_the_problem() {
     let stderr = String::from_utf8(appliance(dir.path(), &["cpio", "ls", "short"]).stderr).unwrap();
     assert!(stderr.contains("short") && stderr.contains("truncated"), "{stderr}");
 }
+
+/// The archive writer's own error named no file ("cannot write the archive"): the
+/// output's path is what the user needs. A file size limit makes the write fail past
+/// the 1 MiB write buffer, inside the archive writer.
+#[test]
+fn a_failed_write_names_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("tree")).unwrap();
+    fs::write(dir.path().join("tree/big"), vec![1u8; 3 << 20]).unwrap();
+    let output = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; ulimit -f 100; exec \"$0\" cpio pack tree -o out.cpio -c none", APPLIANCE])
+        .current_dir(dir.path())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot write out.cpio: File too large"), "{stderr}");
+    assert!(!stderr.contains("the archive"), "{stderr}");
+    assert!(!dir.path().join("out.cpio").exists());
+}

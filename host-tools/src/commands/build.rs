@@ -15,9 +15,10 @@ use appliance_host::image::{self, BuildOptions, Tools};
 /// Build an app dir (vmlinuz, initrd, cmdline, appliance.json) from an image.
 ///
 /// The app dir's path is printed on stdout, progress on stderr. Environment:
-/// APPLIANCE_INIT (the init binary), APPLIANCE_PROGRAM_DIR (where [programs] are
-/// found), APPLIANCE_CACHE (the kernel cache), SOURCE_DATE_EPOCH (file times in the
-/// initrd, default 0).
+/// APPLIANCE_INIT (the init binary; by default the one next to this executable, built
+/// first when this runs from a checkout's target directory), APPLIANCE_PROGRAM_DIR
+/// (where [programs] are found), APPLIANCE_CACHE (the kernel cache), SOURCE_DATE_EPOCH
+/// (file times in the initrd, default 0).
 #[derive(clap::Args)]
 pub struct Args {
     /// The image: a directory holding appliance.toml, or the name of one under ./images/

@@ -166,7 +166,11 @@ fn open(path: &Path) -> anyhow::Result<ReadArchive> {
 
 fn ls(path: &Path, long: bool) -> anyhow::Result<ExitCode> {
     let archive = open(path)?;
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    to_stdout(|out| list(&archive, long, out))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(archive: &ReadArchive, long: bool, out: &mut dyn Write) -> std::io::Result<()> {
     for member in &archive.members {
         let file_type = member.file_type();
         let kind = format!("{}{}", file_type.letter(), permission_string(member.mode));
@@ -185,8 +189,13 @@ fn ls(path: &Path, long: bool) -> anyhow::Result<ExitCode> {
             writeln!(out, "{kind} {size:>10} {}{target}", member.name)?;
         }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Writes through a buffer to standard output; an error says that was what failed.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    write(&mut out).and_then(|()| out.flush()).context("cannot write to standard output")
 }
 
 fn pack(dir: &Path, out: &Path, output: &Output) -> anyhow::Result<ExitCode> {
@@ -257,13 +266,13 @@ fn du(path: &Path, dirs: bool, top: usize) -> anyhow::Result<ExitCode> {
     let lines = compare::du(&archive, dirs);
     let total: u64 =
         archive.members.iter().filter(|m| m.file_type() == FileType::Regular).map(|m| m.data.len() as u64).sum();
-    let mut out = BufWriter::new(std::io::stdout().lock());
     let shown = if top == 0 { lines.len() } else { top.min(lines.len()) };
-    for line in &lines[..shown] {
-        writeln!(out, "{:>12} {:>10}  /{}", line.bytes, human_size(line.bytes), line.path)?;
-    }
-    writeln!(out, "{total:>12} {:>10}  total in {} members", human_size(total), archive.members.len())?;
-    out.flush()?;
+    to_stdout(|out| {
+        for line in &lines[..shown] {
+            writeln!(out, "{:>12} {:>10}  /{}", line.bytes, human_size(line.bytes), line.path)?;
+        }
+        writeln!(out, "{total:>12} {:>10}  total in {} members", human_size(total), archive.members.len())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -283,10 +292,10 @@ fn edit(path: &Path, command: Option<&str>, out: Option<PathBuf>, output: &Outpu
     let scratch = tempfile::Builder::new()
         .prefix("appliance-cpio-edit-")
         .tempdir()
-        .context("cannot create a temporary directory")?;
+        .with_context(|| format!("cannot create a directory in {}", std::env::temp_dir().display()))?;
     let root = scratch.path().join("root");
     let report = tree::unpack(&input, &root, UnpackOptions::for_current_user())
-        .with_context(|| format!("cannot unpack {}", path.display()))?;
+        .with_context(|| format!("cannot unpack {} into {}", path.display(), root.display()))?;
     let mut shell = match command {
         Some(command) => {
             let mut shell = std::process::Command::new("/bin/sh");
@@ -303,7 +312,10 @@ fn edit(path: &Path, command: Option<&str>, out: Option<PathBuf>, output: &Outpu
             std::process::Command::new(program)
         }
     };
-    let status = shell.current_dir(&root).status().context("cannot start the shell")?;
+    let status = shell
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("cannot start {}", shell.get_program().to_string_lossy()))?;
     if !status.success() {
         bail!("the shell ended with {status}: {} left unchanged", path.display());
     }
@@ -312,11 +324,12 @@ fn edit(path: &Path, command: Option<&str>, out: Option<PathBuf>, output: &Outpu
     // What could not be unpacked here (device nodes without root) is carried over,
     // unless the edit put something at its path.
     for (member, _) in &report.skipped {
-        if let Some(entry) = member.to_entry()?
+        let carry_error = || format!("cannot carry {} over from {}", member.name, path.display());
+        if let Some(entry) = member.to_entry().with_context(carry_error)?
             && archive.get(entry.path()).is_none()
             && !root.join(entry.path()).exists()
         {
-            archive.insert(entry)?;
+            archive.insert(entry).with_context(carry_error)?;
         }
     }
     let out = out.unwrap_or_else(|| path.to_owned());
@@ -326,11 +339,7 @@ fn edit(path: &Path, command: Option<&str>, out: Option<PathBuf>, output: &Outpu
 
 /// Prints each difference; exit 1 when there are any, like diff(1).
 fn report_differences(differences: &[Difference]) -> anyhow::Result<ExitCode> {
-    let mut out = BufWriter::new(std::io::stdout().lock());
-    for difference in differences {
-        writeln!(out, "{difference}")?;
-    }
-    out.flush()?;
+    to_stdout(|out| differences.iter().try_for_each(|difference| writeln!(out, "{difference}")))?;
     Ok(if differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
@@ -347,25 +356,29 @@ fn write(archive: &Archive, out: &Path, compression: Compression, output: &Outpu
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
     let level = output.level.or(compression.tool_default_level());
+    let mtime = cpio::mtime_from_env()?;
+    let write_error = || format!("cannot write {}", out.display());
     let summary = {
         let encoder = Encoder::with_level(BufWriter::with_capacity(1 << 20, temporary.as_file()), compression, level)
-            .with_context(|| format!("cannot write {}", out.display()))?;
+            .with_context(write_error)?;
         let mut progress = Progress::new(encoder, out);
         let summary = archive
-            .write(&mut progress, cpio::mtime_from_env()?)
-            .with_context(|| format!("cannot write {}", out.display()))?;
+            .write(&mut progress, mtime)
+            .map_err(|err| match err {
+                // Its message names no file, and the context below does.
+                cpio::Error::Write(source) => anyhow::Error::new(source),
+                other => anyhow::Error::new(other),
+            })
+            .with_context(write_error)?;
         progress.done();
         let Progress { inner: encoder, .. } = progress;
-        encoder
-            .finish()
-            .and_then(|mut buffered| buffered.flush())
-            .with_context(|| format!("cannot write {}", out.display()))?;
+        encoder.finish().and_then(|mut buffered| buffered.flush()).with_context(write_error)?;
         summary
     };
-    let size = temporary.as_file().metadata()?.len();
+    let size = temporary.as_file().metadata().with_context(write_error)?.len();
     // tempfile creates 0600; an archive is no secret.
-    temporary.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    temporary.persist(out).with_context(|| format!("cannot write {}", out.display()))?;
+    temporary.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).with_context(write_error)?;
+    temporary.persist(out).with_context(write_error)?;
     log::info!(
         "wrote {}: {} entries, {} -> {} {compression} in {:.2} s",
         out.display(),

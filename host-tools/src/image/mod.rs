@@ -13,6 +13,7 @@
 //!
 //! Booting the result is not this module's job.
 
+pub mod checkout;
 pub mod manifest;
 pub mod ssh;
 
@@ -90,16 +91,20 @@ pub enum Error {
     #[error(transparent)]
     Ssh(#[from] ssh::Error),
     #[error(
-        "{INIT_NAME} not found next to {}: build it with \
-         `cargo build --release -p appliance-init`, or set {INIT_ENV}",
-        exe.display()
+        "{INIT_NAME} not found next to {}: in the project's checkout, build it with `{}` \
+         and copy target/release/{INIT_NAME} there, or set {INIT_ENV} to it",
+        exe.display(),
+        checkout::init_build_line()
     )]
     InitNotFound { exe: PathBuf },
+    #[error(transparent)]
+    InitBuild(#[from] checkout::Error),
     #[error("{INIT_ENV}={} does not exist", path.display())]
     InitEnvMissing { path: PathBuf },
     #[error(
-        "program {name} not found in {searched}: build it with \
-         `cargo build --release --workspace`, or set {PROGRAM_DIR_ENV}"
+        "program {name} not found in {searched}: the init's workspace holds the image programs; \
+         in the project's checkout, build them with `{}`, or set {PROGRAM_DIR_ENV}",
+        checkout::init_build_line()
     )]
     ProgramNotFound { name: String, searched: String },
     #[error(
@@ -155,10 +160,19 @@ pub struct Tools {
 
 impl Tools {
     /// `$APPLIANCE_INIT` and `$APPLIANCE_PROGRAM_DIR`, else the directory of the running
-    /// executable (see [`Tools::locate`]).
+    /// executable (see [`Tools::locate`]). Without the init there, an executable run
+    /// from a checkout's target directory builds it first (see [`checkout`]).
     pub fn from_env() -> Result<Tools, Error> {
         let exe = std::env::current_exe().map_err(io_error("locate", Path::new("the running executable")))?;
-        Tools::locate(std::env::var_os(INIT_ENV), std::env::var_os(PROGRAM_DIR_ENV), &exe)
+        let locate = || Tools::locate(std::env::var_os(INIT_ENV), std::env::var_os(PROGRAM_DIR_ENV), &exe);
+        let located = locate();
+        if let Err(Error::InitNotFound { .. }) = located
+            && let Some(checkout) = checkout::Checkout::of(&exe)
+        {
+            checkout.build_init()?;
+            return locate();
+        }
+        located
     }
 
     /// The init is `init_env` when given, else `appliance-init` next to `exe`. Because
@@ -864,8 +878,9 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "appliance-init not found next to {}: build it with \
-                 `cargo build --release -p appliance-init`, or set APPLIANCE_INIT",
+                "appliance-init not found next to {}: in the project's checkout, build it with \
+                 `cargo build --release -q --manifest-path init/Cargo.toml --target-dir target` \
+                 and copy target/release/appliance-init there, or set APPLIANCE_INIT to it",
                 exe.display()
             )
         );

@@ -568,6 +568,19 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         return Ok(built);
     }
     check_tools(&plan.source)?;
+    let lock = lock_cache(plan, progress)?;
+    // Whoever held the lock may have built this very kernel.
+    if !force && let Some(built) = cached(plan) {
+        return Ok(built);
+    }
+    let facts = build_locked(plan, jobs, progress)?;
+    progress.send(Progress::Finished);
+    drop(lock);
+    Ok(built_from(&plan.result, facts, false))
+}
+
+/// Takes the cache's lock, waiting (and saying so) while another build holds it.
+fn lock_cache(plan: &Plan, progress: &ProgressSink) -> Result<File, Error> {
     fs::create_dir_all(&plan.root).map_err(io_error("create", &plan.root))?;
     let lock_path = plan.root.join(LOCK_FILE);
     let lock = File::create(&lock_path).map_err(io_error("create", &lock_path))?;
@@ -575,22 +588,15 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         progress.send(Progress::Stage("waiting for another kernel build to finish".into()));
         lock.lock().map_err(io_error("lock", &lock_path))?;
     }
-    // Whoever held the lock may have built this very kernel.
-    if !force && let Some(built) = cached(plan) {
-        return Ok(built);
-    }
+    Ok(lock)
+}
+
+/// The build itself, under the cache's lock: configure, check, compile, install into
+/// `plan.result`.
+fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Result<Facts, Error> {
     let started = Instant::now();
     let tree = prepare_source(plan, progress)?;
-    let version = makefile_version(&tree)?;
-    let found = kconfig::series_of(&version).unwrap_or_default();
-    if found != plan.series {
-        return Err(Error::SeriesMismatch {
-            path: plan.source.path().to_owned(),
-            version,
-            series: plan.series.clone(),
-            found,
-        });
-    }
+    let version = checked_version(plan, &tree)?;
     let obj = plan.root.join("obj").join(plan.object_dir_name());
     fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
     let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
@@ -598,39 +604,9 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
     File::create(&make.log).map_err(io_error("create", &make.log))?;
 
     progress.send(Progress::Stage(format!("configuring Linux {version}: {} + fragments", plan.base.name())));
-    make.run(&[plan.base.name()], None, progress)?;
-    let dot_config = obj.join(".config");
-    let mut config = Config::load(&dot_config)?;
-    for redefinition in &plan.redefinitions {
-        log::info!("{redefinition}");
-    }
-    config.merge(&plan.wanted);
-    config.save(&dot_config)?;
-    make.run(&["olddefconfig"], None, progress)?;
-    let resolved = Config::load(&dot_config)?;
-    let kconfig = Kconfig::load(&tree)?;
-    let report = kconfig::check(&plan.wanted, &resolved, Some(&kconfig));
-    if !report.is_ok() {
-        return Err(Error::Lost { report, config: dot_config });
-    }
-
-    let steps_file = obj.join(STEPS_FILE);
-    let total = fs::read_to_string(&steps_file).ok().and_then(|text| text.trim().parse().ok());
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    progress.send(Progress::Stage(format!("compiling bzImage with {jobs} job(s)")));
+    let (resolved, report) = configure(plan, &make, progress)?;
     let modules = resolved.get("MODULES") == Some(&kconfig::Value::Yes);
-    let jobs_arg = format!("-j{jobs}");
-    let mut targets = vec![jobs_arg.as_str(), "bzImage"];
-    if modules {
-        targets.push("modules");
-    }
-    if plan.headers {
-        targets.push("modules_prepare");
-    }
-    let steps = make.run(&targets, Some(total), progress)?;
-    if steps > 0 {
-        let _ = fs::write(&steps_file, format!("{steps}\n"));
-    }
+    let steps = compile(plan, &make, jobs, modules, progress)?;
     let release = make.output(&["-s", "kernelrelease"])?.trim().to_owned();
 
     progress.send(Progress::Stage(format!("installing {release} in {}", plan.result.display())));
@@ -638,37 +614,7 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         .prefix(".install-")
         .tempdir_in(&plan.root)
         .map_err(io_error("create a directory in", &plan.root))?;
-    for (from, to) in [
-        ("arch/x86/boot/bzImage", "bzImage"),
-        ("vmlinux", "vmlinux"),
-        (".config", "config"),
-        ("System.map", "System.map"),
-    ] {
-        let from = obj.join(from);
-        if !from.is_file() {
-            return Err(Error::NoOutput { path: from });
-        }
-        let to = staging.path().join(to);
-        fs::copy(&from, &to).map_err(io_error("copy the kernel to", &to))?;
-    }
-    if modules {
-        // The modules directory (`modules.builtin`, and any module a fragment made `=m`),
-        // where `modules = [...]` in a manifest finds them.
-        let root = staging.path().join("modules");
-        make.run(
-            &["modules_install", &format!("INSTALL_MOD_PATH={}", root.display()), "INSTALL_MOD_STRIP=1"],
-            None,
-            progress,
-        )?;
-        // Links back into the build machine's trees, which the image must not follow.
-        let dir = root.join("lib/modules").join(&release);
-        for link in ["build", "source"] {
-            let _ = fs::remove_file(dir.join(link));
-        }
-    }
-    if plan.headers {
-        install_headers(&tree, &obj, &staging.path().join("headers"))?;
-    }
+    install(plan, &make, &release, modules, staging.path(), progress)?;
     let facts = Facts {
         release,
         version,
@@ -682,19 +628,136 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
         steps,
         built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
-    let facts_path = staging.path().join(FACTS);
-    let mut json = serde_json::to_string_pretty(&facts)
-        .map_err(|err| Error::Io(FsError { action: "serialise", path: facts_path.clone(), source: err.into() }))?;
+    write_facts(&facts, &staging.path().join(FACTS))?;
+    publish(staging, &plan.result)?;
+    Ok(facts)
+}
+
+/// The tree's kernel version, when it is of the series the plan asked for.
+fn checked_version(plan: &Plan, tree: &Path) -> Result<String, Error> {
+    let version = makefile_version(tree)?;
+    let found = kconfig::series_of(&version).unwrap_or_default();
+    if found != plan.series {
+        return Err(Error::SeriesMismatch {
+            path: plan.source.path().to_owned(),
+            version,
+            series: plan.series.clone(),
+            found,
+        });
+    }
+    Ok(version)
+}
+
+/// The base configuration with the fragments merged over it, resolved by `make
+/// olddefconfig`; refused when it lost an option the fragments asked for. Returns the
+/// resolved configuration and the check's report.
+fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Config, Report), Error> {
+    make.run(&[plan.base.name()], None, progress)?;
+    let dot_config = make.obj.join(".config");
+    let mut config = Config::load(&dot_config)?;
+    for redefinition in &plan.redefinitions {
+        log::info!("{redefinition}");
+    }
+    config.merge(&plan.wanted);
+    config.save(&dot_config)?;
+    make.run(&["olddefconfig"], None, progress)?;
+    let resolved = Config::load(&dot_config)?;
+    let kconfig = Kconfig::load(make.tree)?;
+    let report = kconfig::check(&plan.wanted, &resolved, Some(&kconfig));
+    if !report.is_ok() {
+        return Err(Error::Lost { report, config: dot_config });
+    }
+    Ok((resolved, report))
+}
+
+/// `make bzImage` (and the modules, and what headers need) on `jobs` cores, reporting
+/// each step against the last compile's count. Returns this compile's step count.
+fn compile(
+    plan: &Plan,
+    make: &Make,
+    jobs: Option<usize>,
+    modules: bool,
+    progress: &ProgressSink,
+) -> Result<u64, Error> {
+    let steps_file = make.obj.join(STEPS_FILE);
+    let total = fs::read_to_string(&steps_file).ok().and_then(|text| text.trim().parse().ok());
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    progress.send(Progress::Stage(format!("compiling bzImage with {jobs} job(s)")));
+    let jobs_arg = format!("-j{jobs}");
+    let mut targets = vec![jobs_arg.as_str(), "bzImage"];
+    if modules {
+        targets.push("modules");
+    }
+    if plan.headers {
+        targets.push("modules_prepare");
+    }
+    let steps = make.run(&targets, Some(total), progress)?;
+    if steps > 0 {
+        let _ = fs::write(&steps_file, format!("{steps}\n"));
+    }
+    Ok(steps)
+}
+
+/// Copies the kernel, its configuration and symbols into `staging`, with the modules
+/// and the headers when the build has them.
+fn install(
+    plan: &Plan,
+    make: &Make,
+    release: &str,
+    modules: bool,
+    staging: &Path,
+    progress: &ProgressSink,
+) -> Result<(), Error> {
+    for (from, to) in [
+        ("arch/x86/boot/bzImage", "bzImage"),
+        ("vmlinux", "vmlinux"),
+        (".config", "config"),
+        ("System.map", "System.map"),
+    ] {
+        let from = make.obj.join(from);
+        if !from.is_file() {
+            return Err(Error::NoOutput { path: from });
+        }
+        let to = staging.join(to);
+        fs::copy(&from, &to).map_err(io_error("copy the kernel to", &to))?;
+    }
+    if modules {
+        // The modules directory (`modules.builtin`, and any module a fragment made `=m`),
+        // where `modules = [...]` in a manifest finds them.
+        let root = staging.join("modules");
+        make.run(
+            &["modules_install", &format!("INSTALL_MOD_PATH={}", root.display()), "INSTALL_MOD_STRIP=1"],
+            None,
+            progress,
+        )?;
+        // Links back into the build machine's trees, which the image must not follow.
+        let dir = root.join("lib/modules").join(release);
+        for link in ["build", "source"] {
+            let _ = fs::remove_file(dir.join(link));
+        }
+    }
+    if plan.headers {
+        install_headers(make.tree, make.obj, &staging.join("headers"))?;
+    }
+    Ok(())
+}
+
+fn write_facts(facts: &Facts, path: &Path) -> Result<(), Error> {
+    let mut json = serde_json::to_string_pretty(facts)
+        .map_err(|err| Error::Io(FsError { action: "serialise", path: path.to_owned(), source: err.into() }))?;
     json.push('\n');
-    fs::write(&facts_path, json).map_err(io_error("write", &facts_path))?;
-    if plan.result.exists() {
-        fs::remove_dir_all(&plan.result).map_err(io_error("replace", &plan.result))?;
+    fs::write(path, json).map_err(io_error("write", path))?;
+    Ok(())
+}
+
+/// Moves the finished kernel from `staging` to `result`, replacing an older one.
+fn publish(staging: tempfile::TempDir, result: &Path) -> Result<(), Error> {
+    if result.exists() {
+        fs::remove_dir_all(result).map_err(io_error("replace", result))?;
     }
     let staging = staging.keep();
-    fs::rename(&staging, &plan.result).map_err(io_error("move the kernel to", &plan.result))?;
-    progress.send(Progress::Finished);
-    drop(lock);
-    Ok(built_from(&plan.result, facts, false))
+    fs::rename(&staging, result).map_err(io_error("move the kernel to", result))?;
+    Ok(())
 }
 
 /// The tools a build runs, and the Debian packages that bring them.

@@ -10,10 +10,10 @@
 //! `source`) and skips the rest (defaults, ranges, help texts); it explains a lost
 //! option, it does not resolve a configuration.
 
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 /// The prefix of every option in `.config` files.
@@ -139,18 +139,8 @@ pub enum Error {
         "{origin}: not a kernel configuration line: {line:?} (expected CONFIG_NAME=value or # CONFIG_NAME is not set)"
     )]
     Syntax { origin: Origin, line: String },
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{}: no Kconfig at the top: not a kernel source tree", dir.display())]
     NotASourceTree { dir: PathBuf },
 }
@@ -214,13 +204,14 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, Error> {
-        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = fs::read_to_string(path).map_err(io_error("read", path))?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Writes the configuration as a `.config` file.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        fs::write(path, self.render()).map_err(|source| Error::Write { path: path.to_owned(), source })
+        fs::write(path, self.render()).map_err(io_error("write", path))?;
+        Ok(())
     }
 
     /// The value of `name` (without the prefix).
@@ -776,12 +767,12 @@ struct Block {
     choice: bool,
 }
 
-/// What the `depends on` lines after a line apply to.
-#[derive(Clone, Copy)]
+/// What the `depends on`, prompt and `select` lines after a line apply to.
+#[derive(Clone)]
 enum Current {
     None,
     /// The last definition of this symbol.
-    Symbol,
+    Symbol(String),
     /// The innermost `menu` or `choice` header.
     Block,
 }
@@ -799,33 +790,178 @@ impl KconfigReader<'_> {
         if !self.visited.insert(path.clone()) {
             return Ok(());
         }
-        let text = fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
         let dir = relative.parent().unwrap_or(Path::new("")).to_owned();
         self.text(&text, &relative.display().to_string(), &dir);
         Ok(())
     }
 
     fn text(&mut self, text: &str, file: &str, dir: &Path) {
+        let mut lines = LogicalLines::new(text);
         let mut current = Current::None;
-        let mut symbol = String::new();
-        // Indentation of the first help line; `Some(None)` right after `help`.
-        let mut help: Option<Option<usize>> = None;
+        while let Some((first_line, line)) = lines.next() {
+            let line = strip_comment(&line);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (keyword, rest) = line.split_once([' ', '\t']).map_or((line, ""), |(k, r)| (k, r.trim()));
+            if keyword == "help" || keyword == "---help---" {
+                lines.skip_help();
+                continue;
+            }
+            let location = format!("{file}:{first_line}");
+            self.statement(keyword, rest, location, dir, &mut current);
+        }
+    }
+
+    /// One statement (a logical line past its keyword); `current` is what the lines
+    /// before it defined or opened.
+    fn statement(&mut self, keyword: &str, rest: &str, location: String, dir: &Path, current: &mut Current) {
+        match keyword {
+            "config" | "menuconfig" => {
+                self.define(rest, location);
+                *current = Current::Symbol(rest.to_owned());
+            }
+            "menu" | "choice" => {
+                self.blocks.push(Block { depends: Vec::new(), choice: keyword == "choice" });
+                *current = Current::Block;
+            }
+            "if" => {
+                let condition = Expr::parse(rest).unwrap_or(Expr::Macro(rest.to_owned()));
+                self.blocks.push(Block { depends: vec![condition], choice: false });
+                *current = Current::None;
+            }
+            "endmenu" | "endchoice" | "endif" => {
+                self.blocks.pop();
+                *current = Current::None;
+            }
+            "comment" | "mainmenu" => *current = Current::None,
+            "source" | "rsource" | "osource" | "orsource" => {
+                if let Some(name) = quoted(rest) {
+                    self.source(keyword, &name, &location, dir);
+                    *current = Current::None;
+                }
+            }
+            "depends" => {
+                if let Some(expr) = rest.strip_prefix("on").map(str::trim) {
+                    self.depends_on(expr, current);
+                }
+            }
+            "bool" | "tristate" | "string" | "int" | "hex" | "prompt" | "boolean" => {
+                if let Current::Symbol(symbol) = current {
+                    self.prompt(rest, symbol);
+                }
+            }
+            "select" => {
+                if let Current::Symbol(symbol) = current {
+                    self.select(rest, symbol);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A new definition of `symbol`, under the dependencies of the enclosing blocks.
+    fn define(&mut self, symbol: &str, location: String) {
+        let definition = Definition {
+            location,
+            depends: self.blocks.iter().flat_map(|b| b.depends.iter().cloned()).collect(),
+            prompts: Vec::new(),
+            in_choice: self.blocks.last().is_some_and(|b| b.choice),
+        };
+        self.kconfig.definitions.entry(symbol.to_owned()).or_default().push(definition);
+    }
+
+    /// Reads a sourced file; one that cannot be read is noted, except for the optional
+    /// `osource` and `orsource`.
+    fn source(&mut self, keyword: &str, name: &str, location: &str, dir: &Path) {
+        let name = name.replace("$(SRCARCH)", SRCARCH).replace("$(ARCH)", ARCH);
+        let relative = if keyword.ends_with("rsource") { dir.join(&name) } else { PathBuf::from(&name) };
+        if name.contains("$(") || self.tree.as_os_str().is_empty() {
+            self.kconfig.unreadable.push(name);
+        } else if let Err(err) = self.file(&relative)
+            && !keyword.starts_with('o')
+        {
+            log::debug!("{location}: {err}");
+            self.kconfig.unreadable.push(name);
+        }
+    }
+
+    /// A `depends on` of the current symbol or of the innermost `menu` or `choice`.
+    fn depends_on(&mut self, expr: &str, current: &Current) {
+        let expr = Expr::parse(expr).unwrap_or_else(|| Expr::Macro(expr.to_owned()));
+        match current {
+            Current::Symbol(symbol) => {
+                if let Some(definition) = self.last_definition(symbol) {
+                    definition.depends.push(expr);
+                }
+            }
+            Current::Block => {
+                if let Some(block) = self.blocks.last_mut() {
+                    block.depends.push(expr);
+                }
+            }
+            Current::None => {}
+        }
+    }
+
+    /// A prompt of `symbol` (a type with a quoted text, or `prompt`), with its `if`.
+    fn prompt(&mut self, rest: &str, symbol: &str) {
+        let Some((_, after)) = quoted_and_rest(rest) else { return };
+        let condition = after
+            .trim()
+            .strip_prefix("if")
+            .map(str::trim)
+            .map(|c| Expr::parse(c).unwrap_or_else(|| Expr::Macro(c.to_owned())));
+        if let Some(definition) = self.last_definition(symbol) {
+            definition.prompts.push(condition);
+        }
+    }
+
+    /// `select TARGET [if CONDITION]` of `symbol`.
+    fn select(&mut self, rest: &str, symbol: &str) {
+        let (target, condition) = match rest.split_once(" if ") {
+            Some((target, condition)) => (target.trim(), Expr::parse(condition.trim())),
+            None => (rest, None),
+        };
+        self.kconfig.selects.entry(target.to_owned()).or_default().push(Select { by: symbol.to_owned(), condition });
+    }
+
+    fn last_definition(&mut self, symbol: &str) -> Option<&mut Definition> {
+        self.kconfig.definitions.get_mut(symbol).and_then(|all| all.last_mut())
+    }
+}
+
+/// The logical lines of a Kconfig file, with their first line's number: lines ending in
+/// `\` joined to the next, help texts skipped.
+struct LogicalLines<'a> {
+    raw: std::iter::Enumerate<std::str::Lines<'a>>,
+    /// Inside a help text: the indentation of its first line; `Some(None)` right after
+    /// `help`.
+    help: Option<Option<usize>>,
+}
+
+impl LogicalLines<'_> {
+    fn new(text: &str) -> LogicalLines<'_> {
+        LogicalLines { raw: text.lines().enumerate(), help: None }
+    }
+
+    /// Skips the help text after a `help` line.
+    fn skip_help(&mut self) {
+        self.help = Some(None);
+    }
+}
+
+impl Iterator for LogicalLines<'_> {
+    type Item = (usize, String);
+
+    fn next(&mut self) -> Option<(usize, String)> {
         let mut pending = String::new();
         let mut first_line = 0;
-        for (number, raw) in text.lines().enumerate() {
-            if let Some(indent) = help {
-                if raw.trim().is_empty() {
-                    continue;
-                }
-                let width = indentation(raw);
-                match indent {
-                    None => {
-                        help = Some(Some(width));
-                        continue;
-                    }
-                    Some(first) if width >= first => continue,
-                    Some(_) => help = None,
-                }
+        for (number, raw) in self.raw.by_ref() {
+            if in_help(&mut self.help, raw) {
+                continue;
             }
             if pending.is_empty() {
                 first_line = number + 1;
@@ -836,106 +972,30 @@ impl KconfigReader<'_> {
                 continue;
             }
             pending.push_str(raw);
-            let line = std::mem::take(&mut pending);
-            let line = strip_comment(&line);
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (keyword, rest) = line.split_once([' ', '\t']).map_or((line, ""), |(k, r)| (k, r.trim()));
-            let location = format!("{file}:{first_line}");
-            match keyword {
-                "config" | "menuconfig" => {
-                    let definition = Definition {
-                        location,
-                        depends: self.blocks.iter().flat_map(|b| b.depends.iter().cloned()).collect(),
-                        prompts: Vec::new(),
-                        in_choice: self.blocks.last().is_some_and(|b| b.choice),
-                    };
-                    symbol = rest.to_owned();
-                    self.kconfig.definitions.entry(symbol.clone()).or_default().push(definition);
-                    current = Current::Symbol;
-                }
-                "menu" | "choice" => {
-                    self.blocks.push(Block { depends: Vec::new(), choice: keyword == "choice" });
-                    current = Current::Block;
-                }
-                "if" => {
-                    let condition = Expr::parse(rest).unwrap_or(Expr::Macro(rest.to_owned()));
-                    self.blocks.push(Block { depends: vec![condition], choice: false });
-                    current = Current::None;
-                }
-                "endmenu" | "endchoice" | "endif" => {
-                    self.blocks.pop();
-                    current = Current::None;
-                }
-                "comment" | "mainmenu" => current = Current::None,
-                "source" | "rsource" | "osource" | "orsource" => {
-                    let Some(name) = quoted(rest) else { continue };
-                    let name = name.replace("$(SRCARCH)", SRCARCH).replace("$(ARCH)", ARCH);
-                    let relative = if keyword.ends_with("rsource") { dir.join(&name) } else { PathBuf::from(&name) };
-                    if name.contains("$(") || self.tree.as_os_str().is_empty() {
-                        self.kconfig.unreadable.push(name);
-                    } else if let Err(err) = self.file(&relative)
-                        && !keyword.starts_with('o')
-                    {
-                        log::debug!("{location}: {err}");
-                        self.kconfig.unreadable.push(name);
-                    }
-                    current = Current::None;
-                }
-                "depends" => {
-                    let Some(expr) = rest.strip_prefix("on").map(str::trim) else { continue };
-                    let expr = Expr::parse(expr).unwrap_or_else(|| Expr::Macro(expr.to_owned()));
-                    match current {
-                        Current::Symbol => {
-                            if let Some(definition) = self.last_definition(&symbol) {
-                                definition.depends.push(expr);
-                            }
-                        }
-                        Current::Block => {
-                            if let Some(block) = self.blocks.last_mut() {
-                                block.depends.push(expr);
-                            }
-                        }
-                        Current::None => {}
-                    }
-                }
-                "bool" | "tristate" | "string" | "int" | "hex" | "prompt" | "boolean" => {
-                    if let Current::Symbol = current
-                        && let Some((_, after)) = quoted_and_rest(rest)
-                    {
-                        let condition = after
-                            .trim()
-                            .strip_prefix("if")
-                            .map(str::trim)
-                            .map(|c| Expr::parse(c).unwrap_or_else(|| Expr::Macro(c.to_owned())));
-                        if let Some(definition) = self.last_definition(&symbol) {
-                            definition.prompts.push(condition);
-                        }
-                    }
-                }
-                "select" => {
-                    if let Current::Symbol = current {
-                        let (target, condition) = match rest.split_once(" if ") {
-                            Some((target, condition)) => (target.trim(), Expr::parse(condition.trim())),
-                            None => (rest, None),
-                        };
-                        self.kconfig
-                            .selects
-                            .entry(target.to_owned())
-                            .or_default()
-                            .push(Select { by: symbol.clone(), condition });
-                    }
-                }
-                "help" | "---help---" => help = Some(None),
-                _ => {}
-            }
+            return Some((first_line, pending));
         }
+        None
     }
+}
 
-    fn last_definition(&mut self, symbol: &str) -> Option<&mut Definition> {
-        self.kconfig.definitions.get_mut(symbol).and_then(|all| all.last_mut())
+/// Whether `raw` belongs to the help text being skipped (`help` as in
+/// [`LogicalLines`]); the first line indented less than the text's first ends it.
+fn in_help(help: &mut Option<Option<usize>>, raw: &str) -> bool {
+    let Some(indent) = *help else { return false };
+    if raw.trim().is_empty() {
+        return true;
+    }
+    let width = indentation(raw);
+    match indent {
+        None => {
+            *help = Some(Some(width));
+            true
+        }
+        Some(first) if width >= first => true,
+        Some(_) => {
+            *help = None;
+            false
+        }
     }
 }
 

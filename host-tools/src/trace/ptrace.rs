@@ -55,6 +55,27 @@ pub fn run(root: &Path, argv: &[OsString]) -> Result<Traced, Error> {
     let mut traced = Traced::default();
     record_program(&root, program, &mut traced.accessed);
 
+    let child = traced_command(&root, program, args)?
+        .spawn()
+        .map_err(|source| Error::Spawn { command: describe(argv), source })?;
+    // Ctrl-C at an interactive trace is for the traced shell, not for the tracer (which
+    // shares its terminal's process group): ignore it here while the trace runs, as
+    // system(3) does. Only after the spawn: an ignored signal stays ignored across exec.
+    let _ignore = IgnoreInterrupts::new();
+    let main = Pid::from_raw(child.id() as i32);
+    attach(main)?;
+    record_exe(&root, main, &mut traced.accessed);
+    traced.processes = 1;
+    let mut tracer = Tracer { root: &root, main, known: HashSet::from([main]), traced };
+    resume(main, None);
+    tracer.follow()?;
+    drop(child);
+    Ok(tracer.traced)
+}
+
+/// The command, set up to start in `/` of `root` (chrooted unless `root` is `/`) and
+/// to stop for its tracer at its exec.
+fn traced_command(root: &Path, program: &OsStr, args: &[OsString]) -> Result<Command, Error> {
     let mut command = Command::new(program);
     command.args(args);
     // Standard output belongs to the caller's result (the list, the app dir's path): the
@@ -72,7 +93,7 @@ pub fn run(root: &Path, argv: &[OsString]) -> Result<Traced, Error> {
         None
     } else {
         Some(CString::new(root.as_os_str().as_bytes()).map_err(|err| Error::Root {
-            root: root.clone(),
+            root: root.to_owned(),
             source: io::Error::new(io::ErrorKind::InvalidInput, err),
         })?)
     };
@@ -88,12 +109,12 @@ pub fn run(root: &Path, argv: &[OsString]) -> Result<Traced, Error> {
             ptrace::traceme().map_err(io::Error::from)
         });
     }
-    let child = command.spawn().map_err(|source| Error::Spawn { command: describe(argv), source })?;
-    // Ctrl-C at an interactive trace is for the traced shell, not for the tracer (which
-    // shares its terminal's process group): ignore it here while the trace runs, as
-    // system(3) does. Only after the spawn: an ignored signal stays ignored across exec.
-    let _ignore = IgnoreInterrupts::new();
-    let main = Pid::from_raw(child.id() as i32);
+    Ok(command)
+}
+
+/// Waits for the child's first stop and sets the options that follow its children
+/// and execs.
+fn attach(main: Pid) -> Result<(), Error> {
     // The child stops with SIGTRAP right after its exec.
     match waitpid(main, Some(WaitPidFlag::__WALL)) {
         Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {}
@@ -106,62 +127,73 @@ pub fn run(root: &Path, argv: &[OsString]) -> Result<Traced, Error> {
         | Options::PTRACE_O_TRACECLONE
         | Options::PTRACE_O_TRACEEXEC
         | Options::PTRACE_O_EXITKILL;
-    ptrace::setoptions(main, options).map_err(|source| Error::Ptrace { what: "set options", source })?;
-    record_exe(&root, main, &mut traced.accessed);
-    let mut known: HashSet<Pid> = HashSet::from([main]);
-    traced.processes = 1;
-    resume(main, None);
+    ptrace::setoptions(main, options).map_err(|source| Error::Ptrace { what: "set options", source })
+}
 
-    loop {
-        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
-            Ok(status) => status,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => break,
-            Err(source) => return Err(Error::Ptrace { what: "wait", source }),
-        };
+/// A running trace: the processes followed so far and what they did.
+struct Tracer<'a> {
+    root: &'a Path,
+    /// The command's own process, whose status is the trace's.
+    main: Pid,
+    known: HashSet<Pid>,
+    traced: Traced,
+}
+
+impl Tracer<'_> {
+    /// Handles every stop until no traced process is left.
+    fn follow(&mut self) -> Result<(), Error> {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+                Ok(status) => self.on_status(status),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ECHILD) => return Ok(()),
+                Err(source) => return Err(Error::Ptrace { what: "wait", source }),
+            }
+        }
+    }
+
+    fn on_status(&mut self, status: WaitStatus) {
         match status {
-            WaitStatus::Exited(pid, code) => {
-                known.remove(&pid);
-                if pid == main {
-                    traced.status = code;
-                }
-            }
-            WaitStatus::Signaled(pid, signal, _) => {
-                known.remove(&pid);
-                if pid == main {
-                    traced.status = 128 + signal as i32;
-                }
-            }
+            WaitStatus::Exited(pid, code) => self.on_end(pid, code),
+            WaitStatus::Signaled(pid, signal, _) => self.on_end(pid, 128 + signal as i32),
             WaitStatus::PtraceSyscall(pid) => {
-                on_syscall(&root, pid, &mut traced.accessed);
+                on_syscall(self.root, pid, &mut self.traced.accessed);
                 resume(pid, None);
             }
             WaitStatus::PtraceEvent(pid, _, event) => {
                 if event == Event::PTRACE_EVENT_EXEC as i32 {
-                    record_exe(&root, pid, &mut traced.accessed);
+                    record_exe(self.root, pid, &mut self.traced.accessed);
                 }
                 resume(pid, None);
             }
-            WaitStatus::Stopped(pid, signal) => {
-                if known.insert(pid) {
-                    // A new process or thread, attached automatically: its first stop
-                    // is the tracer's SIGSTOP, not one to deliver.
-                    traced.processes += 1;
-                    if signal == Signal::SIGSTOP {
-                        resume(pid, None);
-                        continue;
-                    }
-                }
-                // A group-stop has no siginfo; re-delivering its signal would stop the
-                // tracee forever, so it just goes on.
-                let deliver = ptrace::getsiginfo(pid).is_ok().then_some(signal);
-                resume(pid, deliver);
-            }
+            WaitStatus::Stopped(pid, signal) => self.on_signal(pid, signal),
             WaitStatus::Continued(_) | WaitStatus::StillAlive => {}
         }
     }
-    drop(child);
-    Ok(traced)
+
+    /// A process or thread ended; the command's own gives the trace's status.
+    fn on_end(&mut self, pid: Pid, status: i32) {
+        self.known.remove(&pid);
+        if pid == self.main {
+            self.traced.status = status;
+        }
+    }
+
+    fn on_signal(&mut self, pid: Pid, signal: Signal) {
+        if self.known.insert(pid) {
+            // A new process or thread, attached automatically: its first stop is the
+            // tracer's SIGSTOP, not one to deliver.
+            self.traced.processes += 1;
+            if signal == Signal::SIGSTOP {
+                resume(pid, None);
+                return;
+            }
+        }
+        // A group-stop has no siginfo; re-delivering its signal would stop the tracee
+        // forever, so it just goes on.
+        let deliver = ptrace::getsiginfo(pid).is_ok().then_some(signal);
+        resume(pid, deliver);
+    }
 }
 
 /// Restarts a stopped tracee until its next system call; one that vanished meanwhile

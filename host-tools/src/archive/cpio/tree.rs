@@ -168,109 +168,136 @@ pub fn unpack(archive: &ReadArchive, target: &Path, options: UnpackOptions) -> R
     for member in &archive.members {
         paths.push(member.path()?);
     }
-    let io_error = |action, member: &Member, path: &Path| {
-        let (member, path) = (member.name.clone(), path.to_owned());
-        move |source| UnpackError::Io { action, member, path, source }
-    };
-    fs::create_dir_all(target).map_err(|source| UnpackError::Io {
-        action: "create",
-        member: String::new(),
-        path: target.to_owned(),
-        source,
-    })?;
-    let root = target.canonicalize().map_err(|source| UnpackError::Io {
-        action: "resolve",
-        member: String::new(),
-        path: target.to_owned(),
-        source,
-    })?;
-    let mut report = UnpackReport::default();
-    let mut directories = Vec::new();
+    let root_error =
+        |action| move |source| UnpackError::Io { action, member: String::new(), path: target.to_owned(), source };
+    fs::create_dir_all(target).map_err(root_error("create"))?;
+    let root = target.canonicalize().map_err(root_error("resolve"))?;
+    let mut unpacker = Unpacker { root, options, report: UnpackReport::default(), directories: Vec::new() };
     for (member, path) in archive.members.iter().zip(paths) {
         let Some(path) = path else { continue };
-        let full = root.join(&path);
-        prepare_parents(&root, &path, member)?;
+        unpacker.member(member, &path)?;
+    }
+    unpacker.finish()
+}
+
+/// An unpack under way: what was written, and the directories whose mode and time are
+/// set at the end.
+struct Unpacker {
+    root: PathBuf,
+    options: UnpackOptions,
+    report: UnpackReport,
+    /// Each directory with the mode and time it gets once everything is in it.
+    directories: Vec<(PathBuf, u32, SystemTime)>,
+}
+
+impl Unpacker {
+    /// Writes one member at `path` (checked, relative to the root), replacing what is
+    /// there.
+    fn member(&mut self, member: &Member, path: &str) -> Result<(), UnpackError> {
+        let full = self.root.join(path);
+        prepare_parents(&self.root, path, member)?;
         let file_type = member.file_type();
-        match fs::symlink_metadata(&full) {
-            Ok(existing) if existing.is_dir() && file_type == FileType::Directory => {}
-            Ok(existing) if existing.is_dir() => fs::remove_dir(&full).map_err(io_error("replace", member, &full))?,
-            Ok(_) => fs::remove_file(&full).map_err(io_error("replace", member, &full))?,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(io_error("inspect", member, &full)(err)),
-        }
+        clear_place(member, &full)?;
         let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(member.mtime.into());
         match file_type {
-            FileType::Regular => {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(member.permissions())
-                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                    .open(&full)
-                    .map_err(io_error("create", member, &full))?;
-                file.write_all(&member.data).map_err(io_error("write", member, &full))?;
-                // The umask applied at creation; the archive's mode is what counts.
-                file.set_permissions(fs::Permissions::from_mode(member.permissions())).map_err(io_error(
-                    "set the mode of",
-                    member,
-                    &full,
-                ))?;
-                file.set_modified(mtime).map_err(io_error("set the time of", member, &full))?;
-            }
+            FileType::Regular => write_file(member, &full, mtime)?,
             FileType::Directory => {
                 if !full.is_dir() {
-                    fs::create_dir(&full).map_err(io_error("create", member, &full))?;
+                    fs::create_dir(&full).map_err(member_error("create", member, &full))?;
                 }
-                directories.push((full.clone(), member.permissions(), mtime));
+                self.directories.push((full.clone(), member.permissions(), mtime));
             }
             FileType::Symlink => {
                 let target = member.symlink_target().unwrap_or(Path::new(""));
-                std::os::unix::fs::symlink(target, &full).map_err(io_error("create", member, &full))?;
+                std::os::unix::fs::symlink(target, &full).map_err(member_error("create", member, &full))?;
             }
             FileType::CharDevice | FileType::BlockDevice | FileType::Fifo => {
-                let node_type = match file_type {
-                    FileType::CharDevice => rustix::fs::FileType::CharacterDevice,
-                    FileType::BlockDevice => rustix::fs::FileType::BlockDevice,
-                    _ => rustix::fs::FileType::Fifo,
-                };
-                if file_type != FileType::Fifo && !options.devices {
-                    report.skipped.push((member.clone(), "device nodes are created only as root"));
-                    continue;
+                if file_type != FileType::Fifo && !self.options.devices {
+                    self.report.skipped.push((member.clone(), "device nodes are created only as root"));
+                    return Ok(());
                 }
-                let device = rustix::fs::makedev(member.rdev_major, member.rdev_minor);
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &full,
-                    node_type,
-                    rustix::fs::Mode::from_raw_mode(member.permissions()),
-                    device,
-                )
-                .map_err(|err| io_error("create", member, &full)(err.into()))?;
+                make_node(member, &full)?;
             }
             FileType::Socket | FileType::Unknown => {
-                report.skipped.push((member.clone(), "sockets and unknown types cannot be created"));
-                continue;
+                self.report.skipped.push((member.clone(), "sockets and unknown types cannot be created"));
+                return Ok(());
             }
         }
-        if options.owners {
-            std::os::unix::fs::lchown(&full, Some(member.uid), Some(member.gid)).map_err(io_error(
+        if self.options.owners {
+            std::os::unix::fs::lchown(&full, Some(member.uid), Some(member.gid)).map_err(member_error(
                 "set the owner of",
                 member,
                 &full,
             ))?;
         }
-        report.written += 1;
+        self.report.written += 1;
+        Ok(())
     }
-    // Deepest first, so that setting a parent's time is not undone by its children.
-    for (dir, mode, mtime) in directories.into_iter().rev() {
-        let io_error = |action| {
-            let dir = dir.clone();
-            move |source| UnpackError::Io { action, member: String::new(), path: dir, source }
-        };
-        fs::File::open(&dir).and_then(|file| file.set_modified(mtime)).map_err(io_error("set the time of"))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_error("set the mode of"))?;
+
+    /// Gives the directories their modes and times, now that nothing more is written
+    /// into them.
+    fn finish(self) -> Result<UnpackReport, UnpackError> {
+        // Deepest first, so that setting a parent's time is not undone by its children.
+        for (dir, mode, mtime) in self.directories.into_iter().rev() {
+            let io_error = |action| {
+                let dir = dir.clone();
+                move |source| UnpackError::Io { action, member: String::new(), path: dir, source }
+            };
+            fs::File::open(&dir).and_then(|file| file.set_modified(mtime)).map_err(io_error("set the time of"))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_error("set the mode of"))?;
+        }
+        Ok(self.report)
     }
-    Ok(report)
+}
+
+/// For `map_err`: the I/O error of `action` on `path`, the file of `member`.
+fn member_error(action: &'static str, member: &Member, path: &Path) -> impl FnOnce(io::Error) -> UnpackError {
+    let (member, path) = (member.name.clone(), path.to_owned());
+    move |source| UnpackError::Io { action, member, path, source }
+}
+
+/// Removes whatever is at `full`, unless it is a directory and `member` one too (its
+/// files stay).
+fn clear_place(member: &Member, full: &Path) -> Result<(), UnpackError> {
+    match fs::symlink_metadata(full) {
+        Ok(existing) if existing.is_dir() && member.file_type() == FileType::Directory => Ok(()),
+        Ok(existing) if existing.is_dir() => fs::remove_dir(full).map_err(member_error("replace", member, full)),
+        Ok(_) => fs::remove_file(full).map_err(member_error("replace", member, full)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(member_error("inspect", member, full)(err)),
+    }
+}
+
+/// Creates a regular file, never following a symlink, with the member's data, mode and
+/// time.
+fn write_file(member: &Member, full: &Path, mtime: SystemTime) -> Result<(), UnpackError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(member.permissions())
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(full)
+        .map_err(member_error("create", member, full))?;
+    file.write_all(&member.data).map_err(member_error("write", member, full))?;
+    // The umask applied at creation; the archive's mode is what counts.
+    file.set_permissions(fs::Permissions::from_mode(member.permissions())).map_err(member_error(
+        "set the mode of",
+        member,
+        full,
+    ))?;
+    file.set_modified(mtime).map_err(member_error("set the time of", member, full))
+}
+
+/// Creates a device node or a fifo.
+fn make_node(member: &Member, full: &Path) -> Result<(), UnpackError> {
+    let node_type = match member.file_type() {
+        FileType::CharDevice => rustix::fs::FileType::CharacterDevice,
+        FileType::BlockDevice => rustix::fs::FileType::BlockDevice,
+        _ => rustix::fs::FileType::Fifo,
+    };
+    let device = rustix::fs::makedev(member.rdev_major, member.rdev_minor);
+    rustix::fs::mknodat(rustix::fs::CWD, full, node_type, rustix::fs::Mode::from_raw_mode(member.permissions()), device)
+        .map_err(|err| member_error("create", member, full)(err.into()))
 }
 
 /// Makes sure every parent of `path` under `root` is a directory inside the tree,
