@@ -113,6 +113,9 @@ pub struct TraceSection {
     pub list: Option<PathBuf>,
     #[serde(default)]
     pub extra: Vec<PathBuf>,
+    /// Globs of root paths left out with everything below them, in the dialect of
+    /// [`crate::host::glob`]: `*` and `?` within a path component, `**` as a whole
+    /// component across any number of components, `[a-z]`, `{a,b}`.
     #[serde(default)]
     pub exclude: Vec<String>,
     #[serde(default = "default_excludes")]

@@ -618,7 +618,7 @@ pub fn add_traced(archive: &mut Archive, image_dir: &Path, section: &TraceSectio
         let text = fs::read_to_string(&list).map_err(io_error("read", &list))?;
         accessed.extend(trace::parse_list(&text));
     }
-    let exclusions = Exclusions::new(&section.exclude, section.default_excludes);
+    let exclusions = Exclusions::new(&section.exclude, section.default_excludes).map_err(trace::Error::from)?;
     let selected = trace::select(&root, &accessed, &section.extra, &exclusions)?;
     let added = add_root_paths(archive, &root, &selected)?;
     log::info!("[trace]: {} path(s) named, {} selected from {}", accessed.len(), selected.len(), root.display());

@@ -296,7 +296,7 @@ pub fn add_to_image(
             // As `[trace]` does: the program, its loader and libraries, and every
             // directory and symlink on the way, at their paths in the root.
             let wanted = std::collections::BTreeSet::from([binary.to_owned()]);
-            let none = crate::trace::Exclusions::new(&[], false);
+            let none = crate::trace::Exclusions::default();
             let paths = crate::trace::select(root, &wanted, &[], &none)
                 .map_err(|e| add_error(crate::image::Error::Trace(e)))?;
             crate::image::add_root_paths(archive, root, &paths).map_err(add_error)?;

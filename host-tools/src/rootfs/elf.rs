@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use goblin::elf::Elf;
 
+use crate::host::glob::{self, Globs};
+
 /// Where glibc's loader looks after the cache, on x86-64 Debian and Ubuntu (multiarch
 /// first), and on distributions with lib64 layouts.
 pub const DEFAULT_DIRS: [&str; 6] =
@@ -50,6 +52,12 @@ pub enum Error {
     MissingLibrary { library: String, needed_by: PathBuf, searched: String },
     #[error("{}: `include` nested too deeply (a loop?)", path.display())]
     IncludeDepth { path: PathBuf },
+    #[error("{}: invalid `include` pattern", conf.display())]
+    Include {
+        conf: PathBuf,
+        #[source]
+        source: glob::Error,
+    },
 }
 
 /// The parts of an ELF file that decide what it needs at run time.
@@ -319,7 +327,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
             if patterns.starts_with(char::is_whitespace) {
                 for pattern in patterns.split_whitespace() {
                     let pattern = crate::rootfs::path::host_path(root, &conf_dir.join(pattern));
-                    for file in glob(&pattern)? {
+                    for file in glob(conf, &pattern)? {
                         let file = crate::rootfs::path::in_root(root, &file).unwrap_or(file);
                         read_conf(root, &file, depth + 1, dirs)?;
                     }
@@ -341,16 +349,17 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
-/// The files matching `pattern`, sorted; wildcards are honoured in the last component
-/// only, which is how `ld.so.conf` files use them.
-fn glob(pattern: &Path) -> Result<Vec<PathBuf>, Error> {
+/// The files matching `pattern`, sorted; wildcards (the dialect of [`crate::host::glob`])
+/// are honoured in the last component only, which is how `ld.so.conf` files use them.
+fn glob(conf: &Path, pattern: &Path) -> Result<Vec<PathBuf>, Error> {
     let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
         return Ok(Vec::new());
     };
     let name = name.to_string_lossy();
-    if !name.contains(['*', '?']) {
+    if !name.contains(['*', '?', '[', '{', '\\']) {
         return Ok(if pattern.is_file() { vec![pattern.to_owned()] } else { Vec::new() });
     }
+    let globs = Globs::new(&[&name]).map_err(|source| Error::Include { conf: conf.to_owned(), source })?;
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -361,22 +370,12 @@ fn glob(pattern: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| Error::Read { path: dir.to_owned(), source })?;
-        let file_name = entry.file_name();
-        if wildcard_match(name.as_bytes(), file_name.as_encoded_bytes()) {
+        if globs.matches(entry.file_name()) {
             files.push(entry.path());
         }
     }
     files.sort();
     Ok(files)
-}
-
-fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| wildcard_match(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && wildcard_match(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && wildcard_match(rest, &name[1..]),
-    }
 }
 
 #[cfg(test)]
@@ -602,7 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_table() {
+    fn include_wildcard_table() {
         let cases = [
             ("*.conf", "libc.conf", true),
             ("*.conf", "libc.conf~", false),
@@ -613,7 +612,7 @@ mod tests {
             ("a*b*c", "axxbyy", false),
         ];
         for (pattern, name, expected) in cases {
-            assert_eq!(wildcard_match(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+            assert_eq!(Globs::new(&[pattern]).unwrap().matches(name), expected, "{pattern} {name}");
         }
     }
 
