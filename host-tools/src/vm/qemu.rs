@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::host::process::find_program;
+
 /// How the guest CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -205,14 +207,9 @@ fn shell_quote(w: &str) -> String {
 /// Finds `qemu-system-x86_64` in PATH, or says what to install.
 pub fn find_qemu() -> Result<PathBuf, String> {
     let name = "qemu-system-x86_64";
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("{name} not found in PATH: install it (Debian/Ubuntu: `sudo apt-get install qemu-system-x86`)")
-        })
+    find_program(name).ok_or_else(|| {
+        format!("{name} not found in PATH: install it (Debian/Ubuntu: `sudo apt-get install qemu-system-x86`)")
+    })
 }
 
 #[cfg(test)]
