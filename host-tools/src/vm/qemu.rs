@@ -192,16 +192,8 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
 
 /// `argv` as one line a shell would accept, for `--dry-run`.
 pub fn shell_line(program: &Path, argv: &[String]) -> String {
-    std::iter::once(program.display().to_string())
-        .chain(argv.iter().cloned())
-        .map(|w| shell_quote(&w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(w: &str) -> String {
-    let plain = !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,/:+@%".contains(c));
-    if plain { w.to_string() } else { format!("'{}'", w.replace('\'', "'\\''")) }
+    let program = program.display().to_string();
+    appliance_cmdline::join_words(&[&[program], argv].concat())
 }
 
 /// Finds `qemu-system-x86_64` in PATH, or says what to install.
