@@ -25,12 +25,12 @@
 //! files is [`crate::image`]'s job.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::archive::compress::Compression;
+use crate::host::fs_error::{FsError, io_error};
 use crate::kernel::DEBIAN_CLOUD;
 
 /// The manifest's file name inside an image directory.
@@ -156,12 +156,8 @@ impl From<String> for KernelSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("invalid {}", path.display())]
     Parse {
         path: PathBuf,
@@ -214,7 +210,7 @@ pub enum Error {
 /// Reads `<image_dir>/appliance.toml`.
 pub fn load(image_dir: &Path) -> Result<Manifest, Error> {
     let path = image_dir.join(FILE_NAME);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
     parse(&text, &path)
 }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use goblin::elf::Elf;
 
+use crate::host::fs_error::{FsError, io_error};
 use crate::host::glob::{self, Globs};
 
 /// Where glibc's loader looks after the cache, on x86-64 Debian and Ubuntu (multiarch
@@ -34,12 +35,8 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("cannot parse {} as ELF", path.display())]
     Parse {
         path: PathBuf,
@@ -86,16 +83,15 @@ impl ElfFile {
 /// Reads the ELF headers of `path`; `Ok(None)` when the file is not ELF at all (a
 /// script, a data file).
 pub fn inspect(path: &Path) -> Result<Option<ElfFile>, Error> {
-    let read_error = |source| Error::Read { path: path.to_owned(), source };
-    let mut file = fs::File::open(path).map_err(read_error)?;
+    let mut file = fs::File::open(path).map_err(io_error("read", path))?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
         Ok(()) if magic == *b"\x7fELF" => {}
         Ok(()) => return Ok(None),
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(read_error(err)),
+        Err(err) => return Err(io_error("read", path)(err).into()),
     }
-    let bytes = fs::read(path).map_err(read_error)?;
+    let bytes = fs::read(path).map_err(io_error("read", path))?;
     let elf = Elf::parse(&bytes).map_err(|source| Error::Parse { path: path.to_owned(), source })?;
     let split = |entries: &[&str]| -> Vec<String> {
         entries.iter().flat_map(|entry| entry.split(':')).filter(|dir| !dir.is_empty()).map(str::to_owned).collect()
@@ -315,9 +311,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
     let text = match fs::read_to_string(crate::rootfs::path::host_path(root, conf)) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(Error::Read { path: conf.to_owned(), source });
-        }
+        Err(err) => return Err(io_error("read", conf)(err).into()),
     };
     let conf_dir = conf.parent().unwrap_or(Path::new("/"));
     for line in text.lines() {
@@ -363,13 +357,11 @@ fn glob(conf: &Path, pattern: &Path) -> Result<Vec<PathBuf>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Read { path: dir.to_owned(), source });
-        }
+        Err(err) => return Err(io_error("read", dir)(err).into()),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Read { path: dir.to_owned(), source })?;
+        let entry = entry.map_err(io_error("read", dir))?;
         if globs.matches(entry.file_name()) {
             files.push(entry.path());
         }
