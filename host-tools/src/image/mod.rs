@@ -30,6 +30,7 @@ use crate::archive::cpio::{self, Archive, Entry, Kind};
 use crate::kernel::kbuild;
 use crate::kernel::modules;
 use crate::kernel::{self, KernelInfo};
+use crate::rootfs;
 use crate::rootfs::elf::{self, Resolver};
 use manifest::{KernelSource, Manifest, TraceSection};
 
@@ -64,8 +65,9 @@ const PHASES: [&str; 3] = ["/app/prerun", "/app/run", "/app/postrun"];
 /// directories.
 const LD_SO_CACHE: &str = "/etc/ld.so.cache";
 
-/// Linux's own limit on symlinks followed while resolving one path.
-const MAX_SYMLINKS: usize = 40;
+/// Interpreters followed from one program: `#!/usr/bin/env python3` chains are short,
+/// and a loop of scripts naming each other as interpreters is not worth following far.
+const MAX_INTERPRETERS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -123,8 +125,8 @@ pub enum Error {
     HostDirectory { path: PathBuf },
     #[error("{}: only regular files, directories and symlinks can go into an image", path.display())]
     UnsupportedFileType { path: PathBuf },
-    #[error("{}: too many levels of symbolic links", path.display())]
-    SymlinkLoop { path: PathBuf },
+    #[error(transparent)]
+    Path(#[from] rootfs::path::Error),
     #[error(transparent)]
     Io(#[from] FsError),
     #[error(
@@ -525,10 +527,8 @@ pub fn add_host_program(archive: &mut Archive, resolver: &mut Resolver, path: &P
                 add_host_path(archive, Path::new(LD_SO_CACHE))?;
             }
         } else if let Some(interpreter) = shebang(&real)? {
-            // `#!/usr/bin/env python3` chains are short; a loop of scripts naming each
-            // other as interpreters is not worth following far.
             guard += 1;
-            if guard < MAX_SYMLINKS {
+            if guard < MAX_INTERPRETERS {
                 queue.push_back(interpreter);
             }
         }
@@ -558,34 +558,11 @@ fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
 /// so the file is reachable in the image under every name it has on the host. Returns
 /// the file's real path.
 pub fn add_host_path(archive: &mut Archive, path: &Path) -> Result<PathBuf, Error> {
-    let mut resolved = PathBuf::from("/");
-    let mut pending: VecDeque<OsString> = parts(path);
-    let mut links = 0;
-    while let Some(part) = pending.pop_front() {
-        if part == ".." {
-            // `resolved` holds no symlinks, so its lexical parent is its real parent.
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&part);
-        let metadata = fs::symlink_metadata(&candidate).map_err(io_error("read", &candidate))?;
-        if metadata.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(Error::SymlinkLoop { path: path.to_owned() });
-            }
-            let target = fs::read_link(&candidate).map_err(io_error("read the link", &candidate))?;
-            archive.add(Entry::symlink(image_path(&candidate), &target))?;
-            if target.is_absolute() {
-                resolved = PathBuf::from("/");
-            }
-            for part in parts(&target).into_iter().rev() {
-                pending.push_front(part);
-            }
-        } else {
-            resolved = candidate;
-        }
+    let walk = rootfs::path::walk(Path::new("/"), path)?;
+    for link in &walk.links {
+        archive.add(Entry::symlink(image_path(&link.path), &link.target))?;
     }
+    let resolved = walk.real;
     let metadata = fs::metadata(&resolved).map_err(io_error("read", &resolved))?;
     if metadata.is_dir() {
         return Err(Error::HostDirectory { path: path.to_owned() });
@@ -652,18 +629,6 @@ pub fn add_root_paths(archive: &mut Archive, root: &Path, paths: &BTreeSet<PathB
         added += 1;
     }
     Ok(added)
-}
-
-/// A path's components as names, `..` kept (it means something after a symlink), `.`
-/// and the root dropped.
-fn parts(path: &Path) -> VecDeque<OsString> {
-    path.components()
-        .filter_map(|component| match component {
-            Component::Normal(name) => Some(name.to_owned()),
-            Component::ParentDir => Some(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect()
 }
 
 fn image_path(host_path: &Path) -> String {
@@ -804,7 +769,7 @@ mod tests {
         symlink("b", root.join("a")).unwrap();
         symlink("a", root.join("b")).unwrap();
         let err = add_host_path(&mut Archive::new(), &root.join("a")).unwrap_err();
-        assert!(matches!(err, Error::SymlinkLoop { .. }), "{err}");
+        assert!(matches!(err, Error::Path(rootfs::path::Error::SymlinkLoop { .. })), "{err}");
         let err = add_host_path(&mut Archive::new(), &root).unwrap_err();
         assert!(matches!(err, Error::HostDirectory { .. }), "{err}");
     }

@@ -77,7 +77,7 @@ pub enum Error {
         path: PathBuf,
         root: PathBuf,
         #[source]
-        source: io::Error,
+        source: rootfs::path::Error,
     },
     #[error("extra path {} must be absolute", path.display())]
     RelativeExtra { path: PathBuf },
