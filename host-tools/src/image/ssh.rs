@@ -28,7 +28,9 @@ use std::process::Command;
 use serde::Deserialize;
 
 use crate::archive::cpio::{self, Archive, Entry};
+use crate::image::files;
 use crate::rootfs::elf::{self, Resolver};
+use crate::trace;
 
 /// The app dir's subdirectory with the client key and the recorded host key.
 pub const SSH_DIR: &str = "ssh";
@@ -109,7 +111,13 @@ pub enum Error {
     AddServer {
         binary: &'static str,
         #[source]
-        source: Box<crate::image::Error>,
+        source: files::Error,
+    },
+    #[error("cannot add {binary} to the image")]
+    SelectServer {
+        binary: &'static str,
+        #[source]
+        source: trace::Error,
     },
     #[error(transparent)]
     Elf(#[from] elf::Error),
@@ -282,7 +290,7 @@ pub fn add_to_image(
     host_key: &HostKey,
 ) -> Result<(), Error> {
     let binary = Path::new(server.binary());
-    let add_error = |source| Error::AddServer { binary: server.binary(), source: Box::new(source) };
+    let add_error = |source| Error::AddServer { binary: server.binary(), source };
     let host_root = root.unwrap_or(Path::new("/"));
     if !crate::rootfs::path::host_path(host_root, binary).is_file() {
         return Err(Error::NoServer { binary: server.binary(), package: server.package(), root: host_root.to_owned() });
@@ -290,16 +298,15 @@ pub fn add_to_image(
     match root {
         None => {
             let mut resolver = Resolver::host()?;
-            crate::image::add_host_program(archive, &mut resolver, binary).map_err(add_error)?;
+            files::add_host_program(archive, &mut resolver, binary).map_err(add_error)?;
         }
         Some(root) => {
             // As `[trace]` does: the program, its loader and libraries, and every
             // directory and symlink on the way, at their paths in the root.
             let wanted = std::collections::BTreeSet::from([binary.to_owned()]);
-            let none = crate::trace::Exclusions::default();
-            let paths = crate::trace::select(root, &wanted, &[], &none)
-                .map_err(|e| add_error(crate::image::Error::Trace(e)))?;
-            crate::image::add_root_paths(archive, root, &paths).map_err(add_error)?;
+            let paths = trace::select(root, &wanted, &[], &trace::Exclusions::default())
+                .map_err(|source| Error::SelectServer { binary: server.binary(), source })?;
+            files::add_root_paths(archive, root, &paths).map_err(add_error)?;
         }
     }
 
