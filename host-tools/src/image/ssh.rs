@@ -1,4 +1,5 @@
-//! Remote access to an appliance: the SSH server an image gets with `[ssh]`, and the keys.
+//! Remote access to an appliance, the server half: the SSH server an image gets with
+//! `[ssh]`, and the keys. Logging in is [`crate::vm::ssh`]'s job.
 //!
 //! Nothing is shared between appliances. Each build generates a new host key (the
 //! private half goes into the initrd only; the public half is recorded in the app dir's
@@ -237,11 +238,6 @@ pub fn record_host_key(app_dir: &Path, alias: &str, key: &HostKey) -> Result<Pat
     Ok(path)
 }
 
-/// The `HostKeyAlias` recorded in a `known_hosts` written by [`record_host_key`].
-pub fn recorded_alias(known_hosts: &str) -> Option<&str> {
-    known_hosts.lines().find_map(|l| l.split_whitespace().next())
-}
-
 /// OpenSSH's configuration: public keys only, root allowed with a key, no PAM (the image
 /// has none), nothing that needs files the image lacks.
 pub fn sshd_config() -> String {
@@ -334,35 +330,6 @@ pub fn add_to_image(
     Ok(())
 }
 
-/// Where the app dir's generated client key is, if it has one.
-pub fn client_key(app_dir: &Path) -> Option<PathBuf> {
-    Some(app_dir.join(SSH_DIR).join(CLIENT_KEY)).filter(|k| k.is_file())
-}
-
-/// The `ssh` arguments that reach the appliance of `app_dir` forwarded at `port`: its
-/// key (if generated), its recorded host key checked strictly, root on the loopback.
-pub fn client_args(app_dir: &Path, alias: &str, port: u16) -> Vec<String> {
-    let known_hosts = app_dir.join(SSH_DIR).join(KNOWN_HOSTS);
-    let mut args = vec![
-        "-o".to_owned(),
-        format!("HostKeyAlias={alias}"),
-        "-o".to_owned(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
-        "-o".to_owned(),
-        "StrictHostKeyChecking=yes".to_owned(),
-        // Never offer or ask for a password: the appliance has none.
-        "-o".to_owned(),
-        "PasswordAuthentication=no".to_owned(),
-        "-o".to_owned(),
-        "KbdInteractiveAuthentication=no".to_owned(),
-    ];
-    if let Some(key) = client_key(app_dir) {
-        args.extend(["-o".to_owned(), "IdentitiesOnly=yes".to_owned(), "-i".to_owned(), key.display().to_string()]);
-    }
-    args.extend(["-p".to_owned(), port.to_string(), "root@127.0.0.1".to_owned()]);
-    args
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +392,6 @@ mod tests {
         let path = record_host_key(tmp.path(), "appliance-x", &a).unwrap();
         let text = fs::read_to_string(path).unwrap();
         assert_eq!(text, format!("appliance-x {}\n", a.public));
-        assert_eq!(recorded_alias(&text), Some("appliance-x"));
     }
 
     #[test]
@@ -476,16 +442,5 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = add_to_image(&mut Archive::new(), Server::Dropbear, Some(empty.path()), "k", &host).unwrap_err();
         assert!(err.to_string().contains("/usr/sbin/dropbear not found in"), "{err}");
-    }
-
-    #[test]
-    fn client_arguments_pin_the_recorded_host_key() {
-        let tmp = tempfile::tempdir().unwrap();
-        let args = client_args(tmp.path(), "appliance-x", 2222).join(" ");
-        assert!(args.contains("-o HostKeyAlias=appliance-x"), "{args}");
-        assert!(args.contains(&format!("-o UserKnownHostsFile={}/ssh/known_hosts", tmp.path().display())), "{args}");
-        assert!(args.contains("-o StrictHostKeyChecking=yes"), "{args}");
-        assert!(args.ends_with("-p 2222 root@127.0.0.1"), "{args}");
-        assert!(!args.contains(" -i "), "no generated key: ssh's own identities");
     }
 }
