@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 use crate::archive::compress::Compression;
 use crate::host::fs_error::{FsError, io_error};
+use crate::host::glob::{self, Globs};
 use crate::kernel::DEBIAN_CLOUD;
 
 /// The manifest's file name inside an image directory.
@@ -183,6 +184,12 @@ pub enum Error {
     TraceNothing { path: PathBuf },
     #[error("{}: [trace] extra entry {} must be an absolute path", path.display(), entry.display())]
     TraceExtra { path: PathBuf, entry: PathBuf },
+    #[error("{}: [trace] exclude", path.display())]
+    TraceExclude {
+        path: PathBuf,
+        #[source]
+        source: glob::Error,
+    },
     #[error("{}: `cmdline` must be one line", path.display())]
     CmdlineLines { path: PathBuf },
     #[error("{}: invalid kernel {name:?}", path.display())]
@@ -265,6 +272,7 @@ impl Manifest {
             if let Some(entry) = trace.extra.iter().find(|entry| !entry.is_absolute()) {
                 return Err(Error::TraceExtra { path, entry: entry.clone() });
             }
+            Globs::new(&trace.exclude).map_err(|source| Error::TraceExclude { path: path.clone(), source })?;
         }
         if self.cmdline.contains(['\n', '\r']) {
             return Err(Error::CmdlineLines { path });
@@ -492,6 +500,8 @@ modules_available = ["9p"]
         assert_eq!(trace.exclude, ["/x"]);
         assert!(trace.default_excludes && trace.extra.is_empty() && trace.list.is_none());
         assert_eq!(parse_ok("description = \"d\"\n").trace, None);
+        let err = parse_err("description = \"d\"\n[trace]\nroot = \"/\"\ncommands = [\"ls\"]\nexclude = [\"/{a\"]\n");
+        assert!(err.starts_with("images/x/appliance.toml: [trace] exclude: invalid glob \"/{a\": "), "{err}");
     }
 
     proptest! {
