@@ -8,7 +8,8 @@
 //! - [`rootfs`]: paths inside a root file system, and the ELF closure of a program;
 //! - [`kernel`]: Debian's kernels, the project's kernel builds, kconfig, modules;
 //! - [`trace`]: trace-based file selection under ptrace in a reference root;
-//! - [`image`]: the manifest and the builder of an app dir, with the SSH server half;
+//! - [`image`]: the manifest, host files into an archive, and the builder of an app dir,
+//!   with the SSH server half;
 //! - [`vm`]: QEMU, a running VM, QMP and stop, the status record, the SSH client half,
 //!   results and their NFS server.
 //!

@@ -14,7 +14,7 @@
 //!
 //! Reading archives is [`read`]'s job; [`tree`] packs a directory and unpacks an archive
 //! safely, [`compare`] holds the comparisons behind `appliance cpio diff`, `du` and
-//! `fsck`, and [`glob`] the patterns of `appliance cpio filter`.
+//! `fsck`; the patterns of `appliance cpio filter` are [`crate::host::glob`]'s.
 
 pub mod compare;
 pub mod read;

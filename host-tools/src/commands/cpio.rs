@@ -17,7 +17,7 @@ use appliance_host::archive::cpio::compare::{self, Difference};
 use appliance_host::archive::cpio::read::{self, FileType, ReadArchive, permission_string};
 use appliance_host::archive::cpio::tree::{self, PackReport, UnpackOptions};
 use appliance_host::archive::cpio::{self, Archive};
-use appliance_host::host::glob::Glob;
+use appliance_host::host::glob::Globs;
 use appliance_host::host::size::human_size;
 
 /// Inspect and change initramfs archives (newc; gzip, zstd, xz, lz4 or uncompressed,
@@ -109,7 +109,7 @@ enum Verb {
     /// Drop members matching shell patterns (and everything below them)
     Filter {
         archive: PathBuf,
-        /// Pattern: * and ? within a component, ** across, [a-z]; "usr/share/locale"
+        /// Pattern: * and ? within a component, ** across, [a-z], {a,b}; "usr/share/locale"
         #[arg(long, required = true, num_args = 1.., value_name = "GLOB")]
         drop: Vec<String>,
         #[arg(short, long)]
@@ -279,9 +279,9 @@ fn du(path: &Path, dirs: bool, top: usize) -> anyhow::Result<ExitCode> {
 fn filter(path: &Path, patterns: &[String], out: &Path, output: &Output) -> anyhow::Result<ExitCode> {
     let input = open(path)?;
     let mut archive = input.to_archive().with_context(|| format!("cannot rewrite {}", path.display()))?;
-    let globs: Vec<Glob> = patterns.iter().map(|p| Glob::new(p)).collect();
+    let globs = Globs::new(patterns)?;
     let before = archive.len();
-    archive.retain(|entry| !globs.iter().any(|glob| glob.matches(entry.path())));
+    archive.retain(|entry| !globs.covers(entry.path()));
     log::info!("dropped {} of {before} members", before - archive.len());
     write(&archive, out, output.compression.unwrap_or(input.compression()), output)?;
     Ok(ExitCode::SUCCESS)

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
-use appliance_host::image::ssh;
-use appliance_host::vm::running;
+use appliance_host::vm::{running, ssh};
 
 /// Log in as root to the appliance running from APP_DIR (`appliance run APP_DIR --ssh
 /// --end sshd`), or run COMMAND there.
@@ -34,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(port) = record.ssh_port else {
         bail!("{} runs without a forwarded SSH port: start it with `appliance run --ssh`", args.app_dir.display());
     };
-    let known_hosts = args.app_dir.join(ssh::SSH_DIR).join(ssh::KNOWN_HOSTS);
+    let known_hosts = ssh::known_hosts(&args.app_dir);
     let text = std::fs::read_to_string(&known_hosts)
         .with_context(|| format!("cannot read {}: was the image built with [ssh]?", known_hosts.display()))?;
     let alias = ssh::recorded_alias(&text).with_context(|| format!("{} is empty", known_hosts.display()))?;

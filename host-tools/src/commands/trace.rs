@@ -41,7 +41,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     extra: Vec<PathBuf>,
 
-    /// Leave out paths matching this glob, and what is below them (repeatable)
+    /// Leave out paths matching this glob, and what is below them (repeatable): * and ? within
+    /// a component, ** across, [a-z], {a,b}
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
 
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec![trace::run(&args.root, &args.command)?]
     };
     let accessed: BTreeSet<PathBuf> = runs.iter().flat_map(|run| run.accessed.iter().cloned()).collect();
-    let exclusions = Exclusions::new(&args.exclude, !args.no_default_excludes);
+    let exclusions = Exclusions::new(&args.exclude, !args.no_default_excludes)?;
     let selected = trace::select(&args.root, &accessed, &args.extra, &exclusions)?;
     let list = trace::render_list(&selected);
     let processes: usize = runs.iter().map(|run| run.processes).sum();

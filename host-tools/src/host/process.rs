@@ -1,7 +1,21 @@
-//! The helper processes the toolkit starts (QEMU, the NFS server, build tools).
+//! The helper processes the toolkit starts (QEMU, the NFS server, build tools), and where
+//! their programs are on `PATH`.
 
 use nix::sys::signal::SigSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The program `name` on `PATH`, as `execvp` would find it: the first executable file of
+/// that name. `None` when there is none, or no `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    which::which(name).ok()
+}
+
+/// Like [`find_program`], searching `dirs` instead of `PATH`.
+pub fn find_program_in<D: AsRef<Path>>(name: &str, dirs: impl IntoIterator<Item = D>) -> Option<PathBuf> {
+    let dirs = std::env::join_paths(dirs.into_iter().map(|dir| dir.as_ref().to_owned())).ok()?;
+    which::which_in(name, Some(dirs), "/").ok()
+}
 
 /// Sets up a helper process (QEMU, the NFS server) as ours: it starts with no signal
 /// blocked (std passes our mask on, and `appliance run` blocks SIGINT, SIGTERM and SIGHUP

@@ -25,12 +25,13 @@
 //! files is [`crate::image`]'s job.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::archive::compress::Compression;
+use crate::host::fs_error::{FsError, io_error};
+use crate::host::glob::{self, Globs};
 use crate::kernel::DEBIAN_CLOUD;
 
 /// The manifest's file name inside an image directory.
@@ -113,6 +114,9 @@ pub struct TraceSection {
     pub list: Option<PathBuf>,
     #[serde(default)]
     pub extra: Vec<PathBuf>,
+    /// Globs of root paths left out with everything below them, in the dialect of
+    /// [`crate::host::glob`]: `*` and `?` within a path component, `**` as a whole
+    /// component across any number of components, `[a-z]`, `{a,b}`.
     #[serde(default)]
     pub exclude: Vec<String>,
     #[serde(default = "default_excludes")]
@@ -153,12 +157,8 @@ impl From<String> for KernelSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("invalid {}", path.display())]
     Parse {
         path: PathBuf,
@@ -184,6 +184,12 @@ pub enum Error {
     TraceNothing { path: PathBuf },
     #[error("{}: [trace] extra entry {} must be an absolute path", path.display(), entry.display())]
     TraceExtra { path: PathBuf, entry: PathBuf },
+    #[error("{}: [trace] exclude", path.display())]
+    TraceExclude {
+        path: PathBuf,
+        #[source]
+        source: glob::Error,
+    },
     #[error("{}: `cmdline` must be one line", path.display())]
     CmdlineLines { path: PathBuf },
     #[error("{}: invalid kernel {name:?}", path.display())]
@@ -211,7 +217,7 @@ pub enum Error {
 /// Reads `<image_dir>/appliance.toml`.
 pub fn load(image_dir: &Path) -> Result<Manifest, Error> {
     let path = image_dir.join(FILE_NAME);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
     parse(&text, &path)
 }
 
@@ -266,6 +272,7 @@ impl Manifest {
             if let Some(entry) = trace.extra.iter().find(|entry| !entry.is_absolute()) {
                 return Err(Error::TraceExtra { path, entry: entry.clone() });
             }
+            Globs::new(&trace.exclude).map_err(|source| Error::TraceExclude { path: path.clone(), source })?;
         }
         if self.cmdline.contains(['\n', '\r']) {
             return Err(Error::CmdlineLines { path });
@@ -493,6 +500,8 @@ modules_available = ["9p"]
         assert_eq!(trace.exclude, ["/x"]);
         assert!(trace.default_excludes && trace.extra.is_empty() && trace.list.is_none());
         assert_eq!(parse_ok("description = \"d\"\n").trace, None);
+        let err = parse_err("description = \"d\"\n[trace]\nroot = \"/\"\ncommands = [\"ls\"]\nexclude = [\"/{a\"]\n");
+        assert!(err.starts_with("images/x/appliance.toml: [trace] exclude: invalid glob \"/{a\": "), "{err}");
     }
 
     proptest! {

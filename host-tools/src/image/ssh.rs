@@ -1,4 +1,5 @@
-//! Remote access to an appliance: the SSH server an image gets with `[ssh]`, and the keys.
+//! Remote access to an appliance, the server half: the SSH server an image gets with
+//! `[ssh]`, and the keys. Logging in is [`crate::vm::ssh`]'s job.
 //!
 //! Nothing is shared between appliances. Each build generates a new host key (the
 //! private half goes into the initrd only; the public half is recorded in the app dir's
@@ -28,7 +29,9 @@ use std::process::Command;
 use serde::Deserialize;
 
 use crate::archive::cpio::{self, Archive, Entry};
+use crate::image::files;
 use crate::rootfs::elf::{self, Resolver};
+use crate::trace;
 
 /// The app dir's subdirectory with the client key and the recorded host key.
 pub const SSH_DIR: &str = "ssh";
@@ -109,7 +112,13 @@ pub enum Error {
     AddServer {
         binary: &'static str,
         #[source]
-        source: Box<crate::image::Error>,
+        source: files::Error,
+    },
+    #[error("cannot add {binary} to the image")]
+    SelectServer {
+        binary: &'static str,
+        #[source]
+        source: trace::Error,
     },
     #[error(transparent)]
     Elf(#[from] elf::Error),
@@ -229,11 +238,6 @@ pub fn record_host_key(app_dir: &Path, alias: &str, key: &HostKey) -> Result<Pat
     Ok(path)
 }
 
-/// The `HostKeyAlias` recorded in a `known_hosts` written by [`record_host_key`].
-pub fn recorded_alias(known_hosts: &str) -> Option<&str> {
-    known_hosts.lines().find_map(|l| l.split_whitespace().next())
-}
-
 /// OpenSSH's configuration: public keys only, root allowed with a key, no PAM (the image
 /// has none), nothing that needs files the image lacks.
 pub fn sshd_config() -> String {
@@ -282,7 +286,7 @@ pub fn add_to_image(
     host_key: &HostKey,
 ) -> Result<(), Error> {
     let binary = Path::new(server.binary());
-    let add_error = |source| Error::AddServer { binary: server.binary(), source: Box::new(source) };
+    let add_error = |source| Error::AddServer { binary: server.binary(), source };
     let host_root = root.unwrap_or(Path::new("/"));
     if !crate::rootfs::path::host_path(host_root, binary).is_file() {
         return Err(Error::NoServer { binary: server.binary(), package: server.package(), root: host_root.to_owned() });
@@ -290,16 +294,15 @@ pub fn add_to_image(
     match root {
         None => {
             let mut resolver = Resolver::host()?;
-            crate::image::add_host_program(archive, &mut resolver, binary).map_err(add_error)?;
+            files::add_host_program(archive, &mut resolver, binary).map_err(add_error)?;
         }
         Some(root) => {
             // As `[trace]` does: the program, its loader and libraries, and every
             // directory and symlink on the way, at their paths in the root.
             let wanted = std::collections::BTreeSet::from([binary.to_owned()]);
-            let none = crate::trace::Exclusions::new(&[], false);
-            let paths = crate::trace::select(root, &wanted, &[], &none)
-                .map_err(|e| add_error(crate::image::Error::Trace(e)))?;
-            crate::image::add_root_paths(archive, root, &paths).map_err(add_error)?;
+            let paths = trace::select(root, &wanted, &[], &trace::Exclusions::default())
+                .map_err(|source| Error::SelectServer { binary: server.binary(), source })?;
+            files::add_root_paths(archive, root, &paths).map_err(add_error)?;
         }
     }
 
@@ -325,35 +328,6 @@ pub fn add_to_image(
     archive.add(Entry::directory("/root/.ssh", 0o700))?;
     archive.add(Entry::data("/root/.ssh/authorized_keys", format!("{authorized_key}\n"), 0o600))?;
     Ok(())
-}
-
-/// Where the app dir's generated client key is, if it has one.
-pub fn client_key(app_dir: &Path) -> Option<PathBuf> {
-    Some(app_dir.join(SSH_DIR).join(CLIENT_KEY)).filter(|k| k.is_file())
-}
-
-/// The `ssh` arguments that reach the appliance of `app_dir` forwarded at `port`: its
-/// key (if generated), its recorded host key checked strictly, root on the loopback.
-pub fn client_args(app_dir: &Path, alias: &str, port: u16) -> Vec<String> {
-    let known_hosts = app_dir.join(SSH_DIR).join(KNOWN_HOSTS);
-    let mut args = vec![
-        "-o".to_owned(),
-        format!("HostKeyAlias={alias}"),
-        "-o".to_owned(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
-        "-o".to_owned(),
-        "StrictHostKeyChecking=yes".to_owned(),
-        // Never offer or ask for a password: the appliance has none.
-        "-o".to_owned(),
-        "PasswordAuthentication=no".to_owned(),
-        "-o".to_owned(),
-        "KbdInteractiveAuthentication=no".to_owned(),
-    ];
-    if let Some(key) = client_key(app_dir) {
-        args.extend(["-o".to_owned(), "IdentitiesOnly=yes".to_owned(), "-i".to_owned(), key.display().to_string()]);
-    }
-    args.extend(["-p".to_owned(), port.to_string(), "root@127.0.0.1".to_owned()]);
-    args
 }
 
 #[cfg(test)]
@@ -418,7 +392,6 @@ mod tests {
         let path = record_host_key(tmp.path(), "appliance-x", &a).unwrap();
         let text = fs::read_to_string(path).unwrap();
         assert_eq!(text, format!("appliance-x {}\n", a.public));
-        assert_eq!(recorded_alias(&text), Some("appliance-x"));
     }
 
     #[test]
@@ -469,16 +442,5 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = add_to_image(&mut Archive::new(), Server::Dropbear, Some(empty.path()), "k", &host).unwrap_err();
         assert!(err.to_string().contains("/usr/sbin/dropbear not found in"), "{err}");
-    }
-
-    #[test]
-    fn client_arguments_pin_the_recorded_host_key() {
-        let tmp = tempfile::tempdir().unwrap();
-        let args = client_args(tmp.path(), "appliance-x", 2222).join(" ");
-        assert!(args.contains("-o HostKeyAlias=appliance-x"), "{args}");
-        assert!(args.contains(&format!("-o UserKnownHostsFile={}/ssh/known_hosts", tmp.path().display())), "{args}");
-        assert!(args.contains("-o StrictHostKeyChecking=yes"), "{args}");
-        assert!(args.ends_with("-p 2222 root@127.0.0.1"), "{args}");
-        assert!(!args.contains(" -i "), "no generated key: ssh's own identities");
     }
 }

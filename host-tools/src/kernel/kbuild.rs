@@ -23,6 +23,7 @@
 //! - `.lock`: held while building, so concurrent builds take turns.
 
 use crate::host::fs_error::{FsError, io_error};
+use crate::host::process::find_program;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
@@ -768,7 +769,7 @@ fn check_tools(source: &Source) -> Result<(), Error> {
     let mut tools = Vec::new();
     let mut packages = Vec::new();
     for (tool, package) in TOOLS {
-        if find_in_path(tool).is_none() {
+        if find_program(tool).is_none() {
             tools.push(tool.to_owned());
             packages.push(package.to_owned());
         }
@@ -782,22 +783,17 @@ fn check_tools(source: &Source) -> Result<(), Error> {
         let name = path.to_string_lossy();
         for (suffix, tool, package) in [(".xz", "xz", "xz-utils"), (".bz2", "bzip2", "bzip2"), (".gz", "gzip", "gzip")]
         {
-            if name.ends_with(suffix) && find_in_path(tool).is_none() {
+            if name.ends_with(suffix) && find_program(tool).is_none() {
                 tools.push(tool.to_owned());
                 packages.push(package.to_owned());
             }
         }
-        if find_in_path("tar").is_none() {
+        if find_program("tar").is_none() {
             tools.push("tar".to_owned());
             packages.push("tar".to_owned());
         }
     }
     if tools.is_empty() { Ok(()) } else { Err(Error::ToolsMissing { tools, packages }) }
-}
-
-fn find_in_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|candidate| candidate.is_file())
 }
 
 /// The source tree: the directory itself, or the tarball extracted into the cache

@@ -20,6 +20,7 @@ pub mod kconfig;
 pub mod modules;
 
 use crate::host::fs_error::{FsError, io_error};
+use crate::host::process::find_program;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -233,7 +234,7 @@ pub fn bzimage_version(path: &Path) -> Result<Option<String>, Error> {
 /// interrupted fetch never leaves a half-extracted kernel that looks complete.
 fn fetch(kernels: &Path) -> Result<PathBuf, Error> {
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
-        if find_in_path(tool).is_none() {
+        if find_program(tool).is_none() {
             return Err(Error::ToolMissing { tool });
         }
     }
@@ -322,11 +323,6 @@ fn run(command: &mut Command) -> Result<String, Error> {
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn find_in_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(tool)).find(|candidate| candidate.is_file())
 }
 
 /// Points `link` at `target` atomically: a new symlink renamed over the old one.

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 
 use goblin::elf::Elf;
 
+use crate::host::fs_error::{FsError, io_error};
+use crate::host::glob::{self, Globs};
+
 /// Where glibc's loader looks after the cache, on x86-64 Debian and Ubuntu (multiarch
 /// first), and on distributions with lib64 layouts.
 pub const DEFAULT_DIRS: [&str; 6] =
@@ -32,12 +35,8 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("cannot parse {} as ELF", path.display())]
     Parse {
         path: PathBuf,
@@ -50,6 +49,12 @@ pub enum Error {
     MissingLibrary { library: String, needed_by: PathBuf, searched: String },
     #[error("{}: `include` nested too deeply (a loop?)", path.display())]
     IncludeDepth { path: PathBuf },
+    #[error("{}: invalid `include` pattern", conf.display())]
+    Include {
+        conf: PathBuf,
+        #[source]
+        source: glob::Error,
+    },
 }
 
 /// The parts of an ELF file that decide what it needs at run time.
@@ -78,16 +83,15 @@ impl ElfFile {
 /// Reads the ELF headers of `path`; `Ok(None)` when the file is not ELF at all (a
 /// script, a data file).
 pub fn inspect(path: &Path) -> Result<Option<ElfFile>, Error> {
-    let read_error = |source| Error::Read { path: path.to_owned(), source };
-    let mut file = fs::File::open(path).map_err(read_error)?;
+    let mut file = fs::File::open(path).map_err(io_error("read", path))?;
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
         Ok(()) if magic == *b"\x7fELF" => {}
         Ok(()) => return Ok(None),
         Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(read_error(err)),
+        Err(err) => return Err(io_error("read", path)(err).into()),
     }
-    let bytes = fs::read(path).map_err(read_error)?;
+    let bytes = fs::read(path).map_err(io_error("read", path))?;
     let elf = Elf::parse(&bytes).map_err(|source| Error::Parse { path: path.to_owned(), source })?;
     let split = |entries: &[&str]| -> Vec<String> {
         entries.iter().flat_map(|entry| entry.split(':')).filter(|dir| !dir.is_empty()).map(str::to_owned).collect()
@@ -307,9 +311,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
     let text = match fs::read_to_string(crate::rootfs::path::host_path(root, conf)) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(Error::Read { path: conf.to_owned(), source });
-        }
+        Err(err) => return Err(io_error("read", conf)(err).into()),
     };
     let conf_dir = conf.parent().unwrap_or(Path::new("/"));
     for line in text.lines() {
@@ -319,7 +321,7 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
             if patterns.starts_with(char::is_whitespace) {
                 for pattern in patterns.split_whitespace() {
                     let pattern = crate::rootfs::path::host_path(root, &conf_dir.join(pattern));
-                    for file in glob(&pattern)? {
+                    for file in glob(conf, &pattern)? {
                         let file = crate::rootfs::path::in_root(root, &file).unwrap_or(file);
                         read_conf(root, &file, depth + 1, dirs)?;
                     }
@@ -341,42 +343,31 @@ fn read_conf(root: &Path, conf: &Path, depth: usize, dirs: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
-/// The files matching `pattern`, sorted; wildcards are honoured in the last component
-/// only, which is how `ld.so.conf` files use them.
-fn glob(pattern: &Path) -> Result<Vec<PathBuf>, Error> {
+/// The files matching `pattern`, sorted; wildcards (the dialect of [`crate::host::glob`])
+/// are honoured in the last component only, which is how `ld.so.conf` files use them.
+fn glob(conf: &Path, pattern: &Path) -> Result<Vec<PathBuf>, Error> {
     let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
         return Ok(Vec::new());
     };
     let name = name.to_string_lossy();
-    if !name.contains(['*', '?']) {
+    if !name.contains(['*', '?', '[', '{', '\\']) {
         return Ok(if pattern.is_file() { vec![pattern.to_owned()] } else { Vec::new() });
     }
+    let globs = Globs::new(&[&name]).map_err(|source| Error::Include { conf: conf.to_owned(), source })?;
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Read { path: dir.to_owned(), source });
-        }
+        Err(err) => return Err(io_error("read", dir)(err).into()),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Read { path: dir.to_owned(), source })?;
-        let file_name = entry.file_name();
-        if wildcard_match(name.as_bytes(), file_name.as_encoded_bytes()) {
+        let entry = entry.map_err(io_error("read", dir))?;
+        if globs.matches(entry.file_name()) {
             files.push(entry.path());
         }
     }
     files.sort();
     Ok(files)
-}
-
-fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| wildcard_match(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && wildcard_match(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && wildcard_match(rest, &name[1..]),
-    }
 }
 
 #[cfg(test)]
@@ -602,7 +593,7 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_table() {
+    fn include_wildcard_table() {
         let cases = [
             ("*.conf", "libc.conf", true),
             ("*.conf", "libc.conf~", false),
@@ -613,7 +604,7 @@ mod tests {
             ("a*b*c", "axxbyy", false),
         ];
         for (pattern, name, expected) in cases {
-            assert_eq!(wildcard_match(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+            assert_eq!(Globs::new(&[pattern]).unwrap().matches(name), expected, "{pattern} {name}");
         }
     }
 

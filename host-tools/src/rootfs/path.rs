@@ -1,5 +1,6 @@
 //! Paths inside a reference root: resolved the way a process chrooted there sees them,
-//! absolute symlink targets included, without ever leaving the root.
+//! absolute symlink targets included, without ever leaving the root. The host's own
+//! files are the root `/`.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -7,16 +8,46 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use crate::host::fs_error::{FsError, io_error};
+
 /// Linux's own limit on symlinks followed while resolving one path.
 const MAX_SYMLINKS: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Io(#[from] FsError),
+    #[error("{}: too many levels of symbolic links", path.display())]
+    SymlinkLoop { path: PathBuf },
+    #[error("{} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+}
+
+impl Error {
+    /// Whether the path, or a directory on the way, does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io(err) if err.source.kind() == io::ErrorKind::NotFound)
+    }
+}
 
 /// What resolving one path in a root met on the way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Walk {
     /// The directories and symlinks passed through, in the order met (in-root paths).
     pub visited: Vec<PathBuf>,
+    /// The symlinks followed, in the order met, each once per time it was followed.
+    pub links: Vec<Link>,
     /// Where the path really is: no symlink left in it.
     pub real: PathBuf,
+}
+
+/// A symlink met on a walk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The link itself, as an in-root path.
+    pub path: PathBuf,
+    /// Its target, as stored in the link.
+    pub target: PathBuf,
 }
 
 /// The host path of the in-root path `path`.
@@ -29,48 +60,47 @@ pub fn host_path(root: &Path, path: &Path) -> PathBuf {
 }
 
 /// Resolves the absolute in-root path `path`, following symlinks inside `root` (an
-/// absolute target means the root's `/`, and `..` stops at the root). Fails with
-/// `NotFound` when any component is missing.
-pub fn walk(root: &Path, path: &Path) -> io::Result<Walk> {
+/// absolute target means the root's `/`, and `..` stops at the root). A relative `path`
+/// is taken from the root. Fails when any component is missing
+/// ([`Error::is_not_found`]).
+pub fn walk(root: &Path, path: &Path) -> Result<Walk, Error> {
     let mut resolved = PathBuf::from("/");
     let mut pending: VecDeque<OsString> = parts(path);
     let mut visited = Vec::new();
-    let mut links = 0;
+    let mut links = Vec::new();
     while let Some(part) = pending.pop_front() {
         if part == ".." {
+            // `resolved` holds no symlinks, so its lexical parent is its real parent.
             resolved.pop();
             continue;
         }
         let candidate = resolved.join(&part);
         let host = host_path(root, &candidate);
-        let metadata = fs::symlink_metadata(&host)?;
+        let metadata = fs::symlink_metadata(&host).map_err(io_error("read", &host))?;
         if metadata.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return Err(io::Error::other(format!("{}: too many levels of symbolic links", path.display())));
+            if links.len() == MAX_SYMLINKS {
+                return Err(Error::SymlinkLoop { path: path.to_owned() });
             }
-            let target = fs::read_link(&host)?;
-            visited.push(candidate);
+            let target = fs::read_link(&host).map_err(io_error("read the link", &host))?;
+            visited.push(candidate.clone());
             if target.is_absolute() {
                 resolved = PathBuf::from("/");
             }
             for part in parts(&target).into_iter().rev() {
                 pending.push_front(part);
             }
+            links.push(Link { path: candidate, target });
         } else {
             if !pending.is_empty() {
                 if !metadata.is_dir() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotADirectory,
-                        format!("{} is not a directory", candidate.display()),
-                    ));
+                    return Err(Error::NotADirectory { path: candidate });
                 }
                 visited.push(candidate.clone());
             }
             resolved = candidate;
         }
     }
-    Ok(Walk { visited, real: resolved })
+    Ok(Walk { visited, links, real: resolved })
 }
 
 /// `host`, a path as the host sees it, as a path inside `root`; `None` when it lies
@@ -123,9 +153,13 @@ mod tests {
         assert_eq!(visited, ["/usr", "/usr/bin", "/usr/bin/sh", "/bin", "/usr", "/usr/bin"]);
         assert_eq!(walk(root, Path::new("/usr/up/bin/bash")).unwrap().real, Path::new("/usr/bin/bash"));
         assert_eq!(walk(root, Path::new("/")).unwrap().real, Path::new("/"));
+        let links: Vec<(&str, &str)> =
+            walk_.links.iter().map(|l| (l.path.to_str().unwrap(), l.target.to_str().unwrap())).collect();
+        assert_eq!(links, [("/usr/bin/sh", "/bin/bash"), ("/bin", "usr/bin")]);
         let missing = walk(root, Path::new("/usr/bin/zsh")).unwrap_err();
-        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
-        assert!(walk(root, Path::new("/usr/bin/bash/x")).is_err());
+        assert!(missing.is_not_found(), "{missing}");
+        let through_a_file = walk(root, Path::new("/usr/bin/bash/x")).unwrap_err();
+        assert!(matches!(through_a_file, Error::NotADirectory { .. }), "{through_a_file}");
     }
 
     #[test]
@@ -133,7 +167,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         symlink("b", dir.path().join("a")).unwrap();
         symlink("a", dir.path().join("b")).unwrap();
-        assert!(walk(dir.path(), Path::new("/a")).is_err());
+        let err = walk(dir.path(), Path::new("/a")).unwrap_err();
+        assert!(matches!(err, Error::SymlinkLoop { .. }), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod results;
 pub mod running;
+pub mod ssh;
 pub mod stop;
 
 use std::path::PathBuf;

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::host::process::{find_program, find_program_in};
+
 /// The package that has `ganesha.nfsd`, and the one with its VFS backend.
 pub const PACKAGES: &str = "nfs-ganesha nfs-ganesha-vfs";
 
@@ -58,14 +60,16 @@ pub enum NfsError {
     Start { why: String, log: String },
 }
 
+/// The NFS server's program.
+const GANESHA: &str = "ganesha.nfsd";
+
 /// Finds `ganesha.nfsd`: in PATH, or where Debian installs it.
 pub fn find_ganesha() -> Result<PathBuf, NfsError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    find_in(std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]))
+    find_program(GANESHA).map_or_else(|| find_in(["/usr/bin", "/usr/sbin"]), Ok)
 }
 
-fn find_in(dirs: impl Iterator<Item = PathBuf>) -> Result<PathBuf, NfsError> {
-    dirs.map(|d| d.join("ganesha.nfsd")).find(|p| p.is_file()).ok_or(NfsError::NotInstalled)
+fn find_in<D: AsRef<Path>>(dirs: impl IntoIterator<Item = D>) -> Result<PathBuf, NfsError> {
+    find_program_in(GANESHA, dirs).ok_or(NfsError::NotInstalled)
 }
 
 /// Whether ganesha's VFS backend is installed (a separate package on Debian).
@@ -295,13 +299,16 @@ mod tests {
     #[test]
     fn a_missing_ganesha_says_which_packages_to_install() {
         let empty = tempfile::tempdir().unwrap();
-        let e = find_in([empty.path().to_path_buf()].into_iter()).unwrap_err();
+        let e = find_in([empty.path()]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "ganesha.nfsd not found: install it with `apt-get install nfs-ganesha nfs-ganesha-vfs` (Debian/Ubuntu)"
         );
-        std::fs::write(empty.path().join("ganesha.nfsd"), "").unwrap();
-        assert_eq!(find_in([empty.path().to_path_buf()].into_iter()).unwrap(), empty.path().join("ganesha.nfsd"));
+        let ganesha = empty.path().join("ganesha.nfsd");
+        std::fs::write(&ganesha, "").unwrap();
+        assert!(find_in([empty.path()]).is_err(), "not executable: execvp would skip it");
+        std::fs::set_permissions(&ganesha, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        assert_eq!(find_in([empty.path()]).unwrap(), ganesha);
     }
 
     #[test]

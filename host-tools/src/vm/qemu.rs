@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::host::process::find_program;
+
 /// How the guest CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -190,29 +192,16 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
 
 /// `argv` as one line a shell would accept, for `--dry-run`.
 pub fn shell_line(program: &Path, argv: &[String]) -> String {
-    std::iter::once(program.display().to_string())
-        .chain(argv.iter().cloned())
-        .map(|w| shell_quote(&w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(w: &str) -> String {
-    let plain = !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_=.,/:+@%".contains(c));
-    if plain { w.to_string() } else { format!("'{}'", w.replace('\'', "'\\''")) }
+    let program = program.display().to_string();
+    appliance_cmdline::join_words(&[&[program], argv].concat())
 }
 
 /// Finds `qemu-system-x86_64` in PATH, or says what to install.
 pub fn find_qemu() -> Result<PathBuf, String> {
     let name = "qemu-system-x86_64";
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("{name} not found in PATH: install it (Debian/Ubuntu: `sudo apt-get install qemu-system-x86`)")
-        })
+    find_program(name).ok_or_else(|| {
+        format!("{name} not found in PATH: install it (Debian/Ubuntu: `sudo apt-get install qemu-system-x86`)")
+    })
 }
 
 #[cfg(test)]
