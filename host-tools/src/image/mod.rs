@@ -535,7 +535,10 @@ fn write_initrd(
     let write_error = io_error("write", initrd);
     let file = temporary.as_file().try_clone().map_err(io_error("write", initrd))?;
     let mut encoder = Encoder::new(BufWriter::new(file), compression).map_err(io_error("write", initrd))?;
-    let summary = archive.write(&mut encoder, mtime)?;
+    let summary = archive.write(&mut encoder, mtime).map_err(|err| match err {
+        cpio::Error::Write(source) => io_error("write", initrd)(source).into(),
+        other => Error::from(other),
+    })?;
     let buffered = encoder.finish().map_err(io_error("write", initrd))?;
     let file = buffered.into_inner().map_err(|err| write_error(err.into_error()))?;
     let size = file.metadata().map_err(io_error("write", initrd))?.len();
