@@ -165,6 +165,14 @@ impl Running {
         Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Waits until the program has created `ready` (it does once its traps are set), then
+    /// sends `sig` to the supervisor; returns when it was sent.
+    fn signal_when(&self, ready: &Path, sig: Signal) -> Instant {
+        wait_for_file(ready);
+        kill(self.pid(), sig).unwrap();
+        Instant::now()
+    }
+
     fn finish(mut self) -> Run {
         let status = wait_within(&mut self.child, DEADLINE);
         Run { status, stdout: self.stdout.join().unwrap(), stderr: self.stderr.join().unwrap() }
@@ -399,8 +407,7 @@ fn forwarded_signals_reach_the_program_and_its_status_is_ours() {
         })
         .collect();
     for (sig, name, code, dir, running) in runs {
-        wait_for_file(&dir.join("ready"));
-        kill(running.pid(), sig).unwrap();
+        running.signal_when(&dir.join("ready"), sig);
         let r = running.finish();
         assert_eq!(r.code(), code, "after SIG{name}; stderr: {}", r.stderr);
         assert_eq!(dir.read("got"), format!("{name}\n"));
@@ -426,8 +433,7 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
     let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
     let r = running.finish();
     assert_eq!(r.code(), 21, "{}", r.stderr);
     let groups = dir.read("groups");
@@ -694,15 +700,16 @@ fn ready_then_wait(trap: &str, ticks: u32) -> String {
 }
 
 /// Runs the phases of `dir` with a status file, waits until a phase has written
-/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end.
-fn stop_phases_when_ready(dir: &TempDir) -> Run {
+/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end. Returns
+/// the run and how long it took to end after the signal.
+fn stop_phases_when_ready(dir: &TempDir) -> (Run, Duration) {
     let mut cmd = init();
     cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
         .arg(dir.join("status"));
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    running.finish()
+    let asked = running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    let r = running.finish();
+    (r, asked.elapsed())
 }
 
 #[test]
@@ -710,7 +717,7 @@ fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_recor
     let dir = TempDir::new("stop");
     dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 7' TERM", 200));
     dir.script("postrun", "echo postrun ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 7, "{}", r.stderr);
     let output = dir.read("output");
     assert!(output.contains("run got TERM\n") && !output.contains("postrun"), "postrun is skipped: {output}");
@@ -723,7 +730,7 @@ fn a_stop_before_run_is_not_a_success() {
     let dir = TempDir::new("stopprerun");
     dir.script("prerun", &ready_then_wait("trap 'exit 0' TERM", 200));
     dir.script("run", "echo run ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 143, "{}", r.stderr);
     assert!(!dir.read("output").contains("run ran"), "run is skipped");
     let events = events(&dir.join("status"));
@@ -734,11 +741,9 @@ fn a_stop_before_run_is_not_a_success() {
 fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     let dir = TempDir::new("stopkill");
     dir.script("run", &format!("{}; exit 3", ready_then_wait("trap '' TERM", 400)));
-    let asked = Instant::now();
-    let r = stop_phases_when_ready(&dir);
+    let (r, waited) = stop_phases_when_ready(&dir);
     // SIGKILL after the 5 s grace, well before the run's own 20 s.
     assert_eq!(r.code(), 137, "{}", r.stderr);
-    let waited = asked.elapsed();
     assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
 }
 
