@@ -348,15 +348,20 @@ fn the_program_has_its_own_group_a_clean_mask_and_no_stray_descriptors() {
 #[test]
 fn orphans_are_reparented_to_the_supervisor_and_reaped() {
     let dir = TempDir::new("orphans");
-    // The inner sh starts two sleeps and exits: they become orphans, re-parented to the
-    // subreaper. The main program records their parent while they live, waits (2 s at
-    // most) until each has left /proc, which only reaping does, then counts zombies whose
-    // parent is the supervisor.
+    // The inner sh starts two readers of fifos and exits: they become orphans, re-parented
+    // to the subreaper. Opening a fifo's write end returns once its reader has opened it, so
+    // the main program knows both orphans are alive when it records their parent; closing
+    // the write ends gives them end of file, and they exit. It then waits (10 s at most)
+    // until each has left /proc, which only reaping does, and counts zombies whose parent
+    // is the supervisor.
     let script = r#"
-        sh -c 'sleep 0.2 & echo $! > pids; sleep 0.3 & echo $! >> pids'
+        mkfifo hold1 hold2
+        sh -c 'cat hold1 & echo $! > pids; cat hold2 & echo $! >> pids'
+        exec 3> hold1 4> hold2
         for p in $(cat pids); do read -r _ _ state ppid _ < /proc/$p/stat; echo "alive $p $state $ppid"; done
+        exec 3>&- 4>&-
         for p in $(cat pids); do
-            n=0; while [ -e /proc/$p ] && [ $n -lt 300 ]; do sleep 0.01; n=$((n + 1)); done
+            n=0; while [ -e /proc/$p ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n + 1)); done
             [ -e /proc/$p ] && echo "left $p $(cat /proc/$p/stat)"
         done
         zombies=0
