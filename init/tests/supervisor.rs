@@ -451,16 +451,30 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
 #[test]
 fn a_program_that_ignores_a_forwarded_signal_keeps_running() {
     let dir = TempDir::new("ignore");
-    let mut cmd = sh("trap '' TERM; : > ready; sleep 0.3; echo done; exit 5");
+    // The program goes on until the test creates `go`, which it does only once the signal
+    // has been forwarded: a witness in the program's process group, which forwarded
+    // signals reach as a whole (see above), traps it and says so. The witness starts
+    // before the trap: a shell started with SIGTERM ignored could not trap it.
+    let script = r#"
+        sh -c 'trap "echo TERM > seen; exit 0" TERM; : > witness-ready; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 99' &
+        while [ ! -e witness-ready ]; do sleep 0.01; done
+        trap '' TERM
+        : > ready
+        i=0; while [ ! -e go ]; do [ $i -lt 400 ] || { echo "no go"; exit 98; }; sleep 0.05; i=$((i + 1)); done
+        echo done; exit 5
+    "#;
+    let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    // The supervisor neither dies of it nor kills the program: the shell (and its sleep,
+    // The supervisor neither dies of it nor kills the program: the shell (and its sleeps,
     // since ignored signals stay ignored across exec) go on, and we get its status.
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    wait_for_file(&dir.join("seen"));
+    std::fs::write(dir.join("go"), "").unwrap();
     let r = running.finish();
     assert_eq!(r.code(), 5, "{}", r.stderr);
     assert_eq!(r.stdout, "done\n");
+    assert_eq!(dir.read("seen"), "TERM\n", "control: the signal was forwarded");
 }
 
 // ---------------------------------------------------------------------------------------
