@@ -552,10 +552,20 @@ fn each_phase_reading_our_terminal_gets_the_foreground_in_turn() {
 fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
     // A job-control shell (set -m) runs the supervisor as a background job; the program's
     // read then stops it, as it would stop any background job, and the shell keeps the
-    // terminal.
+    // terminal. The shell looks once the program is stopped (10 s at most): the
+    // supervisor's child in state T.
     let script = r#"set -m
         "$0" -- sh -c 'read -r line; echo "stole [$line]"' &
-        sleep 0.3
+        sup=$! stopped=no i=0
+        while [ $stopped = no ] && [ $i -lt 500 ]; do
+            for f in /proc/[0-9]*/stat; do
+                read -r _ _ state ppid _ < "$f" 2>/dev/null || continue
+                [ "$ppid" = "$sup" ] && [ "$state" = T ] && stopped=yes
+            done
+            [ $stopped = no ] && sleep 0.02
+            i=$((i + 1))
+        done
+        echo "program stopped=$stopped"
         read -r _ _ _ _ pgrp _ _ tpgid _ < /proc/$$/stat
         echo "shell foreground=$([ "$pgrp" = "$tpgid" ] && echo yes || echo no)"
         kill -KILL %1
@@ -564,6 +574,7 @@ fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
     cmd.args(["-c", script, env!("CARGO_BIN_EXE_appliance-init")]);
     let r = on_terminal(cmd, "typed\n");
     assert_eq!(r.code(), 0, "{}", r.stdout);
+    assert!(r.stdout.contains("program stopped=yes\n"), "control: the program tried to read: {}", r.stdout);
     assert!(r.stdout.contains("shell foreground=yes\n"), "{}", r.stdout);
     assert!(r.stdout.contains("shell read [typed]\n"), "{}", r.stdout);
     assert!(!r.stdout.contains("stole"), "{}", r.stdout);
