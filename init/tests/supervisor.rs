@@ -25,7 +25,20 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn init() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance-init"));
     cmd.stdin(Stdio::null());
+    // SAFETY: the function runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(default_dispositions) };
     cmd
+}
+
+/// A shell starts background jobs with SIGINT and SIGQUIT ignored, and ignored signals stay
+/// ignored across exec: started that way, the programs could not trap them. The supervisor
+/// starts as it does from a terminal or as PID 1, with every signal at its default.
+fn default_dispositions() -> std::io::Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_DFL installs no handler.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }?;
+    }
+    Ok(())
 }
 
 /// `appliance-init -- sh -c SCRIPT`.
