@@ -93,18 +93,27 @@ fn app_end_reboot_ends_the_run_through_a_reboot() {
 fn orphaned_zombies_are_reaped_before_postrun_looks() {
     let tmp = TempDir::new().unwrap();
     let run = r#"#!/bin/bash
-# Orphans: subshells that exit at once, leaving their `sleep` to PID 1; they end while run
-# is still going, so only the init can reap them.
-for i in 1 2 3; do ( sleep 2 & ) ; done
+# Orphans: subshells that exit at once, leaving their `sleep` to PID 1. Once it has seen
+# them, the run ends them and waits until they have ended (10 s at most for each): they
+# end while run is still going, so only the init can reap them.
+for i in 1 2 3; do ( sleep 600 & ) ; done
 for ((try = 0; try < 100; try++)); do
-  n=0
+  orphans=()
   for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < "$f" 2>/dev/null || continue
-    [ "$comm" = "(sleep)" ] && [ "$ppid" = 1 ] && n=$((n + 1)); done
-  [ "$n" -ge 3 ] && break
+    [ "$comm" = "(sleep)" ] && [ "$ppid" = 1 ] && orphans+=("$pid"); done
+  [ "${#orphans[@]}" -ge 3 ] && break
   sleep 0.1
 done
-echo "orphans of pid 1: $n"
-sleep 4
+echo "orphans of pid 1: ${#orphans[@]}"
+kill "${orphans[@]}"
+for ((try = 0; try < 100; try++)); do
+  running=0
+  for p in "${orphans[@]}"; do read -r pid comm state rest < "/proc/$p/stat" 2>/dev/null || continue
+    [ "$state" != Z ] && running=$((running + 1)); done
+  [ "$running" = 0 ] && break
+  sleep 0.1
+done
+echo "orphans still running: $running"
 "#;
     let postrun = r#"#!/bin/bash
 zombies=0
@@ -117,6 +126,7 @@ echo "zombies=$zombies"
     assert_eq!(b.code, 0, "{b:?}");
     // Control: the orphans existed and were children of PID 1.
     b.assert_console("orphans of pid 1: 3");
+    b.assert_console("orphans still running: 0");
     b.assert_console("zombies=0");
 }
 

@@ -9,7 +9,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
@@ -17,6 +18,10 @@ use appliance_host::image::checkout::Checkout;
 
 /// The bound on every boot: generous, since TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT_S: u64 = 180;
+
+/// How long the console may stay open after `appliance run` has ended: its QEMU, which
+/// shares the console, gets SIGTERM when it dies and is gone well within this.
+const CONSOLE_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The repository's top directory.
 pub fn root() -> PathBuf {
@@ -124,6 +129,10 @@ fn run_cmd(app_dir: &Path, status: &Path, args: &[&str]) -> Command {
 pub struct Session {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The thread copying the console into `output`, until end of file.
+    reader: JoinHandle<()>,
+    /// Disconnected when `reader` ends.
+    reader_done: mpsc::Receiver<()>,
     status: tempfile::NamedTempFile,
 }
 
@@ -139,7 +148,9 @@ impl Session {
         let output = Arc::new(Mutex::new(String::new()));
         let mut stdout = child.stdout.take().expect("piped stdout");
         let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
+        let (done, reader_done) = mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            let _done = done;
             let mut buf = [0u8; 4096];
             while let Ok(n) = stdout.read(&mut buf) {
                 if n == 0 {
@@ -148,7 +159,7 @@ impl Session {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Session { child, output, status }
+        Session { child, output, reader, reader_done, status }
     }
 
     /// Waits until the console shows `needle` after byte offset `from`; returns the
@@ -180,11 +191,19 @@ impl Session {
         stdin.flush().expect("flush the console");
     }
 
-    /// Waits for the VM to end.
+    /// Waits for the VM to end, and for the console to reach end of file, so that the
+    /// last lines are in.
     pub fn finish(mut self) -> Boot {
         drop(self.child.stdin.take());
         let st = self.child.wait().expect("appliance exits");
-        std::thread::sleep(Duration::from_millis(100));
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.reader_done.recv_timeout(CONSOLE_CLOSE_TIMEOUT) {
+            panic!(
+                "the console was still open {} s after appliance run ended: a process it started holds it; console:\n{}",
+                CONSOLE_CLOSE_TIMEOUT.as_secs(),
+                self.output.lock().unwrap()
+            );
+        }
+        self.reader.join().expect("the console reader ends normally");
         let (events, _) = appliance_host::vm::read_status(self.status.path());
         Boot {
             console: self.output.lock().unwrap().replace("\r\n", "\n"),

@@ -153,15 +153,26 @@ fn with_app_net_down_the_link_is_down_during_run_and_the_results_still_arrive() 
 fn a_dead_server_is_a_clear_error_and_a_nonzero_exit_not_a_hang() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
-    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\necho kill-the-server-now\nsleep 8\necho run done\n";
+    // The run holds the boot until the test says on the console that the server is dead
+    // (the results step comes after it), 150 s at most. Its answer names what it read,
+    // which the echo of the typed line does not.
+    let run = r#"#!/bin/bash
+mkdir -p "$APP_RESULTS"; echo r > "$APP_RESULTS/r.txt"
+echo kill-the-server-now
+read -r -t 150 line
+echo "run read [$line]"
+"#;
     let app = app(tmp.path(), NFS_MODULES, run);
     let dir = tmp.path().join("results");
     let started = Instant::now();
-    let s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
-    s.expect("kill-the-server-now", 0);
+    let mut s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
+    let at = s.expect("kill-the-server-now", 0);
     let server = ganesha_serving(&dir).expect("the run's ganesha.nfsd is running");
     // SIGKILL: a crash, not a clean shutdown.
     nix_kill(server);
+    wait_until_gone(server, Duration::from_secs(20), "the killed ganesha.nfsd did not end");
+    s.send("server-gone\n");
+    s.expect("run read [server-gone]", at);
     let b = s.finish();
     let elapsed = started.elapsed();
     assert_eq!(b.code, 123, "{b:?}");
@@ -191,12 +202,18 @@ fn a_killed_appliance_run_leaves_no_vm_and_no_server_behind() {
     nix_kill(appliance);
     let b = s.finish();
     assert_eq!(b.code, -1, "killed by a signal");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (alive(server) || alive(qemu)) && Instant::now() < deadline {
+    wait_until_gone(qemu, Duration::from_secs(20), "QEMU outlived appliance run");
+    wait_until_gone(server, Duration::from_secs(20), "ganesha.nfsd outlived appliance run");
+}
+
+/// Waits until `pid` has ended (gone or a zombie); fails the test past `limit`.
+#[track_caller]
+fn wait_until_gone(pid: i32, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what}: pid {pid} still runs after {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!alive(qemu), "QEMU ({qemu}) outlived appliance run");
-    assert!(!alive(server), "ganesha.nfsd ({server}) outlived appliance run");
 }
 
 /// The process's name, "" when it is gone.

@@ -25,7 +25,20 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn init() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance-init"));
     cmd.stdin(Stdio::null());
+    // SAFETY: the function runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(default_dispositions) };
     cmd
+}
+
+/// A shell starts background jobs with SIGINT and SIGQUIT ignored, and ignored signals stay
+/// ignored across exec: started that way, the programs could not trap them. The supervisor
+/// starts as it does from a terminal or as PID 1, with every signal at its default.
+fn default_dispositions() -> std::io::Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_DFL installs no handler.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }?;
+    }
+    Ok(())
 }
 
 /// `appliance-init -- sh -c SCRIPT`.
@@ -163,6 +176,14 @@ impl Running {
 
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits until the program has created `ready` (it does once its traps are set), then
+    /// sends `sig` to the supervisor; returns when it was sent.
+    fn signal_when(&self, ready: &Path, sig: Signal) -> Instant {
+        wait_for_file(ready);
+        kill(self.pid(), sig).unwrap();
+        Instant::now()
     }
 
     fn finish(mut self) -> Run {
@@ -340,15 +361,20 @@ fn the_program_has_its_own_group_a_clean_mask_and_no_stray_descriptors() {
 #[test]
 fn orphans_are_reparented_to_the_supervisor_and_reaped() {
     let dir = TempDir::new("orphans");
-    // The inner sh starts two sleeps and exits: they become orphans, re-parented to the
-    // subreaper. The main program records their parent while they live, waits (2 s at
-    // most) until each has left /proc, which only reaping does, then counts zombies whose
-    // parent is the supervisor.
+    // The inner sh starts two readers of fifos and exits: they become orphans, re-parented
+    // to the subreaper. Opening a fifo's write end returns once its reader has opened it, so
+    // the main program knows both orphans are alive when it records their parent; closing
+    // the write ends gives them end of file, and they exit. It then waits (10 s at most)
+    // until each has left /proc, which only reaping does, and counts zombies whose parent
+    // is the supervisor.
     let script = r#"
-        sh -c 'sleep 0.2 & echo $! > pids; sleep 0.3 & echo $! >> pids'
+        mkfifo hold1 hold2
+        sh -c 'cat hold1 & echo $! > pids; cat hold2 & echo $! >> pids'
+        exec 3> hold1 4> hold2
         for p in $(cat pids); do read -r _ _ state ppid _ < /proc/$p/stat; echo "alive $p $state $ppid"; done
+        exec 3>&- 4>&-
         for p in $(cat pids); do
-            n=0; while [ -e /proc/$p ] && [ $n -lt 300 ]; do sleep 0.01; n=$((n + 1)); done
+            n=0; while [ -e /proc/$p ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n + 1)); done
             [ -e /proc/$p ] && echo "left $p $(cat /proc/$p/stat)"
         done
         zombies=0
@@ -399,8 +425,7 @@ fn forwarded_signals_reach_the_program_and_its_status_is_ours() {
         })
         .collect();
     for (sig, name, code, dir, running) in runs {
-        wait_for_file(&dir.join("ready"));
-        kill(running.pid(), sig).unwrap();
+        running.signal_when(&dir.join("ready"), sig);
         let r = running.finish();
         assert_eq!(r.code(), code, "after SIG{name}; stderr: {}", r.stderr);
         assert_eq!(dir.read("got"), format!("{name}\n"));
@@ -426,8 +451,7 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
     let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
     let r = running.finish();
     assert_eq!(r.code(), 21, "{}", r.stderr);
     let groups = dir.read("groups");
@@ -440,16 +464,30 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
 #[test]
 fn a_program_that_ignores_a_forwarded_signal_keeps_running() {
     let dir = TempDir::new("ignore");
-    let mut cmd = sh("trap '' TERM; : > ready; sleep 0.3; echo done; exit 5");
+    // The program goes on until the test creates `go`, which it does only once the signal
+    // has been forwarded: a witness in the program's process group, which forwarded
+    // signals reach as a whole (see above), traps it and says so. The witness starts
+    // before the trap: a shell started with SIGTERM ignored could not trap it.
+    let script = r#"
+        sh -c 'trap "echo TERM > seen; exit 0" TERM; : > witness-ready; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 99' &
+        while [ ! -e witness-ready ]; do sleep 0.01; done
+        trap '' TERM
+        : > ready
+        i=0; while [ ! -e go ]; do [ $i -lt 400 ] || { echo "no go"; exit 98; }; sleep 0.05; i=$((i + 1)); done
+        echo done; exit 5
+    "#;
+    let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    // The supervisor neither dies of it nor kills the program: the shell (and its sleep,
+    // The supervisor neither dies of it nor kills the program: the shell (and its sleeps,
     // since ignored signals stay ignored across exec) go on, and we get its status.
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    wait_for_file(&dir.join("seen"));
+    std::fs::write(dir.join("go"), "").unwrap();
     let r = running.finish();
     assert_eq!(r.code(), 5, "{}", r.stderr);
     assert_eq!(r.stdout, "done\n");
+    assert_eq!(dir.read("seen"), "TERM\n", "control: the signal was forwarded");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -527,10 +565,20 @@ fn each_phase_reading_our_terminal_gets_the_foreground_in_turn() {
 fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
     // A job-control shell (set -m) runs the supervisor as a background job; the program's
     // read then stops it, as it would stop any background job, and the shell keeps the
-    // terminal.
+    // terminal. The shell looks once the program is stopped (10 s at most): the
+    // supervisor's child in state T.
     let script = r#"set -m
         "$0" -- sh -c 'read -r line; echo "stole [$line]"' &
-        sleep 0.3
+        sup=$! stopped=no i=0
+        while [ $stopped = no ] && [ $i -lt 500 ]; do
+            for f in /proc/[0-9]*/stat; do
+                read -r _ _ state ppid _ < "$f" 2>/dev/null || continue
+                [ "$ppid" = "$sup" ] && [ "$state" = T ] && stopped=yes
+            done
+            [ $stopped = no ] && sleep 0.02
+            i=$((i + 1))
+        done
+        echo "program stopped=$stopped"
         read -r _ _ _ _ pgrp _ _ tpgid _ < /proc/$$/stat
         echo "shell foreground=$([ "$pgrp" = "$tpgid" ] && echo yes || echo no)"
         kill -KILL %1
@@ -539,6 +587,7 @@ fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
     cmd.args(["-c", script, env!("CARGO_BIN_EXE_appliance-init")]);
     let r = on_terminal(cmd, "typed\n");
     assert_eq!(r.code(), 0, "{}", r.stdout);
+    assert!(r.stdout.contains("program stopped=yes\n"), "control: the program tried to read: {}", r.stdout);
     assert!(r.stdout.contains("shell foreground=yes\n"), "{}", r.stdout);
     assert!(r.stdout.contains("shell read [typed]\n"), "{}", r.stdout);
     assert!(!r.stdout.contains("stole"), "{}", r.stdout);
@@ -694,15 +743,16 @@ fn ready_then_wait(trap: &str, ticks: u32) -> String {
 }
 
 /// Runs the phases of `dir` with a status file, waits until a phase has written
-/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end.
-fn stop_phases_when_ready(dir: &TempDir) -> Run {
+/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end. Returns
+/// the run and how long it took to end after the signal.
+fn stop_phases_when_ready(dir: &TempDir) -> (Run, Duration) {
     let mut cmd = init();
     cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
         .arg(dir.join("status"));
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    running.finish()
+    let asked = running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    let r = running.finish();
+    (r, asked.elapsed())
 }
 
 #[test]
@@ -710,7 +760,7 @@ fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_recor
     let dir = TempDir::new("stop");
     dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 7' TERM", 200));
     dir.script("postrun", "echo postrun ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 7, "{}", r.stderr);
     let output = dir.read("output");
     assert!(output.contains("run got TERM\n") && !output.contains("postrun"), "postrun is skipped: {output}");
@@ -723,7 +773,7 @@ fn a_stop_before_run_is_not_a_success() {
     let dir = TempDir::new("stopprerun");
     dir.script("prerun", &ready_then_wait("trap 'exit 0' TERM", 200));
     dir.script("run", "echo run ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 143, "{}", r.stderr);
     assert!(!dir.read("output").contains("run ran"), "run is skipped");
     let events = events(&dir.join("status"));
@@ -734,11 +784,9 @@ fn a_stop_before_run_is_not_a_success() {
 fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     let dir = TempDir::new("stopkill");
     dir.script("run", &format!("{}; exit 3", ready_then_wait("trap '' TERM", 400)));
-    let asked = Instant::now();
-    let r = stop_phases_when_ready(&dir);
+    let (r, waited) = stop_phases_when_ready(&dir);
     // SIGKILL after the 5 s grace, well before the run's own 20 s.
     assert_eq!(r.code(), 137, "{}", r.stderr);
-    let waited = asked.elapsed();
     assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
 }
 
