@@ -314,4 +314,3 @@ fn read_string(pid: Pid, address: u64) -> Option<Vec<u8>> {
     }
     None
 }
-
