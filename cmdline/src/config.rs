@@ -9,8 +9,6 @@ use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::cmds::join_cmds;
-use crate::error::Error;
-use crate::params::PARAMS;
 use crate::results::{DEFAULT_RESULTS_DIR, ResultsTo};
 use crate::value::{End, IpCidr, LogLevel, MacAddr};
 use crate::words::join_words;
@@ -76,14 +74,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// Checks that every field holds a value the parser could have produced, so that
-    /// rendering and parsing give the same config back: commands are trimmed and not empty,
-    /// optional strings are not empty, the node name is valid, nothing holds a NUL.
-    /// [`Config::render`] calls this first.
-    pub fn validate(&self) -> Result<(), Error> {
-        PARAMS.iter().try_for_each(|param| (param.check)(self))
-    }
-
     /// `appResultsDir`, or `/app/results`.
     pub fn results_dir_or_default(&self) -> &str {
         self.results_dir.as_deref().unwrap_or(DEFAULT_RESULTS_DIR)

@@ -27,6 +27,17 @@ const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
 const TEXT_EXPECTED: &str = "a non-empty value without NUL (leave the field unset instead)";
 const ARG_EXPECTED: &str = "an argument without NUL";
 
+// Here rather than in `config`, which defines the fields: the table sits above them.
+impl Config {
+    /// Checks that every field holds a value the parser could have produced, so that
+    /// rendering and parsing give the same config back: commands are trimmed and not empty,
+    /// optional strings are not empty, the node name is valid, nothing holds a NUL.
+    /// [`Config::render`] calls this first.
+    pub fn validate(&self) -> Result<(), Error> {
+        PARAMS.iter().try_for_each(|param| (param.check)(self))
+    }
+}
+
 /// One parameter. The parser resets the field before each occurrence (the last one wins),
 /// and leaves it reset for an empty value.
 pub(crate) struct Param {
