@@ -30,11 +30,12 @@ fn init() -> Command {
     cmd
 }
 
-/// A shell starts background jobs with SIGINT and SIGQUIT ignored, and ignored signals stay
-/// ignored across exec: started that way, the programs could not trap them. The supervisor
-/// starts as it does from a terminal or as PID 1, with every signal at its default.
+/// A shell starts background jobs with SIGINT and SIGQUIT ignored, `nohup` ignores SIGHUP,
+/// and ignored signals stay ignored across exec: started that way, the programs could not
+/// trap them. The supervisor starts as it does from a terminal or as PID 1, with every
+/// signal at its default.
 fn default_dispositions() -> std::io::Result<()> {
-    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP] {
         // SAFETY: SIG_DFL installs no handler.
         unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }?;
     }
@@ -521,16 +522,39 @@ fn on_terminal(mut cmd: Command, input: &str) -> Run {
     drop(cmd);
     let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
     std::io::Write::write_all(&mut master, input.as_bytes()).unwrap();
-    let shown = thread::spawn(move || {
+    let (sender, shown) = std::sync::mpsc::channel();
+    thread::spawn(move || {
         let mut shown = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = master.read(&mut buf) {
             shown.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+        let _ = sender.send(String::from_utf8_lossy(&shown).replace("\r\n", "\n"));
     });
+    let session = child.id();
     let status = wait_within(&mut child, DEADLINE);
-    Run { status, stdout: shown.join().unwrap(), stderr: String::new() }
+    // The master reads end of file once every process of the session has let go of the
+    // terminal: one that still holds it is a failure, not a reason to wait forever.
+    let stdout = shown.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+        kill_session(session);
+        panic!("a process of session {session} still holds the terminal {DEADLINE:?} after the session leader ended")
+    });
+    Run { status, stdout, stderr: String::new() }
+}
+
+/// Kills every process of session `sid` (stat field 6).
+fn kill_session(sid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command name in parentheses: state, ppid, pgrp, session.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        if fields.get(3) == Some(&sid.to_string().as_str())
+            && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Prints the line read, and whether the reader's group is the terminal's foreground group
@@ -585,6 +609,8 @@ fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
         read -r line; echo "shell read [$line]""#;
     let mut cmd = Command::new("sh");
     cmd.args(["-c", script, env!("CARGO_BIN_EXE_appliance-init")]);
+    // SAFETY: the function runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(default_dispositions) };
     let r = on_terminal(cmd, "typed\n");
     assert_eq!(r.code(), 0, "{}", r.stdout);
     assert!(r.stdout.contains("program stopped=yes\n"), "control: the program tried to read: {}", r.stdout);
