@@ -16,7 +16,7 @@ use core::str::FromStr;
 use crate::cmds::{is_valid_cmd, join_cmds, split_cmds};
 use crate::config::Config;
 use crate::error::Error;
-use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, is_valid_results_dir, is_valid_run_id};
+use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, ResultsTo, is_valid_results_dir, is_valid_run_id};
 use crate::value::{
     DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
     parse_bool,
@@ -225,7 +225,11 @@ pub(crate) const PARAMS: &[Param] = &[
         render: |c| c.gateway.map(|gw| Rendered::Value(gw.to_string())),
     },
     flag!("appNetDown", net_down),
-    typed!("appResultsTo", results_to),
+    // Parsing refuses NFS options that lift the bound on a dead server; so does the check.
+    Param {
+        check: |c| c.results_to.as_ref().map_or(Ok(()), ResultsTo::check_bounded),
+        ..typed!("appResultsTo", results_to)
+    },
     text!("appResultsDir", results_dir, is_valid_results_dir, RESULTS_DIR_EXPECTED),
     text!("appRunId", run_id, is_valid_run_id, RUN_ID_EXPECTED),
 ];

@@ -485,7 +485,8 @@ fn arb_base_config() -> impl Strategy<Value = Config> {
 fn arb_config() -> impl Strategy<Value = Config> {
     let gateway = prop::option::of(any::<u32>().prop_map(Ipv4Addr::from));
     let results_to = prop::option::of(prop_oneof![
-        (any::<u32>(), "/[a-z/]{0,12}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}").prop_map(|(a, export, o)| {
+        // Keys without `t`: never `timeo`, which could exceed the bound on NFS requests.
+        (any::<u32>(), "/[a-z/]{0,12}", "(,[a-s]{1,5}=[0-9]{1,5}){0,2}").prop_map(|(a, export, o)| {
             ResultsTo::Nfs { server: Ipv4Addr::from(a), export, options: o.trim_start_matches(',').to_string() }
         }),
         ("[a-z0-9_]{1,31}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}")
