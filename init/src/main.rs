@@ -399,7 +399,7 @@ fn supervise(args: &Args) -> ! {
     };
     // Whatever the program left behind is reaped before we go.
     sup.reap();
-    sup.copy_output();
+    sup.drain_output();
     status.emit(&Event::End { t_us: t_us(), action: String::from("exit"), status: result });
     sys::exit(result)
 }

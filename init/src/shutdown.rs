@@ -32,7 +32,7 @@ pub fn terminate_all(sup: &mut Supervisor, grace: Duration) {
             sup.pump(Some(Duration::from_millis(10)));
         }
     }
-    sup.copy_output();
+    sup.drain_output();
 }
 
 /// Mount points from /proc/mounts, deepest last, without the root.

@@ -30,6 +30,14 @@ pub const FORWARDED: [Signal; 5] = [Signal::TERM, Signal::INT, Signal::HUP, Sign
 /// ACPI power button ([`crate::power`]) asks the same.
 pub const STOP: [Signal; 3] = [Signal::TERM, Signal::INT, Signal::POWER];
 
+/// How many bytes of phase output one turn of the loop copies: at most a third of a
+/// second of a 115200-baud console, the delay a flood of output adds to the handling of a
+/// signal or a stop request.
+pub const COPY_PER_TURN: usize = 4096;
+
+/// Turns of [`COPY_PER_TURN`] that empty a full pipe of the default size (64 KiB).
+const PIPE_TURNS: usize = 64 * 1024 / COPY_PER_TURN;
+
 /// How long the running program has to end after a stop request (it got SIGTERM)
 /// before its process group is killed: an interactive shell ignores SIGTERM.
 pub const STOP_GRACE: core::time::Duration = core::time::Duration::from_secs(5);
@@ -93,8 +101,10 @@ impl Supervisor {
         // while we are not its foreground group, which SIGTTOU would stop us for.
         sys::block_signals(SigSet::of(&[Signal::TTOU]))?;
         let sigfd = sys::signalfd(set)?;
-        let (tee_r, tee_w) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        let (tee_r, tee_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // Our end only: the phases' end blocks when the pipe is full, so a phase that writes
+        // faster than the console takes it waits instead of failing with EAGAIN.
+        rustix::fs::fcntl_setfl(&tee_r, OFlags::NONBLOCK)?;
         Ok(Supervisor {
             sigfd,
             tee_r,
@@ -295,7 +305,7 @@ impl Supervisor {
             self.terminal = None;
             let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
         }
-        self.copy_output();
+        self.drain_output();
         Some(exit)
     }
 
@@ -322,13 +332,13 @@ impl Supervisor {
         if pressed {
             self.request_stop("power button pressed", true);
         }
-        if out_ready {
-            self.copy_output();
-        }
         if sig_ready {
             while let Some(sig) = sys::read_signal(self.sigfd.as_fd()) {
                 self.on_signal(sig);
             }
+        }
+        if out_ready {
+            let _ = self.copy_output();
         }
     }
 
@@ -381,13 +391,28 @@ impl Supervisor {
         !matches!(rustix::process::wait(WaitOptions::NOHANG), Err(Errno::CHILD))
     }
 
-    /// Copies what the phases wrote so far to the console and the output file.
-    pub fn copy_output(&mut self) {
-        let mut buf = [0u8; 16384];
-        loop {
-            match rustix::io::read(&self.tee_r, &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.tee_bytes(buf.get(..n).unwrap_or_default()),
+    /// Copies what the phases wrote so far to the console and the output file, up to
+    /// [`COPY_PER_TURN`] bytes: a phase that writes faster than the console takes it must
+    /// not keep the loop from its signals. What is left stays in the pipe for the next turn.
+    /// Returns the number of bytes copied.
+    pub fn copy_output(&mut self) -> usize {
+        let mut buf = [0u8; COPY_PER_TURN];
+        match rustix::io::read(&self.tee_r, &mut buf) {
+            Ok(n) => {
+                self.tee_bytes(buf.get(..n).unwrap_or_default());
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Copies what is in the pipe now: the default pipe holds 64 KiB, so a few turns
+    /// empty it when no writer is left, and a writer that is left (a process the phase
+    /// started) cannot hold us here.
+    pub fn drain_output(&mut self) {
+        for _ in 0..PIPE_TURNS {
+            if self.copy_output() == 0 {
+                return;
             }
         }
     }

@@ -742,6 +742,44 @@ fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
 }
 
+/// A phase that wrote faster than the console took its output kept the supervisor
+/// copying for ever: a stop request (or any signal) went unanswered.
+#[test]
+fn a_phase_flooding_its_output_does_not_delay_a_stop() {
+    let dir = TempDir::new("flood");
+    dir.script("run", "exec yes 'flood flood flood flood flood flood flood flood'");
+    dir.script("postrun", "echo postrun ran");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A slow console: 4 KiB at a time, with a pause between reads.
+    let mut stdout = child.stdout.take().unwrap();
+    let slow = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while stdout.read(&mut buf).is_ok_and(|n| n > 0) {
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let stderr = reader(child.stderr.take());
+    // The flood has filled the pipe and the console many times over.
+    let output = dir.join("output");
+    let start = Instant::now();
+    while std::fs::metadata(&output).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(start.elapsed() < DEADLINE, "the flood never started");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let asked = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_within(&mut child, DEADLINE);
+    let answered = asked.elapsed();
+    slow.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(answered < Duration::from_secs(10), "{answered:?}");
+    assert!(!std::fs::read_to_string(&output).unwrap().contains("postrun ran"));
+}
+
 #[test]
 fn phases_go_on_when_our_stdout_is_a_closed_pipe() {
     let dir = TempDir::new("epipe");
