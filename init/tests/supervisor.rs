@@ -780,6 +780,39 @@ fn a_phase_flooding_its_output_does_not_delay_a_stop() {
     assert!(!std::fs::read_to_string(&output).unwrap().contains("postrun ran"));
 }
 
+/// A status port nobody reads (a UART whose far end is not listening, here a FIFO with a
+/// reader that never reads) blocked every write of the record once its buffer was full,
+/// and the phases with it.
+#[test]
+fn a_status_port_nobody_reads_does_not_hold_the_phases() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new("stalled");
+    let fifo = dir.join("status");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let port = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    // SAFETY: fcntl on a descriptor this test owns; F_SETPIPE_SZ takes an int.
+    let size = unsafe { nix::libc::fcntl(port.as_raw_fd(), nix::libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
+    dir.script("run", "echo run ran");
+    // 60 commands: twice as many record lines as 4 KiB hold.
+    let cmds = vec!["true"; 60].join(":");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", &format!("appCmds='{cmds}'")])
+        .arg("--status")
+        .arg(&fifo);
+    let started = Instant::now();
+    let r = run(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(dir.read("output"), "run ran\n");
+    assert!(r.stderr.contains("the status port does not take the record"), "{}", r.stderr);
+    // What the port took is the record's start, whole lines first.
+    let mut taken = String::new();
+    let _ = (&port).read_to_string(&mut taken);
+    assert!(taken.starts_with("{\"event\":\"init\""), "{taken}");
+}
+
 #[test]
 fn phases_go_on_when_our_stdout_is_a_closed_pipe() {
     let dir = TempDir::new("epipe");
