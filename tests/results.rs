@@ -269,6 +269,58 @@ fn ninep_results_arrive_without_any_network() {
     assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for 9p");
 }
 
+/// A hard NFS mount the application made, whose server stopped answering with data still
+/// to write, hung `sync` at the shutdown for ever: the machine never powered off. Now each
+/// shutdown step has a deadline. The server is frozen (SIGSTOP: connections stay open, no
+/// answer comes) while a writer fills the page cache; the run learns it on its console.
+#[test]
+fn a_hung_nfs_mount_made_by_the_app_does_not_keep_the_machine_from_powering_off() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let manifest = manifest(NFS_MODULES)
+        .replace("\"/usr/bin/sleep\"]", "\"/usr/bin/sleep\", \"/usr/bin/mount\", \"/usr/bin/dd\"]");
+    let run = r#"#!/bin/bash
+mkdir -p /mnt/nfs
+mount -t nfs -o "vers=4.0,addr=10.0.2.2,port=$1,proto=tcp,hard" 10.0.2.2:/ /mnt/nfs || exit 1
+# Writes for ever: whatever it wrote last is in the page cache when the server freezes.
+dd if=/dev/zero of=/mnt/nfs/dirty bs=64k count=1000000 2>/dev/null &
+writer=$!
+written=0
+for ((try = 0; try < 300 && written < 4194304; try++)); do
+  while read -r key value; do [ "$key" = wchar: ] && written=$value; done 2>/dev/null < "/proc/$writer/io"
+  sleep 0.1
+done
+echo "written: $written bytes; freeze-the-server-now"
+read -r line
+echo "run: $line"
+"#;
+    let img = image(tmp.path(), &manifest, &[("run", run)]);
+    let app = build(&img, tmp.path());
+    let dir = tmp.path().join("export");
+    std::fs::create_dir(&dir).unwrap();
+    let server = appliance_host::vm::nfs::NfsServer::start(&dir).unwrap();
+    let port = server.port().to_string();
+    let started = Instant::now();
+    let mut s = Session::start(
+        &app,
+        &["--qemu-arg=-nic", "--qemu-arg=user,model=virtio-net-pci", "--args", &port, "--", "appIp=10.0.2.15/24"],
+    );
+    let at = s.expect("freeze-the-server-now", 0);
+    let ganesha = ganesha_serving(&dir).expect("the test's ganesha.nfsd is running");
+    let st = std::process::Command::new("kill").arg("-STOP").arg(ganesha.to_string()).status().unwrap();
+    assert!(st.success());
+    s.send("server frozen\n");
+    s.expect("run: server frozen", at);
+    let b = s.finish();
+    let elapsed = started.elapsed();
+    drop(server);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("not done after 20 s: going on without it");
+    b.assert_console("Power down");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
+}
+
 /// A server that accepts connections and never answers (hung, or a firewall that lets the
 /// handshake through): the soft mount gives up in bounded time, the results step fails
 /// with the error in the record, and the VM powers off. Measured: the mount fails with EIO
