@@ -269,6 +269,45 @@ fn ninep_results_arrive_without_any_network() {
     assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for 9p");
 }
 
+/// `--timeout` killed QEMU: whatever the run had produced was gone and the status record
+/// ended without an `end`. Now the guest is stopped as `appliance stop` does: the run gets
+/// SIGTERM, the results step saves what it produced, and the guest powers off. The exit
+/// status is still the timeout's. On the project's kernel, which has the ACPI button and
+/// evdev built in.
+#[test]
+fn a_run_past_its_timeout_still_saves_its_results_and_ends_its_record() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo partial > \"$APP_RESULTS/partial.txt\"\necho started-sleeping\nsleep 600\n";
+    let app = app(tmp.path(), "", run);
+    let dir = tmp.path().join("results");
+    let status = tmp.path().join("status.jsonl");
+    let o = appliance_tests::appliance()
+        .arg("run")
+        .arg(&app)
+        .args(["--kernel", "build:6.1", "--results", dir.to_str().unwrap(), "--results-via", "9p"])
+        .args(["--timeout", "60", "--status", status.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(124), "{console}\n{stderr}");
+    assert!(console.contains("started-sleeping"), "the run had started: {console}");
+    assert!(
+        stderr.contains("did not finish within 60 s: stopped it, and it powered off after the stop request"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timed out: stopped, run status 143, poweroff"), "{stderr}");
+    let (events, _) = appliance_host::vm::read_status(&status);
+    assert!(events.iter().any(|e| matches!(e, Event::End { status: 143, .. })), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Results { ok: true, .. })), "{events:?}");
+    let run_dir = only_dir(&dir);
+    assert_eq!(std::fs::read_to_string(run_dir.join("results/partial.txt")).unwrap(), "partial\n");
+    assert!(std::fs::read_to_string(run_dir.join("output")).unwrap().contains("started-sleeping"));
+    assert!(stderr.contains(&format!("appliance: results in {}", run_dir.display())), "{stderr}");
+}
+
 /// A hard NFS mount the application made, whose server stopped answering with data still
 /// to write, hung `sync` at the shutdown for ever: the machine never powered off. Now each
 /// shutdown step has a deadline. The server is frozen (SIGSTOP: connections stay open, no
