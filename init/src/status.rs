@@ -1,7 +1,7 @@
 //! Writes the status record (see `appliance_cmdline::status`) to its port.
 
 use alloc::string::String;
-use appliance_cmdline::status::{Event, Exit};
+use appliance_cmdline::status::{Event, Exit, TIMED_OUT};
 use core::cell::Cell;
 use core::time::Duration;
 use rustix::event::{PollFd, PollFlags};
@@ -71,13 +71,15 @@ impl StatusWriter {
         self.emit(&Event::PhaseStart { t_us: t_us(), phase: String::from(kind.name()), index: kind.index() });
     }
 
-    pub fn phase_end(&self, kind: PhaseKind, exit: Exit) {
+    /// The end of a phase; `timed_out`: the init ended it at its time limit.
+    pub fn phase_end(&self, kind: PhaseKind, exit: Exit, timed_out: bool) {
         self.emit(&Event::PhaseEnd {
             t_us: t_us(),
             phase: String::from(kind.name()),
             index: kind.index(),
             exit,
-            status: exit.status(),
+            status: if timed_out { TIMED_OUT } else { exit.status() },
+            timed_out,
         });
     }
 

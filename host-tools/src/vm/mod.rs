@@ -98,6 +98,14 @@ impl RunReport {
         })
     }
 
+    /// The first phase the init ended at its time limit (`appRunTimeout`), if any.
+    pub fn run_limit(&self) -> Option<&str> {
+        self.events.iter().find_map(|e| match e {
+            Event::PhaseEnd { phase, timed_out: true, .. } => Some(phase.as_str()),
+            _ => None,
+        })
+    }
+
     /// The one-line summary `appliance run` prints.
     pub fn summary(&self) -> String {
         let ms = |us: u64| format!("{:.0} ms", us as f64 / 1000.0);
@@ -120,6 +128,10 @@ impl RunReport {
             (Some(TimedOut::PoweredOff), None) => "timed out: stopped, without a status from the guest".to_string(),
             (None, Some((action, status))) => format!("run status {status}, {action}"),
             (None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+        };
+        let outcome = match self.run_limit() {
+            Some(phase) => format!("{outcome} ({phase} timed out in the guest: appRunTimeout)"),
+            None => outcome,
         };
         format!("appliance: {outcome}; {}", parts.join(", "))
     }
@@ -249,6 +261,20 @@ mod tests {
         assert!(s.starts_with("appliance: timed out: stopped, run status 143, poweroff;"), "{s}");
         let s = report(vec![end], Some(TimedOut::Killed)).summary();
         assert!(s.starts_with("appliance: timed out: VM killed;"), "{s}");
+        let limited = Event::PhaseEnd {
+            t_us: 8,
+            phase: "run".into(),
+            index: None,
+            exit: Exit::Signal(15),
+            status: appliance_cmdline::status::TIMED_OUT,
+            timed_out: true,
+        };
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 124 };
+        let s = report(vec![limited, end], None).summary();
+        assert!(
+            s.starts_with("appliance: run status 124, poweroff (run timed out in the guest: appRunTimeout);"),
+            "{s}"
+        );
     }
 
     /// A stand-in for QEMU: a shell script that ignores QEMU's arguments.
