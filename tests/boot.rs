@@ -219,20 +219,82 @@ fn app_debug_gives_a_console_shell_and_the_boot_continues() {
     assert!(debug_end.is_some() && debug_end < run_start, "{:?}", b.events);
 }
 
+/// A guest that cannot see the power button (Debian's kernel without `button` and `evdev`)
+/// does not power off when `--timeout` asks it to: QEMU is killed after `--stop-grace`.
 #[test]
-fn a_run_past_its_timeout_is_killed_and_fails() {
+fn a_guest_that_ignores_the_stop_at_its_timeout_is_killed_after_the_grace() {
     let tmp = TempDir::new().unwrap();
     let img = image(tmp.path(), &bash_manifest(""), &[("run", "#!/bin/bash\necho started-sleeping\nsleep 600\n")]);
     let app = build(&img, tmp.path());
     let started = std::time::Instant::now();
     let o = appliance_tests::appliance()
-        .args(["run", app.to_str().unwrap(), "--timeout", "25"])
+        .args(["run", app.to_str().unwrap(), "--timeout", "25", "--stop-grace", "5"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(124), "{o:?}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(started.elapsed() < std::time::Duration::from_secs(70));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("did not finish within 25 s") && stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("--timeout: 25 s are up: powering the guest off"), "{stderr}");
+    assert!(
+        stderr.contains("did not finish within 25 s, nor power off within 5 s of the stop request: killed it"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timed out: VM killed"), "{stderr}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("started-sleeping"), "the guest really ran");
+}
+
+/// Where no host watches the run, a fork bomb left behind by `/app/run` kept the
+/// appliance busy for ever. `appRunTimeout` ends the run, kills what it left behind in
+/// any process group, runs postrun on a quiet system, saves the results and powers off.
+/// The bomb is bounded (a binary tree 5 deep, each process forking a short-lived child
+/// over and over, slowly enough for an emulated CPU), and it runs inside the VM.
+#[test]
+fn a_fork_bomb_left_by_run_is_ended_by_app_run_timeout_and_the_results_saved() {
+    let tmp = TempDir::new().unwrap();
+    let run = r#"#!/bin/bash
+# Job control: the first generation gets process groups of its own, out of run's group.
+set -m
+bomb() {
+  if (( $1 > 0 )); then bomb $(($1 - 1)) & bomb $(($1 - 1)) & fi
+  while :; do sleep 10 & wait $!; done
+}
+bomb 5 &
+count() { n=0; for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest 2>/dev/null < "$f" || continue
+  [ "$comm" = "(run)" ] && n=$((n + 1)); done; }
+# 63 in the tree, and run itself.
+for ((try = 0; try < 100; try++)); do count; [ "$n" -ge 64 ] && break; sleep 0.2; done
+if [ "$n" -ge 64 ]; then echo "bomb up"; else echo "bomb not up: $n"; fi
+wait
+"#;
+    let postrun = r#"#!/bin/bash
+n=0
+for f in /proc/[0-9]*/stat; do
+  read -r pid comm state ppid rest 2>/dev/null < "$f" || continue
+  [ "$pid" = 1 ] || [ "$pid" = 2 ] || [ "$ppid" = 2 ] || [ "$pid" = $$ ] && continue
+  n=$((n + 1)); echo "left: $pid $comm $state"
+done
+echo "postrun: run status $APP_RUN_STATUS, left behind: $n"
+"#;
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\""), &[("run", run), ("postrun", postrun)]);
+    let app = build(&img, tmp.path());
+    let dir = tmp.path().join("results");
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "9p", "--", "appRunTimeout=40"]);
+    b.assert_console("bomb up\n");
+    b.assert_console("postrun: run status 124, left behind: 0");
+    assert_eq!(b.code, 124, "{b:?}");
+    let run_end = b.events.iter().find_map(|e| match e {
+        appliance_cmdline::status::Event::PhaseEnd { phase, status, timed_out, .. } if phase == "run" => {
+            Some((*status, *timed_out))
+        }
+        _ => None,
+    });
+    assert_eq!(run_end, Some((124, true)), "{:?}", b.events);
+    assert_eq!(b.end(), Some(("poweroff".into(), 124)));
+    assert!(b.stderr.contains("run status 124, poweroff (run timed out in the guest: appRunTimeout)"), "{}", b.stderr);
+    let saved = b.events.iter().any(|e| matches!(e, appliance_cmdline::status::Event::Results { ok: true, .. }));
+    assert!(saved, "{:?}", b.events);
+    let run_dir = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let output = std::fs::read_to_string(run_dir.join("output")).unwrap();
+    assert!(output.contains("bomb up\n") && output.contains("left behind: 0"), "{output}");
 }

@@ -71,6 +71,9 @@ pub struct Config {
     pub results_dir: Option<String>,
     /// `appRunId`: the run's directory name on the results server.
     pub run_id: Option<String>,
+    /// `appRunTimeout`: seconds after which the init ends `/app/run` (and, separately,
+    /// `/app/postrun`), where no host is watching the run.
+    pub run_timeout: Option<u32>,
 }
 
 impl Config {
@@ -121,6 +124,7 @@ impl Config {
             ("APP_GATEWAY", self.gateway.map(|g| g.to_string())),
             ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
             ("APP_RUNID", self.run_id.clone()),
+            ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
         ];
         for (k, v) in optional {
             if let Some(v) = v {

@@ -31,6 +31,7 @@ pub mod net;
 pub mod nic;
 pub mod plan;
 pub mod power;
+pub mod procs;
 pub mod results;
 pub mod rt;
 pub mod sequence;

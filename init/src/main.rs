@@ -253,7 +253,7 @@ fn shut_down(sup: &mut Supervisor, end: End, run_status: i32, status: &StatusWri
     log::info!("{action_name} (run status {run_status})");
     shutdown::terminate_all(sup, shutdown::GRACE);
     status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: run_status });
-    status.drain();
+    shutdown::bounded("sending the status record", shutdown::DRAIN_LIMIT, || status.drain());
     shutdown::power(action)
 }
 
@@ -399,7 +399,7 @@ fn supervise(args: &Args) -> ! {
     };
     // Whatever the program left behind is reaped before we go.
     sup.reap();
-    sup.copy_output();
+    sup.drain_output();
     status.emit(&Event::End { t_us: t_us(), action: String::from("exit"), status: result });
     sys::exit(result)
 }

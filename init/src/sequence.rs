@@ -3,7 +3,7 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use appliance_cmdline::status::Exit;
+use appliance_cmdline::status::{Exit, TIMED_OUT};
 
 use crate::plan::{self, Phase, PhaseKind};
 use crate::status::StatusWriter;
@@ -52,19 +52,22 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
             continue;
         }
         ctx.status.phase_start(phase.kind);
-        let exit = if phase.kind == PhaseKind::Run && !exists(program) {
+        let (exit, timed_out) = if phase.kind == PhaseKind::Run && !exists(program) {
             let message = format!("no {program} in the image: nothing to run (add an executable {program})");
             log::error!("{message}");
             ctx.status.error(message);
-            Exit::Code(127)
+            (Exit::Code(127), false)
         } else {
             run_phase(sup, phase, ctx)
         };
-        ctx.status.phase_end(phase.kind, exit);
-        report(phase, exit);
+        ctx.status.phase_end(phase.kind, exit, timed_out);
+        report(phase, exit, timed_out);
         if phase.kind == PhaseKind::Run {
-            outcome.run_status = exit.status();
-            plan::set(&mut ctx.env, "APP_RUN_STATUS", exit.status().to_string());
+            // As timeout(1) reports it: a run that was ended is not a success, whatever
+            // its process said when it went.
+            let status = if timed_out { TIMED_OUT } else { exit.status() };
+            outcome.run_status = status;
+            plan::set(&mut ctx.env, "APP_RUN_STATUS", status.to_string());
         }
         absorb_env_file(ctx);
     }
@@ -72,7 +75,7 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
     outcome
 }
 
-fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
+fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> (Exit, bool) {
     let mut env = ctx.env.clone();
     plan::set(&mut env, "APP_PHASE", String::from(phase.kind.name()));
     let env = plan::render_env(&env);
@@ -85,7 +88,7 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
         log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
         Stdio::Tee
     };
-    sup.run(&Command { argv: &phase.argv, env: &env, stdio })
+    sup.run_limited(&Command { argv: &phase.argv, env: &env, stdio }, phase.limit)
 }
 
 fn label(kind: PhaseKind) -> String {
@@ -95,7 +98,12 @@ fn label(kind: PhaseKind) -> String {
     }
 }
 
-fn report(phase: &Phase, exit: Exit) {
+fn report(phase: &Phase, exit: Exit, timed_out: bool) {
+    if timed_out {
+        let secs = phase.limit.map(|l| l.as_secs()).unwrap_or_default();
+        log::warn!("{} timed out: ended after {secs} s (appRunTimeout), status {TIMED_OUT}", label(phase.kind));
+        return;
+    }
     match exit {
         Exit::Code(0) => log::info!("{} finished", label(phase.kind)),
         Exit::Code(c) => log::warn!("{} exited with status {c}", label(phase.kind)),

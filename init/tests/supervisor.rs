@@ -816,6 +816,176 @@ fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
 }
 
+fn phase_ends(events: &[Event]) -> Vec<(String, Exit, i32, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseEnd { phase, exit, status, timed_out, .. } => Some((phase.clone(), *exit, *status, *timed_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where no host watches the run (bare metal), a run that hangs kept the appliance from
+/// its results and its power-off: `appRunTimeout` ends it, postrun runs (bounded too), and
+/// the record says the run timed out.
+#[test]
+fn a_run_past_app_run_timeout_is_ended_and_postrun_runs_bounded_too() {
+    let dir = TempDir::new("runtimeout");
+    dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 9' TERM", 2000));
+    dir.script("postrun", r#"echo "postrun APP_RUN_STATUS=$APP_RUN_STATUS"; while :; do sleep 0.05; done"#);
+    let started = Instant::now();
+    let r = phases(&dir, "appRunTimeout=1");
+    let took = started.elapsed();
+    assert_eq!(r.code(), 124, "a run that was ended is not a success: {}", r.stderr);
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let output = dir.read("output");
+    assert!(output.contains("run got TERM\npostrun APP_RUN_STATUS=124\n"), "{output}");
+    let events = events(&dir.join("status"));
+    let ends = phase_ends(&events);
+    assert_eq!(
+        ends,
+        [("run".into(), Exit::Code(9), 124, true), ("postrun".into(), Exit::Signal(15), 124, true)],
+        "{events:?}"
+    );
+    assert!(matches!(events.last(), Some(Event::End { status: 124, .. })), "{events:?}");
+    assert!(r.stderr.contains("still running after 1 s"), "{}", r.stderr);
+}
+
+/// A run that left processes behind in sessions of their own, one that keeps starting new
+/// ones as they die, kept the machine busy past the run: at the run's time limit everything
+/// it started is killed, whatever its group or session, before postrun.
+#[test]
+fn a_run_that_leaves_respawning_processes_behind_has_them_all_killed_at_its_timeout() {
+    let dir = TempDir::new("leftovers");
+    let d = dir.path().to_str().unwrap().to_string();
+    let bash = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // A bounded spawner: each of 10 respawners, in a session of its own, starts a sleeper
+    // in another session whenever the last one is gone. Named after this directory, so that
+    // they can be counted, and never more than 20 at a time.
+    bash("sleeper", r#"exec -a "$APP_DIR/sleeper-proc" sleep 1000"#);
+    bash("respawn", r#"while :; do setsid "$APP_DIR/sleeper" & wait; done"#);
+    let count = r#"count() { n=0; for f in /proc/[0-9]*/cmdline; do c=$(tr -d '\0' < "$f" 2>/dev/null)
+  case $c in *"$APP_DIR/sleeper-proc"*|*"$APP_DIR/respawn"*) n=$((n + 1));; esac; done; }"#;
+    bash(
+        "run",
+        &format!(
+            r#"{count}
+for i in 1 2 3 4 5 6 7 8 9 10; do setsid "$APP_DIR/respawn" & done
+for ((try = 0; try < 400; try++)); do count; [ "$n" -ge 20 ] && break; sleep 0.05; done
+echo "running: $n"
+sleep 1000"#
+        ),
+    );
+    bash("postrun", &format!("{count}\ncount; echo \"left behind: $n\""));
+    let spawned = |d: &str| -> Vec<i32> {
+        let marks = [format!("{d}/sleeper-proc"), format!("{d}/respawn")];
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                Some((e.file_name().to_str()?.parse().ok()?, std::fs::read(e.path().join("cmdline")).ok()?))
+            })
+            .filter(|(_, c): &(i32, Vec<u8>)| marks.iter().any(|m| String::from_utf8_lossy(c).contains(m.as_str())))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    let r = phases(&dir, "appRunTimeout=4");
+    // Nothing of it outlived the supervisor either; if something did, it goes now, so a
+    // failure leaves no spawner behind on the test machine.
+    let survivors = spawned(&d);
+    for _ in 0..50 {
+        let left = spawned(&d);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(r.code(), 124, "{}", r.stderr);
+    let output = dir.read("output");
+    assert!(output.contains("running: 20\n"), "the spawner did not get going: {output}");
+    assert!(output.contains("left behind: 0\n"), "{output}");
+    assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+/// A phase that wrote faster than the console took its output kept the supervisor
+/// copying for ever: a stop request (or any signal) went unanswered.
+#[test]
+fn a_phase_flooding_its_output_does_not_delay_a_stop() {
+    let dir = TempDir::new("flood");
+    dir.script("run", "exec yes 'flood flood flood flood flood flood flood flood'");
+    dir.script("postrun", "echo postrun ran");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A slow console: 4 KiB at a time, with a pause between reads.
+    let mut stdout = child.stdout.take().unwrap();
+    let slow = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while stdout.read(&mut buf).is_ok_and(|n| n > 0) {
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let stderr = reader(child.stderr.take());
+    // The flood has filled the pipe and the console many times over.
+    let output = dir.join("output");
+    let start = Instant::now();
+    while std::fs::metadata(&output).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(start.elapsed() < DEADLINE, "the flood never started");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let asked = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_within(&mut child, DEADLINE);
+    let answered = asked.elapsed();
+    slow.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(answered < Duration::from_secs(10), "{answered:?}");
+    assert!(!std::fs::read_to_string(&output).unwrap().contains("postrun ran"));
+}
+
+/// A status port nobody reads (a UART whose far end is not listening, here a FIFO with a
+/// reader that never reads) blocked every write of the record once its buffer was full,
+/// and the phases with it.
+#[test]
+fn a_status_port_nobody_reads_does_not_hold_the_phases() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new("stalled");
+    let fifo = dir.join("status");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let port = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    // SAFETY: fcntl on a descriptor this test owns; F_SETPIPE_SZ takes an int.
+    let size = unsafe { nix::libc::fcntl(port.as_raw_fd(), nix::libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
+    dir.script("run", "echo run ran");
+    // 60 commands: twice as many record lines as 4 KiB hold.
+    let cmds = vec!["true"; 60].join(":");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", &format!("appCmds='{cmds}'")])
+        .arg("--status")
+        .arg(&fifo);
+    let started = Instant::now();
+    let r = run(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(dir.read("output"), "run ran\n");
+    assert!(r.stderr.contains("the status port does not take the record"), "{}", r.stderr);
+    // What the port took is the record's start, whole lines first.
+    let mut taken = String::new();
+    let _ = (&port).read_to_string(&mut taken);
+    assert!(taken.starts_with("{\"event\":\"init\""), "{taken}");
+}
+
 #[test]
 fn phases_go_on_when_our_stdout_is_a_closed_pipe() {
     let dir = TempDir::new("epipe");

@@ -111,10 +111,12 @@ impl GracefulStop {
             eprintln!("appliance: signal {signo} again: killing the VM");
             return Tick::Kill;
         }
-        eprintln!(
-            "appliance: signal {signo}: powering the guest off (killing it after {} s; signal again to kill now)",
-            self.grace.as_secs()
-        );
+        self.power_off(&format!("signal {signo}"), "; signal again to kill now")
+    }
+
+    /// Presses the power button, and kills QEMU when the grace period is over.
+    fn power_off(&mut self, why: &str, hint: &str) -> Tick {
+        eprintln!("appliance: {why}: powering the guest off (killing it after {} s{hint})", self.grace.as_secs());
         if let Err(e) = qmp::powerdown(&self.qmp, QMP_TIMEOUT) {
             eprintln!("appliance: {e}: killing the VM");
             return Tick::Kill;
@@ -140,6 +142,16 @@ impl Watch for GracefulStop {
             Ok(guard) => self.record = Some(guard),
             Err(e) => log::warn!("{e}: `appliance stop` and `appliance ssh` will not find this run"),
         }
+    }
+
+    /// As a stop signal: the guest powers off through its shutdown (results step, the end
+    /// of the status record), and is killed only after the grace period. A stop already
+    /// under way keeps its own deadline.
+    fn time_up(&mut self, after: Duration) -> Tick {
+        if self.deadline.is_some() {
+            return Tick::Continue;
+        }
+        self.power_off(&format!("--timeout: {} s are up", after.as_secs()), "")
     }
 
     fn tick(&mut self) -> Tick {
