@@ -46,6 +46,11 @@ use alloc::vec::Vec;
 
 /// Reads a whole file as text (lossy); `None` when it cannot be read.
 pub fn read_to_string(path: &str) -> Option<String> {
+    read_bytes(path).map(|data| String::from(String::from_utf8_lossy(&data)))
+}
+
+/// Reads a whole file; `None` when it cannot be read.
+pub fn read_bytes(path: &str) -> Option<Vec<u8>> {
     let fd =
         rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
             .ok()?;
@@ -59,7 +64,7 @@ pub fn read_to_string(path: &str) -> Option<String> {
             Err(_) => return None,
         }
     }
-    Some(String::from(String::from_utf8_lossy(&data)))
+    Some(data)
 }
 
 /// The names in a directory, without `.` and `..`.

@@ -53,7 +53,7 @@ fn pid1() -> ! {
     let image = image_facts();
     let tty = console_tty();
     let env = phase_env(&config, &app, control.as_ref());
-    let mut ctx = Context { env, env_file: plan::ENV_FILE, tty: &tty, status: &status };
+    let mut ctx = Context { env, env_file: plan::ENV_FILE, env_file_taken: Vec::new(), tty: &tty, status: &status };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
     // After postrun, before the end action: the network is quiet until here.
     results::step(&config, &mut control, &status);
@@ -390,7 +390,8 @@ fn supervise(args: &Args) -> ! {
             if let Some(path) = args.envp.iter().find_map(|e| e.strip_prefix("PATH=")) {
                 plan::set(&mut env, "PATH", String::from(path));
             }
-            let mut ctx = Context { env, env_file: &env_file, tty: "/dev/tty", status: &status };
+            let mut ctx =
+                Context { env, env_file: &env_file, env_file_taken: Vec::new(), tty: "/dev/tty", status: &status };
             let image = ImageFacts { shell: None, sh: Some(String::from("/bin/sh")) };
             let phases = plan::phases(&parsed.config, &commands(&parsed.config), &app, &image);
             sequence::run(&mut sup, &phases, &mut ctx).run_status

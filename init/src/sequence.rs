@@ -24,6 +24,9 @@ pub struct Context<'a> {
     pub env: Vec<(String, String)>,
     /// The file phases append `NAME=value` lines to.
     pub env_file: &'a str,
+    /// What of `env_file` is already in `env`: each line is taken once, after the phase
+    /// that wrote it, so that a later value is not undone by an older line.
+    pub env_file_taken: Vec<u8>,
     /// The terminal for interactive phases.
     pub tty: &'a str,
     pub status: &'a StatusWriter,
@@ -103,9 +106,13 @@ fn report(phase: &Phase, exit: Exit) {
     }
 }
 
-/// Adds the variables phases wrote to the env file to every later phase.
+/// Adds the variables the last phase appended to the env file to every later phase.
 fn absorb_env_file(ctx: &mut Context<'_>) {
-    let Some(text) = crate::read_to_string(ctx.env_file) else { return };
+    let Some(data) = crate::read_bytes(ctx.env_file) else { return };
+    // Appended to, as the protocol says: the new lines. Rewritten: all of it.
+    let new = data.strip_prefix(ctx.env_file_taken.as_slice()).unwrap_or(&data);
+    let text = String::from(String::from_utf8_lossy(new));
+    ctx.env_file_taken = data;
     let (vars, bad) = plan::parse_env_file(&text);
     for line in bad {
         log::warn!("{}: ignoring `{line}` (expected NAME=value)", ctx.env_file);

@@ -631,6 +631,27 @@ exit 42"#,
     assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
 }
 
+/// Regression: the whole `$APP_ENV` file was read again after every phase, so an old line
+/// undid a newer value, here the init's own `APP_RUN_STATUS` in postrun.
+#[test]
+fn an_app_env_line_is_taken_once_and_does_not_undo_a_newer_value() {
+    let dir = TempDir::new("envonce");
+    dir.script("prerun", r#"echo "APP_RUN_STATUS=from-prerun" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$APP_RUN_STATUS]"; exit 5"#);
+    dir.script("postrun", r#"echo "postrun [$APP_RUN_STATUS]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 5, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [from-prerun]\npostrun [5]\n");
+    // A rewritten file counts as new lines, even at the same length as before.
+    let dir = TempDir::new("envrewritten");
+    dir.script("prerun", r#"echo "X=1" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$X]"; echo "X=2" > "$APP_ENV""#);
+    dir.script("postrun", r#"echo "postrun [$X]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [1]\npostrun [2]\n");
+}
+
 #[test]
 fn app_cmds_with_and_without_a_trailing_colon_are_the_same_commands() {
     for cmds in ["appCmds='echo one:echo two'", "appCmds='echo one:echo two:'", "appCmds=\"echo one:echo two::\""] {
