@@ -73,6 +73,10 @@ pub struct Config {
     pub results_dir: Option<String>,
     /// `appRunId`: the run's directory name on the results server.
     pub run_id: Option<String>,
+    /// `appCarryEnv=0`: the variables a shell-script phase exports stay in that phase
+    /// instead of reaching the later ones (see `docs/protocol.md`, "Carrying variables").
+    /// Inverted so that the default, carrying them as the original did, is `false`.
+    pub no_carry_env: bool,
 }
 
 impl Config {

@@ -13,7 +13,8 @@
 //! ([`watch`]) and saves the results over NFS or 9p at the very end ([`results`]); it does
 //! not switch roots.
 //! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
-//! SIGTERM and Ctrl-Alt-Del shut it down cleanly.
+//! SIGTERM and Ctrl-Alt-Del shut it down cleanly. What shell-script phases export reaches
+//! the later phases ([`exports`]), as when the original sourced them.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -23,6 +24,7 @@ extern crate alloc;
 pub mod cli;
 pub mod console;
 pub mod dhcp;
+pub mod exports;
 pub mod logger;
 pub mod mem;
 pub mod modules;

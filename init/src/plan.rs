@@ -67,6 +67,8 @@ pub struct Phase {
     pub interactive: bool,
     /// Skipped without complaint when the program does not exist (prerun, postrun).
     pub optional: bool,
+    /// `argv` is `sh -c COMMAND`: an appCmds command run by the image's shell.
+    pub via_sh: bool,
 }
 
 /// The shells a console phase may use, best first.
@@ -88,9 +90,21 @@ pub fn phases(config: &Config, cmds: &[String], app: &AppPaths, image: &ImageFac
     if config.debug
         && let Some(shell) = &image.shell
     {
-        out.push(Phase { kind: PhaseKind::Debug, argv: vec![shell.clone()], interactive: true, optional: false });
+        out.push(Phase {
+            kind: PhaseKind::Debug,
+            argv: vec![shell.clone()],
+            interactive: true,
+            optional: false,
+            via_sh: false,
+        });
     }
-    out.push(Phase { kind: PhaseKind::Prerun, argv: vec![app.file("prerun")], interactive: false, optional: true });
+    out.push(Phase {
+        kind: PhaseKind::Prerun,
+        argv: vec![app.file("prerun")],
+        interactive: false,
+        optional: true,
+        via_sh: false,
+    });
     for (i, cmd) in cmds.iter().enumerate() {
         let argv = match &image.sh {
             Some(sh) => vec![sh.clone(), "-c".to_string(), cmd.clone()],
@@ -101,12 +115,19 @@ pub fn phases(config: &Config, cmds: &[String], app: &AppPaths, image: &ImageFac
             continue;
         }
         let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        out.push(Phase { kind: PhaseKind::Cmd(index), argv, interactive: false, optional: false });
+        let via_sh = image.sh.is_some();
+        out.push(Phase { kind: PhaseKind::Cmd(index), argv, interactive: false, optional: false, via_sh });
     }
     let mut run = vec![app.file("run")];
     run.extend(config.args.iter().cloned());
-    out.push(Phase { kind: PhaseKind::Run, argv: run, interactive: false, optional: false });
-    out.push(Phase { kind: PhaseKind::Postrun, argv: vec![app.file("postrun")], interactive: false, optional: true });
+    out.push(Phase { kind: PhaseKind::Run, argv: run, interactive: false, optional: false, via_sh: false });
+    out.push(Phase {
+        kind: PhaseKind::Postrun,
+        argv: vec![app.file("postrun")],
+        interactive: false,
+        optional: true,
+        via_sh: false,
+    });
     out
 }
 
@@ -163,7 +184,8 @@ pub fn parse_env_file(text: &str) -> (Vec<(String, String)>, Vec<String>) {
     (vars, bad)
 }
 
-fn valid_name(k: &str) -> bool {
+/// Whether `k` is a shell variable name: a letter or `_`, then letters, digits and `_`.
+pub fn valid_name(k: &str) -> bool {
     let mut chars = k.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
@@ -204,6 +226,7 @@ mod tests {
         );
         assert!(p[0].interactive);
         assert_eq!(p[2].argv, ["/bin/sh", "-c", "ls /app"]);
+        assert!(p[2].via_sh && !p[4].via_sh);
         assert_eq!(p[4].argv, ["/app/run", "10", "a b"]);
         assert!(p[1].optional && p[5].optional && !p[4].optional);
     }
@@ -214,6 +237,7 @@ mod tests {
         let p = phases(&c, &c.cmds, &AppPaths::new("/app"), &ImageFacts::default());
         assert_eq!(kinds(&p), [PhaseKind::Prerun, PhaseKind::Cmd(1), PhaseKind::Run, PhaseKind::Postrun]);
         assert_eq!(p[1].argv, ["/app/run", "a", "b c"]);
+        assert!(!p[1].via_sh);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use appliance_cmdline::status::Exit;
 
+use crate::exports;
 use crate::plan::{self, Phase, PhaseKind};
 use crate::status::StatusWriter;
 use crate::supervisor::{Command, STOP, Stdio, Supervisor};
@@ -29,6 +30,9 @@ pub struct Context<'a> {
     pub env_file_taken: Vec<u8>,
     /// The terminal for interactive phases.
     pub tty: &'a str,
+    /// How the variables shell-script phases export are collected for the later phases;
+    /// `None` when they are not (`appCarryEnv=0`, or no shell in the image).
+    pub exports: Option<exports::Save>,
     pub status: &'a StatusWriter,
 }
 
@@ -75,10 +79,11 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
     outcome
 }
 
-fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
+fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> Exit {
     let mut env = ctx.env.clone();
     plan::set(&mut env, "APP_PHASE", String::from(phase.kind.name()));
     let env = plan::render_env(&env);
+    let carrying = ctx.exports.as_ref().and_then(|save| exports::prepare(phase, save));
     let stdio = if phase.interactive {
         crate::console::write_err(
             format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty).as_bytes(),
@@ -88,7 +93,14 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
         log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
         Stdio::Tee
     };
-    sup.run(&Command { argv: &phase.argv, env: &env, stdio })
+    let exit = sup.run(&Command { argv: carrying.as_deref().unwrap_or(&phase.argv), env: &env, stdio });
+    if let (Some(_), Some(save)) = (&carrying, &ctx.exports) {
+        for (k, v) in exports::collect(save, &ctx.env) {
+            log::debug!("{}: carrying {k} into the later phases", label(phase.kind));
+            plan::set(&mut ctx.env, &k, v);
+        }
+    }
+    exit
 }
 
 fn label(kind: PhaseKind) -> String {
