@@ -270,6 +270,7 @@ fn end_shell(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
     let argv = [shell.clone()];
+    ctx.status.shell("end", ctx.tty);
     sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty)) });
 }
 
@@ -281,7 +282,7 @@ fn end_sshd(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
     let shell = image.shell.as_deref().map(|s| (s, ctx.tty));
-    if !sshd::serve(sup, &env, shell) {
+    if !sshd::serve(sup, &env, shell, ctx.status) {
         log::error!("appEnd=sshd, but the image has no sshd or dropbear (build it with [ssh]): console shell instead");
         end_shell(sup, image, ctx);
     }

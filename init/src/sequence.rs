@@ -88,6 +88,7 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> Exit
         crate::console::write_err(
             format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty).as_bytes(),
         );
+        ctx.status.shell(phase.kind.name(), ctx.tty);
         Stdio::Terminal(String::from(ctx.tty))
     } else {
         log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
