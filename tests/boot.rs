@@ -195,6 +195,19 @@ echo "env APP_DIR=$APP_DIR APP_OUT=$APP_OUT APP_MYNODE=$APP_MYNODE APP_PHASE=$AP
     assert!(output_line.contains("to-stderr"), "{output_line}");
 }
 
+/// Regression: the original sourced its phases, so what an unchanged prerun exported was
+/// set in run; with phases as child processes it was silently unset.
+#[test]
+fn variables_an_original_prerun_exports_reach_run() {
+    let tmp = TempDir::new().unwrap();
+    let prerun = "#!/bin/bash\nexport TRIAL_TAG=\"tag-$(cat /proc/sys/kernel/hostname)\"\n";
+    let run = "#!/bin/bash\necho \"run sees TRIAL_TAG=$TRIAL_TAG FROM_CMD=$FROM_CMD\"\n";
+    let img = image(tmp.path(), &bash_manifest(""), &[("prerun", prerun), ("run", run)]);
+    let b = boot(&build(&img, tmp.path()), &["--cmds", "export FROM_CMD=cmd-$((6 * 7))", "--", "appNode=node7"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("run sees TRIAL_TAG=tag-node7 FROM_CMD=cmd-42");
+}
+
 #[test]
 fn app_debug_gives_a_console_shell_and_the_boot_continues() {
     let (_tmp, app) = bash_tools();

@@ -107,8 +107,13 @@ impl Boot {
 
 /// Boots `app_dir` with `appliance run ARGS` and waits for it to end.
 pub fn boot(app_dir: &Path, args: &[&str]) -> Boot {
+    boot_with_stdin(app_dir, args, Stdio::null())
+}
+
+/// [`boot`] with this standard input (a pipe, a file).
+pub fn boot_with_stdin(app_dir: &Path, args: &[&str], stdin: impl Into<Stdio>) -> Boot {
     let status = tempfile::NamedTempFile::new().expect("temp file");
-    let o = run_cmd(app_dir, status.path(), args).stdin(Stdio::null()).output().expect("appliance runs");
+    let o = run_cmd(app_dir, status.path(), args).stdin(stdin).output().expect("appliance runs");
     let (events, _) = appliance_host::vm::read_status(status.path());
     Boot {
         console: String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n"),
@@ -123,6 +128,14 @@ fn run_cmd(app_dir: &Path, status: &Path, args: &[&str]) -> Command {
     c.arg("run").arg(app_dir).arg("--timeout").arg(BOOT_TIMEOUT_S.to_string()).arg("--status").arg(status);
     c.args(args);
     c
+}
+
+/// A pipe that holds `text` and then ends, as `printf TEXT |` gives a command.
+pub fn piped(text: &str) -> std::io::PipeReader {
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    // Far below a pipe's capacity: the write does not block.
+    writer.write_all(text.as_bytes()).expect("write to the pipe");
+    reader
 }
 
 /// A boot driven over its console: type into it and wait for output.

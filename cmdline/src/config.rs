@@ -74,6 +74,10 @@ pub struct Config {
     /// `appRunTimeout`: seconds after which the init ends `/app/run` (and, separately,
     /// `/app/postrun`), where no host is watching the run.
     pub run_timeout: Option<u32>,
+    /// `appCarryEnv=0`: the variables a shell-script phase exports stay in that phase
+    /// instead of reaching the later ones (see `docs/protocol.md`, "Carrying variables").
+    /// Inverted so that the default, carrying them as the original did, is `false`.
+    pub no_carry_env: bool,
 }
 
 impl Config {

@@ -255,6 +255,16 @@ pub(crate) const PARAMS: &[Param] = &[
         },
         render: |c| c.run_timeout.map(|s| Rendered::Value(s.to_string())),
     },
+    // On by default: only `=0` (or another false boolean) means something, so the bare key
+    // is not a flag.
+    Param {
+        key: "appCarryEnv",
+        reset: |c| c.no_carry_env = false,
+        bare: None,
+        parse: |c, v| parse_bool("appCarryEnv", v).map(|carry| c.no_carry_env = !carry),
+        check: |_| valid(),
+        render: |c| c.no_carry_env.then(|| Rendered::Value("0".to_owned())),
+    },
 ];
 
 /// Every parameter name, in the order of the table. `appCmd` is the original's alias of

@@ -67,6 +67,10 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "is_false")]
         timed_out: bool,
     },
+    /// A console shell starts on the console's terminal `tty`: `phase` is `debug`
+    /// (`appDebug`) or `end` (`appEnd=shell`, or beside the SSH server). Console input the
+    /// host held back (from a pipe or a file) is for it.
+    Shell { t_us: u64, phase: String, tty: String },
     /// Something went wrong that the user should know about.
     Error { t_us: u64, message: String },
     /// The init configured the control NIC: `method` is `static` or `dhcp`, `addr` the
@@ -132,6 +136,7 @@ impl Event {
             Event::Init { t_us, .. }
             | Event::PhaseStart { t_us, .. }
             | Event::PhaseEnd { t_us, .. }
+            | Event::Shell { t_us, .. }
             | Event::Error { t_us, .. }
             | Event::Network { t_us, .. }
             | Event::RunTraffic { t_us, .. }
@@ -184,6 +189,7 @@ mod tests {
                 timed_out: true,
             },
             Event::Error { t_us: 4, message: "no /app/run".to_string() },
+            Event::Shell { t_us: 4, phase: "debug".to_string(), tty: "/dev/ttyS0".to_string() },
             Event::End { t_us: 5, action: "halt".to_string(), status: 3 },
             Event::Network {
                 t_us: 6,

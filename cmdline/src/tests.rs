@@ -313,7 +313,7 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1 appRunTimeout=600",
+         appRunId=run-1 appRunTimeout=600 appCarryEnv=0",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -341,10 +341,11 @@ fn every_parameter() {
         results_dir: Some("/app/r".into()),
         run_id: Some("run-1".into()),
         run_timeout: Some(600),
+        no_carry_env: true,
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 21);
+    assert_eq!(KNOWN_KEYS.len(), 22);
 }
 
 #[test]
@@ -515,8 +516,9 @@ fn arb_config() -> impl Strategy<Value = Config> {
     let run_id = prop::option::of("[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}");
     let results_dir = prop::option::of("/[A-Za-z0-9/._-]{0,20}");
     let run_timeout = prop::option::of(1u32..);
-    (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir, run_timeout).prop_map(
-        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, run_timeout)| Config {
+    let extra = (run_timeout, any::<bool>());
+    (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir, extra).prop_map(
+        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, (run_timeout, no_carry_env))| Config {
             gateway,
             dhcp: dhcp && c.ip.is_none(),
             net_down,
@@ -524,6 +526,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
             run_id,
             results_dir,
             run_timeout,
+            no_carry_env,
             ..c
         },
     )
@@ -658,6 +661,23 @@ fn gateway_is_an_address_without_prefix() {
         assert_eq!(p.config.gateway, None, "{bad}");
         assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appGateway"), "{bad}");
     }
+}
+
+#[test]
+fn carry_env_is_on_unless_a_false_boolean_turns_it_off() {
+    assert!(!clean("").no_carry_env);
+    assert!(clean("appCarryEnv=0").no_carry_env);
+    assert!(clean("appCarryEnv=off").no_carry_env);
+    assert!(!clean("appCarryEnv=0 appCarryEnv=yes").no_carry_env);
+    // An empty value resets to the default: carried.
+    assert!(!clean("appCarryEnv=0 appCarryEnv=").no_carry_env);
+    assert_eq!(Config { no_carry_env: true, ..Config::default() }.render().unwrap(), "appCarryEnv=0");
+    assert_eq!(Config::default().render().unwrap(), "");
+    let p = parsed("appCarryEnv=0 appCarryEnv=maybe");
+    assert!(!p.config.no_carry_env);
+    assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appCarryEnv"));
+    let p = parsed("appCarryEnv");
+    assert!(matches!(&p.diagnostics[..], [Error::MissingValue { .. }]), "{:?}", p.diagnostics);
 }
 
 #[test]

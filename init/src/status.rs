@@ -83,6 +83,11 @@ impl StatusWriter {
         });
     }
 
+    /// A console shell starts on `tty` in `phase` (`debug` or `end`).
+    pub fn shell(&self, phase: &str, tty: &str) {
+        self.emit(&Event::Shell { t_us: t_us(), phase: String::from(phase), tty: String::from(tty) });
+    }
+
     pub fn error(&self, message: String) {
         self.emit(&Event::Error { t_us: t_us(), message });
     }

@@ -706,6 +706,109 @@ exit 42"#,
     assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
 }
 
+/// Regression: the whole `$APP_ENV` file was read again after every phase, so an old line
+/// undid a newer value, here the init's own `APP_RUN_STATUS` in postrun.
+#[test]
+fn an_app_env_line_is_taken_once_and_does_not_undo_a_newer_value() {
+    let dir = TempDir::new("envonce");
+    dir.script("prerun", r#"echo "APP_RUN_STATUS=from-prerun" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$APP_RUN_STATUS]"; exit 5"#);
+    dir.script("postrun", r#"echo "postrun [$APP_RUN_STATUS]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 5, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [from-prerun]\npostrun [5]\n");
+    // A rewritten file counts as new lines, even at the same length as before.
+    let dir = TempDir::new("envrewritten");
+    dir.script("prerun", r#"echo "X=1" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$X]"; echo "X=2" > "$APP_ENV""#);
+    dir.script("postrun", r#"echo "postrun [$X]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [1]\npostrun [2]\n");
+}
+
+impl TempDir {
+    /// Writes an executable file as it is (its own `#!` line).
+    fn program(&self, name: &str, text: &str) {
+        let path = self.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// An original prerun, unchanged: it exported a variable for run and exited with a
+/// status of its own.
+const ORIGINAL_PRERUN: &str = r#"#!/bin/bash
+export TRIAL_TAG="tag-$(echo one)"
+export APP_RUN=not-the-init-s
+NOT_EXPORTED=1
+exit 3
+"#;
+
+/// Regression: phases are child processes, so variables an original prerun exported for
+/// run (the original sourced its phases) were silently unset there.
+#[test]
+fn variables_a_shell_script_phase_exports_reach_the_later_phases() {
+    let dir = TempDir::new("carry");
+    dir.program("prerun", ORIGINAL_PRERUN);
+    dir.program(
+        "run",
+        "#!/bin/sh -u\necho \"run [$TRIAL_TAG] [$FROM_CMD] [${NOT_EXPORTED-unset}] 0=$0 args=$#:$*\"\n\
+         case \"$APP_RUN\" in */run) echo init-s-APP_RUN;; esac\nexport FROM_RUN=r\nexit 7\n",
+    );
+    dir.program(
+        "postrun",
+        "#!/usr/bin/env bash\necho \"postrun [$FROM_RUN] [$TRIAL_TAG] [$FROM_CMD] status=$APP_RUN_STATUS\"\n",
+    );
+    let r = phases(&dir, r#"appCmds='export FROM_CMD="c d":echo "cmd [$TRIAL_TAG]"' appArgs='a "b c"'"#);
+    assert_eq!(r.code(), 7, "{}", r.stderr);
+    let run = dir.join("run");
+    assert_eq!(
+        dir.read("output"),
+        format!(
+            "cmd [tag-one]\nrun [tag-one] [c d] [unset] 0={} args=2:a b c\ninit-s-APP_RUN\n\
+             postrun [r] [tag-one] [c d] status=7\n",
+            run.display()
+        )
+    );
+    // Each phase's own status, `exit 3` included.
+    let ends: Vec<(String, i32)> = events(&dir.join("status"))
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseEnd { phase, status, .. } => Some((phase.clone(), *status)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, i32)> = [("prerun", 3), ("cmd", 0), ("cmd", 0), ("run", 7), ("postrun", 0)]
+        .iter()
+        .map(|(p, s)| (p.to_string(), *s))
+        .collect();
+    assert_eq!(ends, want);
+    assert!(!dir.join(".appliance-exported").exists());
+}
+
+#[test]
+fn with_app_carry_env_0_exported_variables_stay_in_their_phase() {
+    let dir = TempDir::new("nocarry");
+    dir.program("prerun", ORIGINAL_PRERUN);
+    dir.script("run", r#"echo "run [${TRIAL_TAG-unset}] [${FROM_CMD-unset}]""#);
+    let r = phases(&dir, "appCarryEnv=0 appCmds='export FROM_CMD=c'");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [unset] [unset]\n");
+}
+
+/// Sourcing must not make a script run that the kernel refuses to execute.
+#[test]
+fn a_script_without_execute_permission_still_fails_with_126() {
+    let dir = TempDir::new("noexec");
+    dir.script("run", "echo ran");
+    std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 126, "{}", r.stderr);
+    let output = dir.read("output");
+    assert!(output.contains("permission denied") && !output.contains("ran"), "{output}");
+}
+
 #[test]
 fn app_cmds_with_and_without_a_trailing_colon_are_the_same_commands() {
     for cmds in ["appCmds='echo one:echo two'", "appCmds='echo one:echo two:'", "appCmds=\"echo one:echo two::\""] {
