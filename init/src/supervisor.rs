@@ -260,6 +260,12 @@ impl Supervisor {
     /// phase, and its end, if it comes, is reaped like an orphan's.
     fn forget(&mut self, pid: Pid) {
         self.spawned.retain(|p| *p != pid);
+        self.release(pid);
+    }
+
+    /// `pid` is no longer the running phase nor a session of ours, and the terminal, if
+    /// it had it, comes back to us.
+    fn release(&mut self, pid: Pid) {
         self.sessions.retain(|s| *s != pid);
         if self.current == Some(pid) {
             self.current = None;
@@ -389,14 +395,7 @@ impl Supervisor {
     pub fn take_exit(&mut self, pid: Pid) -> Option<Exit> {
         let i = self.exited.iter().position(|(p, _)| *p == pid)?;
         let (_, exit) = self.exited.swap_remove(i);
-        self.sessions.retain(|s| *s != pid);
-        if self.current == Some(pid) {
-            self.current = None;
-        }
-        if self.terminal == Some(pid) {
-            self.terminal = None;
-            let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
-        }
+        self.release(pid);
         self.drain_output();
         Some(exit)
     }
