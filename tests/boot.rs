@@ -260,8 +260,10 @@ fn a_guest_that_ignores_the_stop_at_its_timeout_is_killed_after_the_grace() {
 /// Where no host watches the run, a fork bomb left behind by `/app/run` kept the
 /// appliance busy for ever. `appRunTimeout` ends the run, kills what it left behind in
 /// any process group, runs postrun on a quiet system, saves the results and powers off.
-/// The bomb is bounded (a binary tree 5 deep, each process forking a short-lived child
-/// over and over, slowly enough for an emulated CPU), and it runs inside the VM.
+/// The bomb is bounded (a binary tree 4 deep, each process forking a short-lived child
+/// over and over, slowly enough for an emulated CPU), and it runs inside the VM. The
+/// control only needs half of it up: counting processes under TCG on a loaded host is
+/// slow, and the run's 40 s must not run out before it.
 #[test]
 fn a_fork_bomb_left_by_run_is_ended_by_app_run_timeout_and_the_results_saved() {
     let tmp = TempDir::new().unwrap();
@@ -272,12 +274,12 @@ bomb() {
   if (( $1 > 0 )); then bomb $(($1 - 1)) & bomb $(($1 - 1)) & fi
   while :; do sleep 10 & wait $!; done
 }
-bomb 5 &
+bomb 4 &
 count() { n=0; for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest 2>/dev/null < "$f" || continue
   [ "$comm" = "(run)" ] && n=$((n + 1)); done; }
-# 63 in the tree, and run itself.
-for ((try = 0; try < 100; try++)); do count; [ "$n" -ge 64 ] && break; sleep 0.2; done
-if [ "$n" -ge 64 ]; then echo "bomb up"; else echo "bomb not up: $n"; fi
+# 31 in the tree, and run itself; half of them is enough to show it spread.
+for ((try = 0; try < 60; try++)); do count; [ "$n" -ge 16 ] && break; sleep 0.2; done
+if [ "$n" -ge 16 ]; then echo "bomb up"; else echo "bomb not up: $n"; fi
 wait
 "#;
     let postrun = r#"#!/bin/bash
