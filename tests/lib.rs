@@ -124,7 +124,23 @@ fn run_cmd(app_dir: &Path, status: &Path, args: &[&str]) -> Command {
 pub struct Session {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// `appliance`'s own messages.
+    errors: Arc<Mutex<String>>,
     status: tempfile::NamedTempFile,
+}
+
+/// Copies what `from` gives into `sink` until it ends, in a thread of its own.
+fn collect(mut from: impl Read + Send + 'static, sink: &Arc<Mutex<String>>) {
+    let sink = Arc::clone(sink);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
 }
 
 impl Session {
@@ -133,22 +149,14 @@ impl Session {
         let mut child = run_cmd(app_dir, status.path(), args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("appliance runs");
         let output = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = Arc::clone(&output);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Session { child, output, status }
+        let errors = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().expect("piped stdout"), &output);
+        collect(child.stderr.take().expect("piped stderr"), &errors);
+        Session { child, output, errors, status }
     }
 
     /// Waits until the console shows `needle` after byte offset `from`; returns the
@@ -188,7 +196,7 @@ impl Session {
         let (events, _) = appliance_host::vm::read_status(self.status.path());
         Boot {
             console: self.output.lock().unwrap().replace("\r\n", "\n"),
-            stderr: String::new(),
+            stderr: self.errors.lock().unwrap().clone(),
             code: st.code().unwrap_or(-1),
             events,
         }

@@ -25,11 +25,11 @@ use appliance_host::vm::{self, nfs, results, running, stop};
 /// crash).
 ///
 /// Stopping: `appliance stop APP_DIR`, or SIGINT/SIGTERM/SIGHUP to this process, presses
-/// the guest's power button (the init shuts down cleanly) and kills QEMU after
-/// --stop-grace seconds. On a terminal, Ctrl-C goes to the guest's console; Ctrl-A X
-/// quits QEMU at once, Ctrl-A C opens QEMU's monitor (`system_powerdown` there is the
-/// graceful way). While it runs, APP_DIR/running.json tells `appliance stop` and
-/// `appliance ssh` where the VM is.
+/// the guest's power button and Ctrl-Alt-Del (the init shuts down cleanly) and kills QEMU
+/// after --stop-grace seconds. On a terminal, Ctrl-C goes to the guest's console; Ctrl-A X
+/// quits QEMU at once, Ctrl-A C opens QEMU's monitor (`system_powerdown` or `sendkey
+/// ctrl-alt-delete` there is the graceful way). While it runs, APP_DIR/running.json tells
+/// `appliance stop` and `appliance ssh` where the VM is.
 #[derive(clap::Args)]
 pub struct Args {
     /// App dir or image to boot

@@ -9,6 +9,7 @@ pub mod running;
 pub mod ssh;
 pub mod stop;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub struct RunReport {
     pub wall: Duration,
     pub timed_out: bool,
     pub qemu_status: Option<ExitStatus>,
+    /// Why the [`Watch`] had QEMU killed, when it did (a stop the guest did not complete).
+    pub killed: Option<String>,
 }
 
 /// What `appliance run` exits with when the guest did not report a result.
@@ -103,9 +106,14 @@ impl RunReport {
         let outcome = if self.timed_out {
             "timed out: VM killed".to_string()
         } else {
-            match self.end() {
-                Some((action, status)) => format!("run status {status}, {action}"),
-                None => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+            match (self.end(), &self.killed, self.qemu_status.and_then(|s| s.signal())) {
+                (Some((action, status)), _, _) => format!("run status {status}, {action}"),
+                (None, Some(why), _) => why.clone(),
+                (None, None, Some(signal)) => format!(
+                    "QEMU was killed by signal {signal} before the guest powered off (`appliance stop` kills it when \
+                     the guest does not power off within its grace period)"
+                ),
+                (None, None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
             }
         };
         format!("appliance: {outcome}; {}", parts.join(", "))
@@ -135,6 +143,10 @@ pub trait Watch {
     fn tick(&mut self) -> Tick {
         Tick::Continue
     }
+    /// Why the last [`Tick::Kill`] asked to kill QEMU, for the run's summary.
+    fn kill_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Watch for () {}
@@ -158,12 +170,14 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
     let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
     watch.started(child.id());
     let mut timed_out = false;
+    let mut killed = None;
     let qemu_status = loop {
         if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
             break Some(status);
         }
         if watch.tick() == Tick::Kill {
             let _ = child.kill();
+            killed = watch.kill_reason();
             break child.wait().ok();
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
@@ -176,7 +190,7 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
     };
     let wall = started.elapsed();
     let (events, garbled) = read_status(&spec.status_file);
-    Ok(RunReport { events, garbled, wall, timed_out, qemu_status })
+    Ok(RunReport { events, garbled, wall, timed_out, qemu_status, killed })
 }
 
 /// Parses a status record file; unreadable means empty.
@@ -204,7 +218,14 @@ mod tests {
     use appliance_cmdline::status::Exit;
 
     fn report(events: Vec<Event>, timed_out: bool) -> RunReport {
-        RunReport { events, garbled: vec![], wall: Duration::from_millis(2500), timed_out, qemu_status: None }
+        RunReport {
+            events,
+            garbled: vec![],
+            wall: Duration::from_millis(2500),
+            timed_out,
+            qemu_status: None,
+            killed: None,
+        }
     }
 
     #[test]
@@ -231,5 +252,25 @@ mod tests {
             "appliance: run status 0, poweroff; kernel→/init 1200 ms, /init→run 4 ms, run 100 ms, wall 2.50 s"
         );
         assert!(matches!(r.events[2], Event::PhaseEnd { exit: Exit::Code(0), .. }));
+    }
+
+    /// A VM killed after a stop it did not complete is not reported as a crash.
+    #[test]
+    fn summary_says_why_qemu_was_killed() {
+        let crash = report(vec![], false);
+        assert!(crash.summary().contains("no status from the guest (kernel panic or crash?"), "{}", crash.summary());
+        let mut stopped = report(vec![], false);
+        stopped.qemu_status = Some(ExitStatus::from_raw(9));
+        stopped.killed = Some("VM killed: the guest did not power off within 30 s of the stop request".into());
+        assert!(
+            stopped
+                .summary()
+                .starts_with("appliance: VM killed: the guest did not power off within 30 s of the stop request;"),
+            "{}",
+            stopped.summary()
+        );
+        stopped.killed = None;
+        assert!(stopped.summary().contains("QEMU was killed by signal 9 before the guest powered off"));
+        assert_eq!(stopped.exit_code(), EXIT_NO_STATUS);
     }
 }
