@@ -1,7 +1,8 @@
 //! The results step end to end: `appliance run --results DIR` starts nfs-ganesha on the
-//! host's loopback (or shares DIR over virtio 9p), the init saves `/app/output` and
-//! `$APP_RESULTS` there after postrun, and the files arrive with the right content; a dead
-//! server is a clear error, a non-zero exit and no hang.
+//! host's loopback (or shares DIR over virtio 9p, or reads a cpio stream from a
+//! virtio-serial port), the init saves `/app/output` and `$APP_RESULTS` there after
+//! postrun, and the files arrive with the right content; a dead server is a clear error, a
+//! non-zero exit and no hang.
 //!
 //! Kernels: for NFS, Debian's cloud kernel (the images' default), where the NIC driver and
 //! NFSv4 are modules the images pack and load: `virtio_pci`, `virtio_net`, `nfsv4` (with
@@ -249,6 +250,38 @@ fn nix_kill(pid: i32) {
     assert!(st.success());
 }
 
+/// The serial transport: a cpio stream over a virtio-serial port that QEMU writes to a file,
+/// unpacked by `appliance run`; no server and no network. Debian's cloud kernel, with
+/// virtio's console driver as a module.
+#[test]
+fn serial_results_arrive_intact_without_a_server_or_network_and_never_overwrite_an_earlier_run() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), r#"modules = ["virtio_pci", "virtio_console"]"#, RUN);
+    let dir = tmp.path().join("results");
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "serial", "--args", "40", "-m", "768"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, files, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert_eq!(files, 4, "output, small.txt, link, big.bin");
+    let run_dir = only_dir(&dir);
+    assert!(dest.starts_with("serial:appliance.results/"), "{dest}");
+    assert!(dest.ends_with(run_dir.file_name().unwrap().to_str().unwrap()), "{dest} vs {run_dir:?}");
+    assert_arrived(&b, &run_dir);
+    assert!(b.stderr.contains(&format!("appliance: results in {}", run_dir.display())), "{}", b.stderr);
+    assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for a stream");
+
+    let first = std::fs::read(run_dir.join("results/big.bin")).unwrap();
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let b =
+        boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "serial", "--", &format!("appRunId={id}")]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_arrived(&b, &dir.join(format!("{id}.2")));
+    assert_eq!(std::fs::read(run_dir.join("results/big.bin")).unwrap(), first);
+    // Nothing else: the streams were unpacked and removed.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+}
+
 /// On the project's kernel (`build:6.1`: `appliance run` builds it first when it is not
 /// cached, which takes long on a fresh machine; tests/kernel.rs builds the same one).
 #[test]
@@ -416,6 +449,12 @@ fn dry_run_shows_the_share_the_nic_and_the_parameters() {
     assert!(line.contains(" appResultsTo=9p:results"), "{line}");
     assert!(line.contains(" appRunId=app-"), "{line}");
     assert!(!line.contains("-nic "), "9p needs no network: {line}");
+    let line = dry("serial");
+    let stream = format!("-chardev file,id=port0,path={}/.app-", dir.canonicalize().unwrap().display());
+    assert!(line.contains(&stream), "{line}");
+    assert!(line.contains("-device virtserialport,bus=ports.0,chardev=port0,name=appliance.results"), "{line}");
+    assert!(line.contains(" appResultsTo=serial:appliance.results"), "{line}");
+    assert!(!line.contains("-nic "), "a stream needs no network: {line}");
     // A dry run starts no server: the port shown is NFS's default.
     let line = dry("nfs");
     assert!(line.contains(" appResultsTo=nfs:10.0.2.2:/,port=2049"), "{line}");
