@@ -2,10 +2,11 @@
 //! directory into a directory of this run's own: on a mounted server (NFS or virtio 9p),
 //! every file fsynced, then unmounted; or as one newc cpio stream ([`crate::cpio`]) to a
 //! virtio-serial port, which `appliance run` unpacks on the host (no server, no network,
-//! no privileges on either side). Bounded in time: NFS is mounted `soft` with a finite timeout, and
-//! a stream that makes no progress for [`PORT_STALL`] ends, so an unreachable host ends
-//! the step with an error instead of a hang. A failure leaves the results in the guest and
-//! is reported; a partial copy never counts as success.
+//! no privileges on either side). The transport's drivers are loaded first when the image
+//! packs them as modules. Bounded in time: NFS is mounted `soft` with a finite timeout,
+//! and a stream that makes no progress for [`PORT_STALL`] ends, so an unreachable host
+//! ends the step with an error instead of a hang. A failure leaves the results in the
+//! guest and is reported; a partial copy never counts as success.
 //!
 //! Pure parts (mount options, the run's directory name) are unit-tested; the copy, to a
 //! tree and to a stream, is tested on the host on temporary files.
@@ -18,6 +19,7 @@ use core::fmt;
 use core::net::Ipv4Addr;
 use core::time::Duration;
 
+use appliance_cmdline::modules::{NFS_MODULES, NINEP_MODULES, PORT_MODULES};
 use appliance_cmdline::{Config, MacAddr, ResultsTo};
 use rustix::fd::{AsFd, BorrowedFd};
 use rustix::fs::{FileType, Mode, OFlags};
@@ -80,6 +82,16 @@ pub fn mount_args(to: &ResultsTo) -> Option<MountArgs> {
         options.push_str(to.options());
     }
     Some(MountArgs { source, fstype, options })
+}
+
+/// The drivers a transport needs, as modules (see
+/// [`appliance_cmdline::modules::FEATURE_MODULES`]); the NIC's, for NFS, are loaded at boot.
+pub fn drivers(to: &ResultsTo) -> &'static [&'static str] {
+    match to {
+        ResultsTo::Nfs { .. } => NFS_MODULES,
+        ResultsTo::NineP { .. } => NINEP_MODULES,
+        ResultsTo::Serial { .. } => PORT_MODULES,
+    }
 }
 
 /// Whether the results step will use the network (NFS; 9p needs none).
@@ -570,7 +582,8 @@ fn port_hint(e: Errno) -> &'static str {
 pub fn mount_hint(to: &ResultsTo, e: Errno) -> &'static str {
     match (to, e) {
         (ResultsTo::Nfs { .. }, Errno::NODEV) => {
-            "; the kernel has no NFSv4: on Debian's cloud kernel add \"nfsv4\" to the image's modules"
+            "; the kernel has no NFSv4 client (neither built in nor among the image's modules: rebuild the image \
+             for this kernel)"
         }
         (ResultsTo::NineP { .. }, Errno::NODEV) => {
             "; the kernel has no 9p (Debian's cloud kernel has none): use the serial transport, or boot a kernel \
@@ -613,9 +626,10 @@ fn copy_all(run_name: &str, sources: &[(&str, &str)], copied: &mut Copied) -> Re
 }
 
 /// The whole step, when `appResultsTo` asks for it: the network first for NFS (configured
-/// now if the boot did not: `appIp`'s address, or DHCP), then [`save`]. Says on the
-/// console and in the status record how it went. Returns whether the results were saved
-/// (`None`: nothing was asked).
+/// now if the boot did not: `appIp`'s address, or DHCP), the transport's drivers when the
+/// image packs them as modules (their loading counts in `mount_us`), then [`save`]. Says on
+/// the console and in the status record how it went. Returns whether the results were
+/// saved (`None`: nothing was asked).
 pub fn step(config: &Config, control: &mut Option<Control>, status: &StatusWriter) -> Option<bool> {
     let to = config.results_to.as_ref()?;
     let started = crate::status::t_us();
@@ -646,12 +660,20 @@ pub fn step(config: &Config, control: &mut Option<Control>, status: &StatusWrite
             }
         }
     }
+    let t_drivers = crate::supervisor::now();
+    for failure in crate::modules::load_wanted(drivers(to)) {
+        // The mount (or the port) fails next, and says what is missing.
+        log::error!("{failure}");
+        status.error(format!("{failure}"));
+    }
+    let drivers_us = us(crate::supervisor::now().saturating_sub(t_drivers));
     let mac = control.as_ref().and_then(|c| c.mac);
     let name = run_dir_name(config, mac);
     let results_dir = config.results_dir_or_default();
     let sources = [(appliance_cmdline::APP_OUT, "output"), (results_dir, "results")];
     // Every phase has ended: nothing appends to /app/output any more.
-    let report = save(to, &name, &sources);
+    let mut report = save(to, &name, &sources);
+    report.mount_us = report.mount_us.saturating_add(drivers_us);
     let ok = report.error.is_none();
     let elapsed_ms = crate::status::t_us().saturating_sub(started) / 1000;
     match &report.error {
@@ -715,6 +737,7 @@ mod tests {
         assert_eq!(nfs_server(&to), Some(Ipv4Addr::new(10, 0, 2, 2)));
         let to: ResultsTo = "nfs:10.0.2.2:/".parse().unwrap();
         assert_eq!(mount_args(&to).unwrap().options, "vers=4.0,addr=10.0.2.2,proto=tcp,soft,timeo=100,retrans=1");
+        assert_eq!(drivers(&to), ["nfsv4"]);
     }
 
     #[test]
@@ -727,10 +750,11 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_mounts_nothing() {
+    fn a_stream_mounts_nothing_and_needs_the_console_driver() {
         let to: ResultsTo = "serial:appliance.results".parse().unwrap();
         assert_eq!(mount_args(&to), None);
         assert_eq!(nfs_server(&to), None);
+        assert_eq!(drivers(&to), ["virtio_pci", "virtio_console"]);
         assert_eq!(DisplayDest(&to, Some("r1")).to_string(), "serial:appliance.results/r1");
         assert!(port_hint(Errno::NOENT).contains("virtio_console"));
     }
@@ -739,7 +763,7 @@ mod tests {
     fn mount_errors_that_mean_a_missing_feature_say_what_to_do() {
         let nfs: ResultsTo = "nfs:10.0.2.2:/".parse().unwrap();
         let ninep: ResultsTo = "9p:results".parse().unwrap();
-        assert!(mount_hint(&nfs, Errno::NODEV).contains("\"nfsv4\""));
+        assert!(mount_hint(&nfs, Errno::NODEV).contains("no NFSv4 client"));
         assert!(mount_hint(&ninep, Errno::NODEV).contains("serial"));
         assert!(mount_hint(&ninep, Errno::NODEV).contains("build:6.1"));
         assert!(mount_hint(&ninep, Errno::NOENT).contains("mount_tag"));
