@@ -14,6 +14,7 @@
 #     ssh`, tests/ssh.rs). Installing openssh-server must not start a host sshd: a
 #     temporary policy-rc.d forbids it (a host sshd on port 22 would not disturb the
 #     tests, which forward free loopback ports, but a CI machine needs no open port).
+#   - mmdebstrap: `appliance root create` makes reference roots with it (tests/root.rs)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -43,6 +44,7 @@ appliance_install_deps() {
     { command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing+=(openssh-client)
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     { [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null; } || missing+=(dropbear-bin)
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

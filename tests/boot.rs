@@ -93,18 +93,27 @@ fn app_end_reboot_ends_the_run_through_a_reboot() {
 fn orphaned_zombies_are_reaped_before_postrun_looks() {
     let tmp = TempDir::new().unwrap();
     let run = r#"#!/bin/bash
-# Orphans: subshells that exit at once, leaving their `sleep` to PID 1; they end while run
-# is still going, so only the init can reap them.
-for i in 1 2 3; do ( sleep 2 & ) ; done
+# Orphans: subshells that exit at once, leaving their `sleep` to PID 1. Once it has seen
+# them, the run ends them and waits until they have ended (10 s at most for each): they
+# end while run is still going, so only the init can reap them.
+for i in 1 2 3; do ( sleep 600 & ) ; done
 for ((try = 0; try < 100; try++)); do
-  n=0
+  orphans=()
   for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest < "$f" 2>/dev/null || continue
-    [ "$comm" = "(sleep)" ] && [ "$ppid" = 1 ] && n=$((n + 1)); done
-  [ "$n" -ge 3 ] && break
+    [ "$comm" = "(sleep)" ] && [ "$ppid" = 1 ] && orphans+=("$pid"); done
+  [ "${#orphans[@]}" -ge 3 ] && break
   sleep 0.1
 done
-echo "orphans of pid 1: $n"
-sleep 4
+echo "orphans of pid 1: ${#orphans[@]}"
+kill "${orphans[@]}"
+for ((try = 0; try < 100; try++)); do
+  running=0
+  for p in "${orphans[@]}"; do read -r pid comm state rest < "/proc/$p/stat" 2>/dev/null || continue
+    [ "$state" != Z ] && running=$((running + 1)); done
+  [ "$running" = 0 ] && break
+  sleep 0.1
+done
+echo "orphans still running: $running"
 "#;
     let postrun = r#"#!/bin/bash
 zombies=0
@@ -117,6 +126,7 @@ echo "zombies=$zombies"
     assert_eq!(b.code, 0, "{b:?}");
     // Control: the orphans existed and were children of PID 1.
     b.assert_console("orphans of pid 1: 3");
+    b.assert_console("orphans still running: 0");
     b.assert_console("zombies=0");
 }
 
@@ -185,6 +195,19 @@ echo "env APP_DIR=$APP_DIR APP_OUT=$APP_OUT APP_MYNODE=$APP_MYNODE APP_PHASE=$AP
     assert!(output_line.contains("to-stderr"), "{output_line}");
 }
 
+/// Regression: the original sourced its phases, so what an unchanged prerun exported was
+/// set in run; with phases as child processes it was silently unset.
+#[test]
+fn variables_an_original_prerun_exports_reach_run() {
+    let tmp = TempDir::new().unwrap();
+    let prerun = "#!/bin/bash\nexport TRIAL_TAG=\"tag-$(cat /proc/sys/kernel/hostname)\"\n";
+    let run = "#!/bin/bash\necho \"run sees TRIAL_TAG=$TRIAL_TAG FROM_CMD=$FROM_CMD\"\n";
+    let img = image(tmp.path(), &bash_manifest(""), &[("prerun", prerun), ("run", run)]);
+    let b = boot(&build(&img, tmp.path()), &["--cmds", "export FROM_CMD=cmd-$((6 * 7))", "--", "appNode=node7"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("run sees TRIAL_TAG=tag-node7 FROM_CMD=cmd-42");
+}
+
 #[test]
 fn app_debug_gives_a_console_shell_and_the_boot_continues() {
     let (_tmp, app) = bash_tools();
@@ -209,20 +232,85 @@ fn app_debug_gives_a_console_shell_and_the_boot_continues() {
     assert!(debug_end.is_some() && debug_end < run_start, "{:?}", b.events);
 }
 
+/// A guest that hears neither stop request (the project's kernel, which has no PC keyboard
+/// for Ctrl-Alt-Del, on a machine without ACPI, so no power button either) does not power
+/// off when `--timeout` asks it to: QEMU is killed after `--stop-grace`.
 #[test]
-fn a_run_past_its_timeout_is_killed_and_fails() {
+fn a_guest_that_ignores_the_stop_at_its_timeout_is_killed_after_the_grace() {
     let tmp = TempDir::new().unwrap();
-    let img = image(tmp.path(), &bash_manifest(""), &[("run", "#!/bin/bash\necho started-sleeping\nsleep 600\n")]);
+    let manifest = bash_manifest("kernel = \"build:6.1\"\n");
+    let img = image(tmp.path(), &manifest, &[("run", "#!/bin/bash\necho started-sleeping\nsleep 600\n")]);
     let app = build(&img, tmp.path());
     let started = std::time::Instant::now();
     let o = appliance_tests::appliance()
-        .args(["run", app.to_str().unwrap(), "--timeout", "25"])
+        .args(["run", app.to_str().unwrap(), "--timeout", "25", "--stop-grace", "5"])
+        .args(["--qemu-arg=-machine", "--qemu-arg=acpi=off"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(124), "{o:?}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert!(started.elapsed() < std::time::Duration::from_secs(70));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("did not finish within 25 s") && stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("--timeout: 25 s are up: asking the guest to shut down"), "{stderr}");
+    assert!(
+        stderr.contains("did not finish within 25 s, nor power off within 5 s of the stop request: killed it"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timed out: VM killed"), "{stderr}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("started-sleeping"), "the guest really ran");
+}
+
+/// Where no host watches the run, a fork bomb left behind by `/app/run` kept the
+/// appliance busy for ever. `appRunTimeout` ends the run, kills what it left behind in
+/// any process group, runs postrun on a quiet system, saves the results and powers off.
+/// The bomb is bounded (a binary tree 5 deep, each process forking a short-lived child
+/// over and over, slowly enough for an emulated CPU), and it runs inside the VM.
+#[test]
+fn a_fork_bomb_left_by_run_is_ended_by_app_run_timeout_and_the_results_saved() {
+    let tmp = TempDir::new().unwrap();
+    let run = r#"#!/bin/bash
+# Job control: the first generation gets process groups of its own, out of run's group.
+set -m
+bomb() {
+  if (( $1 > 0 )); then bomb $(($1 - 1)) & bomb $(($1 - 1)) & fi
+  while :; do sleep 10 & wait $!; done
+}
+bomb 5 &
+count() { n=0; for f in /proc/[0-9]*/stat; do read -r pid comm state ppid rest 2>/dev/null < "$f" || continue
+  [ "$comm" = "(run)" ] && n=$((n + 1)); done; }
+# 63 in the tree, and run itself.
+for ((try = 0; try < 100; try++)); do count; [ "$n" -ge 64 ] && break; sleep 0.2; done
+if [ "$n" -ge 64 ]; then echo "bomb up"; else echo "bomb not up: $n"; fi
+wait
+"#;
+    let postrun = r#"#!/bin/bash
+n=0
+for f in /proc/[0-9]*/stat; do
+  read -r pid comm state ppid rest 2>/dev/null < "$f" || continue
+  [ "$pid" = 1 ] || [ "$pid" = 2 ] || [ "$ppid" = 2 ] || [ "$pid" = $$ ] && continue
+  n=$((n + 1)); echo "left: $pid $comm $state"
+done
+echo "postrun: run status $APP_RUN_STATUS, left behind: $n"
+"#;
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\""), &[("run", run), ("postrun", postrun)]);
+    let app = build(&img, tmp.path());
+    let dir = tmp.path().join("results");
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "9p", "--", "appRunTimeout=40"]);
+    b.assert_console("bomb up\n");
+    b.assert_console("postrun: run status 124, left behind: 0");
+    assert_eq!(b.code, 124, "{b:?}");
+    let run_end = b.events.iter().find_map(|e| match e {
+        appliance_cmdline::status::Event::PhaseEnd { phase, status, timed_out, .. } if phase == "run" => {
+            Some((*status, *timed_out))
+        }
+        _ => None,
+    });
+    assert_eq!(run_end, Some((124, true)), "{:?}", b.events);
+    assert_eq!(b.end(), Some(("poweroff".into(), 124)));
+    assert!(b.stderr.contains("run status 124, poweroff (run timed out in the guest: appRunTimeout)"), "{}", b.stderr);
+    let saved = b.events.iter().any(|e| matches!(e, appliance_cmdline::status::Event::Results { ok: true, .. }));
+    assert!(saved, "{:?}", b.events);
+    let run_dir = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let output = std::fs::read_to_string(run_dir.join("output")).unwrap();
+    assert!(output.contains("bomb up\n") && output.contains("left behind: 0"), "{output}");
 }

@@ -3,7 +3,7 @@
 //! works and Ctrl-C reaches the foreground program, not the shell and not PID 1. Without a
 //! shell in the image the init says so and goes on.
 
-use appliance_tests::{Session, bash_manifest, boot, build, image, root};
+use appliance_tests::{Boot, Session, bash_manifest, boot, boot_with_stdin, build, image, piped, root};
 use tempfile::TempDir;
 
 /// Ctrl-C on the serial line.
@@ -88,4 +88,63 @@ fn the_power_button_hangs_up_a_debug_shell_and_powers_off_without_running_the_ap
     assert!(!b.console.contains("killing"), "{}", b.console);
     assert!(!b.console.contains("run-ran"), "{}", b.console);
     assert_eq!(b.end(), Some(("poweroff".into(), 143)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Console input typed ahead: from a pipe or a file, before the shell starts
+
+/// Input typed before the shell is ready is the shell's: `printf ... | appliance run`. Each
+/// of these runs would wait for `--timeout` (a failure: exit 124) if the input were lost,
+/// or if the end of the input did not end the shell.
+fn typed_ahead(args: &[&str], stdin: impl Into<std::process::Stdio>) -> Boot {
+    let tmp = TempDir::new().unwrap();
+    let app = bash_app(&tmp);
+    boot_with_stdin(&app, args, stdin)
+}
+
+/// The typed commands ran in the shell (their output, not their echo: `$((...))` is only
+/// computed by the shell).
+#[track_caller]
+fn ran_in_the_shell(b: &Boot, needle: &str) {
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console(needle);
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)), "{b:?}");
+}
+
+/// Regression: the input was written before the guest's serial driver was up, which
+/// discarded it, and the end shell waited at its prompt until `--timeout`.
+#[test]
+fn input_piped_ahead_of_the_end_shell_reaches_it() {
+    let b = typed_ahead(&["--end", "shell"], piped("echo typed-$((20 + 1))\nexit\n"));
+    ran_in_the_shell(&b, "typed-21");
+    b.assert_console("run-ran");
+}
+
+#[test]
+fn input_piped_ahead_of_the_debug_shell_reaches_it_and_the_boot_goes_on() {
+    let b = typed_ahead(&["--debug"], piped("echo typed-$((20 + 2))\nexit\n"));
+    ran_in_the_shell(&b, "typed-22");
+    let typed = b.console.find("typed-22").unwrap();
+    assert!(b.console[typed..].contains("run-ran"), "the boot went on after the debug shell:\n{}", b.console);
+}
+
+#[test]
+fn input_from_a_file_reaches_the_end_shell() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("input");
+    std::fs::write(&input, "echo typed-$((20 + 3))\nexit\n").unwrap();
+    let b = typed_ahead(&["--end", "shell"], std::fs::File::open(&input).unwrap());
+    ran_in_the_shell(&b, "typed-23");
+}
+
+/// The end of the input ends the shell as at the end of a script, after the commands
+/// before it ran: here one that takes a while, and a last line without a newline.
+#[test]
+fn the_end_of_the_input_ends_the_console_shells_without_an_exit_command() {
+    let b = typed_ahead(&["--debug", "--end", "shell"], piped("sleep 2; echo slept-$((4 * 6))\necho last-$((5 * 5))"));
+    ran_in_the_shell(&b, "slept-24");
+    b.assert_console("last-25");
+    // The debug shell ended, the boot went on, and the end shell ended too.
+    let last = b.console.find("last-25").unwrap();
+    assert!(b.console[last..].contains("run-ran") && b.console[last..].contains("console shell on"), "{}", b.console);
 }

@@ -9,7 +9,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
@@ -17,6 +18,10 @@ use appliance_host::image::checkout::Checkout;
 
 /// The bound on every boot: generous, since TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT_S: u64 = 180;
+
+/// How long the console may stay open after `appliance run` has ended: its QEMU, which
+/// shares the console, gets SIGTERM when it dies and is gone well within this.
+const CONSOLE_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The repository's top directory.
 pub fn root() -> PathBuf {
@@ -102,8 +107,13 @@ impl Boot {
 
 /// Boots `app_dir` with `appliance run ARGS` and waits for it to end.
 pub fn boot(app_dir: &Path, args: &[&str]) -> Boot {
+    boot_with_stdin(app_dir, args, Stdio::null())
+}
+
+/// [`boot`] with this standard input (a pipe, a file).
+pub fn boot_with_stdin(app_dir: &Path, args: &[&str], stdin: impl Into<Stdio>) -> Boot {
     let status = tempfile::NamedTempFile::new().expect("temp file");
-    let o = run_cmd(app_dir, status.path(), args).stdin(Stdio::null()).output().expect("appliance runs");
+    let o = run_cmd(app_dir, status.path(), args).stdin(stdin).output().expect("appliance runs");
     let (events, _) = appliance_host::vm::read_status(status.path());
     Boot {
         console: String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n"),
@@ -120,19 +130,35 @@ fn run_cmd(app_dir: &Path, status: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// A pipe that holds `text` and then ends, as `printf TEXT |` gives a command.
+pub fn piped(text: &str) -> std::io::PipeReader {
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    // Far below a pipe's capacity: the write does not block.
+    writer.write_all(text.as_bytes()).expect("write to the pipe");
+    reader
+}
+
 /// A boot driven over its console: type into it and wait for output.
 pub struct Session {
     child: Child,
     output: Arc<Mutex<String>>,
-    /// `appliance`'s own messages.
+    /// The thread copying the console into `output`, until end of file.
+    reader: JoinHandle<()>,
+    /// Disconnected when `reader` ends.
+    reader_done: mpsc::Receiver<()>,
+    /// `appliance`'s own messages, and the thread copying them.
     errors: Arc<Mutex<String>>,
+    errors_reader: (JoinHandle<()>, mpsc::Receiver<()>),
     status: tempfile::NamedTempFile,
 }
 
-/// Copies what `from` gives into `sink` until it ends, in a thread of its own.
-fn collect(mut from: impl Read + Send + 'static, sink: &Arc<Mutex<String>>) {
+/// Copies what `from` gives into `sink` until end of file, in a thread of its own; the
+/// receiver is disconnected when that thread ends.
+fn collect(mut from: impl Read + Send + 'static, sink: &Arc<Mutex<String>>) -> (JoinHandle<()>, mpsc::Receiver<()>) {
     let sink = Arc::clone(sink);
-    std::thread::spawn(move || {
+    let (done, ended) = mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let _done = done;
         let mut buf = [0u8; 4096];
         while let Ok(n) = from.read(&mut buf) {
             if n == 0 {
@@ -141,6 +167,7 @@ fn collect(mut from: impl Read + Send + 'static, sink: &Arc<Mutex<String>>) {
             sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
+    (reader, ended)
 }
 
 impl Session {
@@ -154,9 +181,9 @@ impl Session {
             .expect("appliance runs");
         let output = Arc::new(Mutex::new(String::new()));
         let errors = Arc::new(Mutex::new(String::new()));
-        collect(child.stdout.take().expect("piped stdout"), &output);
-        collect(child.stderr.take().expect("piped stderr"), &errors);
-        Session { child, output, errors, status }
+        let (reader, reader_done) = collect(child.stdout.take().expect("piped stdout"), &output);
+        let errors_reader = collect(child.stderr.take().expect("piped stderr"), &errors);
+        Session { child, output, reader, reader_done, errors, errors_reader, status }
     }
 
     /// Waits until the console shows `needle` after byte offset `from`; returns the
@@ -188,11 +215,24 @@ impl Session {
         stdin.flush().expect("flush the console");
     }
 
-    /// Waits for the VM to end.
+    /// Waits for the VM to end, and for the console to reach end of file, so that the
+    /// last lines are in.
     pub fn finish(mut self) -> Boot {
         drop(self.child.stdin.take());
         let st = self.child.wait().expect("appliance exits");
-        std::thread::sleep(Duration::from_millis(100));
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.reader_done.recv_timeout(CONSOLE_CLOSE_TIMEOUT) {
+            panic!(
+                "the console was still open {} s after appliance run ended: a process it started holds it; console:\n{}",
+                CONSOLE_CLOSE_TIMEOUT.as_secs(),
+                self.output.lock().unwrap()
+            );
+        }
+        self.reader.join().expect("the console reader ends normally");
+        // `appliance`'s messages end with it (nothing it starts keeps its stderr).
+        let (errors_reader, errors_done) = self.errors_reader;
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = errors_done.recv_timeout(CONSOLE_CLOSE_TIMEOUT) {
+            errors_reader.join().expect("the stderr reader ends normally");
+        }
         let (events, _) = appliance_host::vm::read_status(self.status.path());
         Boot {
             console: self.output.lock().unwrap().replace("\r\n", "\n"),

@@ -155,15 +155,26 @@ fn with_app_net_down_the_link_is_down_during_run_and_the_results_still_arrive() 
 fn a_dead_server_is_a_clear_error_and_a_nonzero_exit_not_a_hang() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
-    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo r > \"$APP_RESULTS/r.txt\"\necho kill-the-server-now\nsleep 8\necho run done\n";
+    // The run holds the boot until the test says on the console that the server is dead
+    // (the results step comes after it), 150 s at most. Its answer names what it read,
+    // which the echo of the typed line does not.
+    let run = r#"#!/bin/bash
+mkdir -p "$APP_RESULTS"; echo r > "$APP_RESULTS/r.txt"
+echo kill-the-server-now
+read -r -t 150 line
+echo "run read [$line]"
+"#;
     let app = app(tmp.path(), NFS_MODULES, run);
     let dir = tmp.path().join("results");
     let started = Instant::now();
-    let s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
-    s.expect("kill-the-server-now", 0);
+    let mut s = Session::start(&app, &["--results", dir.to_str().unwrap()]);
+    let at = s.expect("kill-the-server-now", 0);
     let server = ganesha_serving(&dir).expect("the run's ganesha.nfsd is running");
     // SIGKILL: a crash, not a clean shutdown.
     nix_kill(server);
+    wait_until_gone(server, Duration::from_secs(20), "the killed ganesha.nfsd did not end");
+    s.send("server-gone\n");
+    s.expect("run read [server-gone]", at);
     let b = s.finish();
     let elapsed = started.elapsed();
     assert_eq!(b.code, 123, "{b:?}");
@@ -193,12 +204,18 @@ fn a_killed_appliance_run_leaves_no_vm_and_no_server_behind() {
     nix_kill(appliance);
     let b = s.finish();
     assert_eq!(b.code, -1, "killed by a signal");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (alive(server) || alive(qemu)) && Instant::now() < deadline {
+    wait_until_gone(qemu, Duration::from_secs(20), "QEMU outlived appliance run");
+    wait_until_gone(server, Duration::from_secs(20), "ganesha.nfsd outlived appliance run");
+}
+
+/// Waits until `pid` has ended (gone or a zombie); fails the test past `limit`.
+#[track_caller]
+fn wait_until_gone(pid: i32, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what}: pid {pid} still runs after {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!alive(qemu), "QEMU ({qemu}) outlived appliance run");
-    assert!(!alive(server), "ganesha.nfsd ({server}) outlived appliance run");
 }
 
 /// The process's name, "" when it is gone.
@@ -381,6 +398,97 @@ fn ninep_results_arrive_without_any_network() {
     assert!(dest.starts_with("9p:results/"), "{dest}");
     assert_arrived(&b, &only_dir(&dir));
     assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for 9p");
+}
+
+/// `--timeout` killed QEMU: whatever the run had produced was gone and the status record
+/// ended without an `end`. Now the guest is stopped as `appliance stop` does: the run gets
+/// SIGTERM, the results step saves what it produced, and the guest powers off. The exit
+/// status is still the timeout's. On the project's kernel, which has the ACPI button and
+/// evdev built in.
+#[test]
+fn a_run_past_its_timeout_still_saves_its_results_and_ends_its_record() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\nmkdir -p \"$APP_RESULTS\"; echo partial > \"$APP_RESULTS/partial.txt\"\necho started-sleeping\nsleep 600\n";
+    let app = app(tmp.path(), "", run);
+    let dir = tmp.path().join("results");
+    let status = tmp.path().join("status.jsonl");
+    let o = appliance_tests::appliance()
+        .arg("run")
+        .arg(&app)
+        .args(["--kernel", "build:6.1", "--results", dir.to_str().unwrap(), "--results-via", "9p"])
+        .args(["--timeout", "60", "--status", status.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(124), "{console}\n{stderr}");
+    assert!(console.contains("started-sleeping"), "the run had started: {console}");
+    assert!(
+        stderr.contains("did not finish within 60 s: stopped it, and it powered off after the stop request"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("timed out: stopped, run status 143, poweroff"), "{stderr}");
+    let (events, _) = appliance_host::vm::read_status(&status);
+    assert!(events.iter().any(|e| matches!(e, Event::End { status: 143, .. })), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::Results { ok: true, .. })), "{events:?}");
+    let run_dir = only_dir(&dir);
+    assert_eq!(std::fs::read_to_string(run_dir.join("results/partial.txt")).unwrap(), "partial\n");
+    assert!(std::fs::read_to_string(run_dir.join("output")).unwrap().contains("started-sleeping"));
+    assert!(stderr.contains(&format!("appliance: results in {}", run_dir.display())), "{stderr}");
+}
+
+/// A hard NFS mount the application made, whose server stopped answering with data still
+/// to write, hung `sync` at the shutdown for ever: the machine never powered off. Now each
+/// shutdown step has a deadline. The server is frozen (SIGSTOP: connections stay open, no
+/// answer comes) while a writer fills the page cache; the run learns it on its console.
+#[test]
+fn a_hung_nfs_mount_made_by_the_app_does_not_keep_the_machine_from_powering_off() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let manifest = manifest(NFS_MODULES)
+        .replace("\"/usr/bin/sleep\"]", "\"/usr/bin/sleep\", \"/usr/bin/mount\", \"/usr/bin/dd\"]");
+    let run = r#"#!/bin/bash
+mkdir -p /mnt/nfs
+mount -t nfs -o "vers=4.0,addr=10.0.2.2,port=$1,proto=tcp,hard" 10.0.2.2:/ /mnt/nfs || exit 1
+# Writes for ever: whatever it wrote last is in the page cache when the server freezes.
+dd if=/dev/zero of=/mnt/nfs/dirty bs=64k count=1000000 2>/dev/null &
+writer=$!
+written=0
+for ((try = 0; try < 300 && written < 4194304; try++)); do
+  while read -r key value; do [ "$key" = wchar: ] && written=$value; done 2>/dev/null < "/proc/$writer/io"
+  sleep 0.1
+done
+echo "written: $written bytes; freeze-the-server-now"
+read -r line
+echo "run: $line"
+"#;
+    let img = image(tmp.path(), &manifest, &[("run", run)]);
+    let app = build(&img, tmp.path());
+    let dir = tmp.path().join("export");
+    std::fs::create_dir(&dir).unwrap();
+    let server = appliance_host::vm::nfs::NfsServer::start(&dir).unwrap();
+    let port = server.port().to_string();
+    let started = Instant::now();
+    let mut s = Session::start(
+        &app,
+        &["--qemu-arg=-nic", "--qemu-arg=user,model=virtio-net-pci", "--args", &port, "--", "appIp=10.0.2.15/24"],
+    );
+    let at = s.expect("freeze-the-server-now", 0);
+    let ganesha = ganesha_serving(&dir).expect("the test's ganesha.nfsd is running");
+    let st = std::process::Command::new("kill").arg("-STOP").arg(ganesha.to_string()).status().unwrap();
+    assert!(st.success());
+    s.send("server frozen\n");
+    s.expect("run: server frozen", at);
+    let b = s.finish();
+    let elapsed = started.elapsed();
+    drop(server);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("not done after 20 s: going on without it");
+    b.assert_console("Power down");
+    assert_eq!(b.end(), Some(("poweroff".into(), 0)));
+    assert!(elapsed < Duration::from_secs(BOOT_TIMEOUT_S), "took {elapsed:?}");
 }
 
 /// A server that accepts connections and never answers (hung, or a firewall that lets the

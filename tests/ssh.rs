@@ -272,7 +272,8 @@ fn ctrl_alt_del_stops_the_running_app_and_powers_off() {
 #[test]
 fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     let tmp = TempDir::new().unwrap();
-    let prerun = "#!/bin/bash\necho prerun-asks-to-stop\nkill -TERM 1\nsleep 2\n";
+    // The stop ends prerun too (PID 1 forwards it); the sleep is only a bound.
+    let prerun = "#!/bin/bash\necho prerun-asks-to-stop\nkill -TERM 1\nsleep 60\n";
     let img = image(
         tmp.path(),
         &bash_manifest("kernel = \"build:6.1\"\n"),
@@ -282,6 +283,7 @@ fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     b.assert_console("prerun-asks-to-stop");
     b.assert_console("signal 15: shutting down");
     assert!(!b.console.contains("run-ran"), "{}", b.console);
+    assert_eq!(phase_end(&b.events, "prerun"), Some(Exit::Signal(15)), "control: the stop reached prerun");
     assert!(phase_end(&b.events, "run").is_none(), "{:?}", b.events);
     // /app/run never ran: not a success (docs/protocol.md, "Stopping").
     assert_eq!(b.end(), Some(("poweroff".into(), 143)));

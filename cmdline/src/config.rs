@@ -9,8 +9,6 @@ use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::cmds::join_cmds;
-use crate::error::Error;
-use crate::params::PARAMS;
 use crate::results::{DEFAULT_RESULTS_DIR, ResultsTo};
 use crate::value::{End, IpCidr, LogLevel, MacAddr};
 use crate::words::join_words;
@@ -73,17 +71,16 @@ pub struct Config {
     pub results_dir: Option<String>,
     /// `appRunId`: the run's directory name on the results server.
     pub run_id: Option<String>,
+    /// `appRunTimeout`: seconds after which the init ends `/app/run` (and, separately,
+    /// `/app/postrun`), where no host is watching the run.
+    pub run_timeout: Option<u32>,
+    /// `appCarryEnv=0`: the variables a shell-script phase exports stay in that phase
+    /// instead of reaching the later ones (see `docs/protocol.md`, "Carrying variables").
+    /// Inverted so that the default, carrying them as the original did, is `false`.
+    pub no_carry_env: bool,
 }
 
 impl Config {
-    /// Checks that every field holds a value the parser could have produced, so that
-    /// rendering and parsing give the same config back: commands are trimmed and not empty,
-    /// optional strings are not empty, the node name is valid, nothing holds a NUL.
-    /// [`Config::render`] calls this first.
-    pub fn validate(&self) -> Result<(), Error> {
-        PARAMS.iter().try_for_each(|param| (param.check)(self))
-    }
-
     /// `appResultsDir`, or `/app/results`.
     pub fn results_dir_or_default(&self) -> &str {
         self.results_dir.as_deref().unwrap_or(DEFAULT_RESULTS_DIR)
@@ -131,6 +128,7 @@ impl Config {
             ("APP_GATEWAY", self.gateway.map(|g| g.to_string())),
             ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
             ("APP_RUNID", self.run_id.clone()),
+            ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
         ];
         for (k, v) in optional {
             if let Some(v) = v {

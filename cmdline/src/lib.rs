@@ -40,7 +40,9 @@ pub use error::Error;
 pub use params::KNOWN_KEYS;
 pub use parse::{Parsed, parse, parse_strict};
 pub use render::{check_len, render_param};
-pub use results::{DEFAULT_RESULTS_DIR, ResultsTo, is_valid_results_dir, is_valid_run_id};
+pub use results::{
+    DEFAULT_RESULTS_DIR, NFS_REQUEST_LIMIT_S, NFS_TIMEOUTS, ResultsTo, is_valid_results_dir, is_valid_run_id,
+};
 pub use value::{DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, is_valid_module, is_valid_node};
 pub use words::{Words, join_words, quote_word, split_words};
 

@@ -16,7 +16,7 @@ use core::str::FromStr;
 use crate::cmds::{is_valid_cmd, join_cmds, split_cmds};
 use crate::config::Config;
 use crate::error::Error;
-use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, is_valid_results_dir, is_valid_run_id};
+use crate::results::{RESULTS_DIR_EXPECTED, RUN_ID_EXPECTED, ResultsTo, is_valid_results_dir, is_valid_run_id};
 use crate::value::{
     DEFAULT_PREFIX, GATEWAY_EXPECTED, IpCidr, MODULE_EXPECTED, NODE_EXPECTED, is_valid_module, is_valid_node,
     parse_bool,
@@ -26,6 +26,18 @@ use crate::words::{join_words, split_words};
 const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
 const TEXT_EXPECTED: &str = "a non-empty value without NUL (leave the field unset instead)";
 const ARG_EXPECTED: &str = "an argument without NUL";
+const SECONDS_EXPECTED: &str = "a whole number of seconds from 1 (e.g. 600)";
+
+// Here rather than in `config`, which defines the fields: the table sits above them.
+impl Config {
+    /// Checks that every field holds a value the parser could have produced, so that
+    /// rendering and parsing give the same config back: commands are trimmed and not empty,
+    /// optional strings are not empty, the node name is valid, nothing holds a NUL.
+    /// [`Config::render`] calls this first.
+    pub fn validate(&self) -> Result<(), Error> {
+        PARAMS.iter().try_for_each(|param| (param.check)(self))
+    }
+}
 
 /// One parameter. The parser resets the field before each occurrence (the last one wins),
 /// and leaves it reset for an empty value.
@@ -225,9 +237,34 @@ pub(crate) const PARAMS: &[Param] = &[
         render: |c| c.gateway.map(|gw| Rendered::Value(gw.to_string())),
     },
     flag!("appNetDown", net_down),
-    typed!("appResultsTo", results_to),
+    // Parsing refuses NFS options that lift the bound on a dead server; so does the check.
+    Param {
+        check: |c| c.results_to.as_ref().map_or(Ok(()), ResultsTo::check_bounded),
+        ..typed!("appResultsTo", results_to)
+    },
     text!("appResultsDir", results_dir, is_valid_results_dir, RESULTS_DIR_EXPECTED),
     text!("appRunId", run_id, is_valid_run_id, RUN_ID_EXPECTED),
+    Param {
+        key: "appRunTimeout",
+        reset: |c| c.run_timeout = None,
+        bare: None,
+        parse: |c, v| parse_seconds("appRunTimeout", v).map(|s| c.run_timeout = Some(s)),
+        check: |c| match c.run_timeout {
+            Some(0) => Err(invalid("appRunTimeout", "0", SECONDS_EXPECTED)),
+            _ => valid(),
+        },
+        render: |c| c.run_timeout.map(|s| Rendered::Value(s.to_string())),
+    },
+    // On by default: only `=0` (or another false boolean) means something, so the bare key
+    // is not a flag.
+    Param {
+        key: "appCarryEnv",
+        reset: |c| c.no_carry_env = false,
+        bare: None,
+        parse: |c, v| parse_bool("appCarryEnv", v).map(|carry| c.no_carry_env = !carry),
+        check: |_| valid(),
+        render: |c| c.no_carry_env.then(|| Rendered::Value("0".to_owned())),
+    },
 ];
 
 /// Every parameter name, in the order of the table. `appCmd` is the original's alias of
@@ -281,6 +318,14 @@ fn parse_ip(c: &mut Config, value: &str) -> Result<(), Error> {
             }
             Err(_) => Err(e),
         },
+    }
+}
+
+/// A whole number of seconds, at least 1, in digits only (`u32::from_str` takes a `+`).
+fn parse_seconds(param: &str, value: &str) -> Result<u32, Error> {
+    match value.parse::<u32>() {
+        Ok(s) if s > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(s),
+        _ => Err(invalid(param, value, SECONDS_EXPECTED)),
     }
 }
 

@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 /// Version of the record format; bumped on incompatible changes.
 pub const STATUS_VERSION: u32 = 1;
 
+/// The status of a phase that ran past its time limit and was ended by the init, as
+/// `timeout(1)` reports it.
+pub const TIMED_OUT: i32 = 124;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// How a phase's process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,8 +53,10 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<u32>,
     },
-    /// A phase ended. `status` is `exit.status()`. Absent optional phases (prerun,
-    /// postrun) have neither a start nor an end.
+    /// A phase ended. `status` is `exit.status()`, or [`TIMED_OUT`] when `timed_out`: the
+    /// phase ran past its time limit (`appRunTimeout`) and the init ended it (`exit` says
+    /// how its process ended then). Absent optional phases (prerun, postrun) have neither
+    /// a start nor an end.
     PhaseEnd {
         t_us: u64,
         phase: String,
@@ -54,7 +64,13 @@ pub enum Event {
         index: Option<u32>,
         exit: Exit,
         status: i32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        timed_out: bool,
     },
+    /// A console shell starts on the console's terminal `tty`: `phase` is `debug`
+    /// (`appDebug`) or `end` (`appEnd=shell`, or beside the SSH server). Console input the
+    /// host held back (from a pipe or a file) is for it.
+    Shell { t_us: u64, phase: String, tty: String },
     /// Something went wrong that the user should know about.
     Error { t_us: u64, message: String },
     /// The init configured the control NIC: `method` is `static` or `dhcp`, `addr` the
@@ -120,6 +136,7 @@ impl Event {
             Event::Init { t_us, .. }
             | Event::PhaseStart { t_us, .. }
             | Event::PhaseEnd { t_us, .. }
+            | Event::Shell { t_us, .. }
             | Event::Error { t_us, .. }
             | Event::Network { t_us, .. }
             | Event::RunTraffic { t_us, .. }
@@ -155,8 +172,24 @@ mod tests {
         let events = [
             Event::Init { t_us: 1, version: "0.1.0".to_string(), v: STATUS_VERSION },
             Event::PhaseStart { t_us: 2, phase: "cmd".to_string(), index: Some(1) },
-            Event::PhaseEnd { t_us: 3, phase: "run".to_string(), index: None, exit: Exit::Signal(9), status: 137 },
+            Event::PhaseEnd {
+                t_us: 3,
+                phase: "run".to_string(),
+                index: None,
+                exit: Exit::Signal(9),
+                status: 137,
+                timed_out: false,
+            },
+            Event::PhaseEnd {
+                t_us: 4,
+                phase: "run".to_string(),
+                index: None,
+                exit: Exit::Signal(15),
+                status: TIMED_OUT,
+                timed_out: true,
+            },
             Event::Error { t_us: 4, message: "no /app/run".to_string() },
+            Event::Shell { t_us: 4, phase: "debug".to_string(), tty: "/dev/ttyS0".to_string() },
             Event::End { t_us: 5, action: "halt".to_string(), status: 3 },
             Event::Network {
                 t_us: 6,
@@ -190,6 +223,16 @@ mod tests {
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
             assert_eq!(Event::from_line(&line).unwrap(), e);
         }
+    }
+
+    /// Records written before `timed_out` existed still read, and a phase that ended in
+    /// time writes no such field.
+    #[test]
+    fn timed_out_is_written_only_when_true() {
+        let line = "{\"event\":\"phase_end\",\"t_us\":3,\"phase\":\"run\",\"exit\":{\"code\":0},\"status\":0}";
+        let e = Event::from_line(line).unwrap();
+        assert!(matches!(e, Event::PhaseEnd { timed_out: false, .. }), "{e:?}");
+        assert_eq!(e.to_line().trim_end(), line);
     }
 
     #[test]

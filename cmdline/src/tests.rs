@@ -313,7 +313,7 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1",
+         appRunId=run-1 appRunTimeout=600 appCarryEnv=0",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -340,10 +340,31 @@ fn every_parameter() {
         }),
         results_dir: Some("/app/r".into()),
         run_id: Some("run-1".into()),
+        run_timeout: Some(600),
+        no_carry_env: true,
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 20);
+    assert_eq!(KNOWN_KEYS.len(), 22);
+}
+
+#[test]
+fn run_timeout_is_whole_seconds_from_one() {
+    assert_eq!(clean("appRunTimeout=1").run_timeout, Some(1));
+    assert_eq!(clean("appRunTimeout=4294967295").run_timeout, Some(u32::MAX));
+    assert_eq!(clean("appRunTimeout=5 appRunTimeout=").run_timeout, None);
+    for bad in ["0", "+5", "-1", "1.5", "10s", "4294967296", " 5"] {
+        let p = parsed(&format!("appRunTimeout='{bad}'"));
+        assert_eq!(p.config.run_timeout, None, "{bad}");
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            format!("appRunTimeout: `{bad}` is not a whole number of seconds from 1 (e.g. 600)")
+        );
+    }
+    let c = Config { run_timeout: Some(90), ..Config::default() };
+    assert_eq!(c.to_words(), ["appRunTimeout=90"]);
+    assert!(c.env().contains(&("APP_RUN_TIMEOUT".into(), "90".into())));
+    assert!(Config { run_timeout: Some(0), ..Config::default() }.validate().is_err());
 }
 
 #[test]
@@ -485,7 +506,8 @@ fn arb_base_config() -> impl Strategy<Value = Config> {
 fn arb_config() -> impl Strategy<Value = Config> {
     let gateway = prop::option::of(any::<u32>().prop_map(Ipv4Addr::from));
     let results_to = prop::option::of(prop_oneof![
-        (any::<u32>(), "/[a-z/]{0,12}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}").prop_map(|(a, export, o)| {
+        // Keys without `t`: never `timeo`, which could exceed the bound on NFS requests.
+        (any::<u32>(), "/[a-z/]{0,12}", "(,[a-s]{1,5}=[0-9]{1,5}){0,2}").prop_map(|(a, export, o)| {
             ResultsTo::Nfs { server: Ipv4Addr::from(a), export, options: o.trim_start_matches(',').to_string() }
         }),
         ("[a-z0-9_]{1,31}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}")
@@ -494,14 +516,18 @@ fn arb_config() -> impl Strategy<Value = Config> {
     ]);
     let run_id = prop::option::of("[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}");
     let results_dir = prop::option::of("/[A-Za-z0-9/._-]{0,20}");
-    (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir).prop_map(
-        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir)| Config {
+    let run_timeout = prop::option::of(1u32..);
+    let extra = (run_timeout, any::<bool>());
+    (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir, extra).prop_map(
+        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, (run_timeout, no_carry_env))| Config {
             gateway,
             dhcp: dhcp && c.ip.is_none(),
             net_down,
             results_to,
             run_id,
             results_dir,
+            run_timeout,
+            no_carry_env,
             ..c
         },
     )
@@ -636,6 +662,23 @@ fn gateway_is_an_address_without_prefix() {
         assert_eq!(p.config.gateway, None, "{bad}");
         assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appGateway"), "{bad}");
     }
+}
+
+#[test]
+fn carry_env_is_on_unless_a_false_boolean_turns_it_off() {
+    assert!(!clean("").no_carry_env);
+    assert!(clean("appCarryEnv=0").no_carry_env);
+    assert!(clean("appCarryEnv=off").no_carry_env);
+    assert!(!clean("appCarryEnv=0 appCarryEnv=yes").no_carry_env);
+    // An empty value resets to the default: carried.
+    assert!(!clean("appCarryEnv=0 appCarryEnv=").no_carry_env);
+    assert_eq!(Config { no_carry_env: true, ..Config::default() }.render().unwrap(), "appCarryEnv=0");
+    assert_eq!(Config::default().render().unwrap(), "");
+    let p = parsed("appCarryEnv=0 appCarryEnv=maybe");
+    assert!(!p.config.no_carry_env);
+    assert!(matches!(&p.diagnostics[..], [Error::InvalidValue { param, .. }] if param == "appCarryEnv"));
+    let p = parsed("appCarryEnv");
+    assert!(matches!(&p.diagnostics[..], [Error::MissingValue { .. }]), "{:?}", p.diagnostics);
 }
 
 #[test]

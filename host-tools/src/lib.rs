@@ -5,7 +5,8 @@
 //! - [`host`]: what every capability takes from the host: file errors, glob patterns,
 //!   programs on `PATH`, child processes, free ports, sizes;
 //! - [`archive`]: the newc cpio writer and reader and the kernel's compressions;
-//! - [`rootfs`]: paths inside a root file system, and the ELF closure of a program;
+//! - [`rootfs`]: paths inside a root file system, the ELF closure of a program, and
+//!   reference roots: made with mmdebstrap, entered in namespaces of their own;
 //! - [`kernel`]: Debian's kernels, the project's kernel builds, kconfig, modules;
 //! - [`trace`]: trace-based file selection under ptrace in a reference root;
 //! - [`image`]: the manifest, host files into an archive, and the builder of an app dir,
@@ -14,8 +15,9 @@
 //!   results and their NFS server.
 //!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
-//! the exceptions are [`trace`] chrooting into a reference root other than `/`, and the
-//! NFS server of [`vm::nfs`].
+//! the exceptions are [`trace`] chrooting into a reference root other than `/`, making
+//! and entering reference roots ([`rootfs::create`], [`rootfs::shell`]), and the NFS
+//! server of [`vm::nfs`].
 
 pub mod archive;
 pub mod host;

@@ -44,6 +44,7 @@ enum Command {
     Kernel(commands::kernel::Args),
     Cpio(commands::cpio::Args),
     Trace(commands::trace::Args),
+    Root(commands::root::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,5 +69,6 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Kernel(args) => commands::kernel::run(args),
         Command::Cpio(args) => commands::cpio::run(args),
         Command::Trace(args) => commands::trace::run(args),
+        Command::Root(args) => commands::root::run(args),
     }
 }

@@ -19,6 +19,11 @@ and SIGUSR2 to it, reaps every orphan, and exits with its status (the code, 128+
   --app-dir DIR   the application directory (what /app is in an appliance)
   --cmdline LINE  parameters as on a kernel command line (appCmds, appArgs, ...)
   -h, --help      this text
+
+       appliance-init --save-env FILE
+
+writes its own environment to FILE (NAME=value entries, each ended by a NUL): the
+exit trap of shell-script phases runs it to carry their exported variables.
 ";
 
 /// What supervisor mode was asked to do.
@@ -27,6 +32,7 @@ pub enum Mode {
     Help,
     Command { argv: Vec<String>, status: Option<String> },
     Phases { app_dir: String, cmdline: String, status: Option<String> },
+    SaveEnv { file: String },
 }
 
 /// Parses the arguments after argv[0].
@@ -35,6 +41,11 @@ pub fn parse(args: &[String]) -> Result<Mode, String> {
     let mut app_dir = None;
     let mut cmdline = String::new();
     let mut phases = false;
+    if let [option, file] = args
+        && option == crate::exports::SAVE_OPTION
+    {
+        return Ok(Mode::SaveEnv { file: file.clone() });
+    }
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| alloc::format!("{name} needs a value"));
@@ -100,6 +111,8 @@ mod tests {
         assert!(parse(&v(&[])).is_err());
         assert!(parse(&v(&["--"])).is_err());
         assert_eq!(parse(&v(&["-h"])), Ok(Mode::Help));
+        assert_eq!(parse(&v(&["--save-env", "/f"])), Ok(Mode::SaveEnv { file: "/f".into() }));
+        assert!(parse(&v(&["--save-env"])).is_err());
         // Regression: `--phases ... -- PROGRAM` ran PROGRAM and ignored --phases.
         assert!(parse(&v(&["--phases", "--app-dir", "/a", "--", "true"])).unwrap_err().contains("--phases"));
         assert!(parse(&v(&["--app-dir", "/a", "true"])).unwrap_err().contains("`true`"));

@@ -13,7 +13,8 @@
 //! ([`watch`]) and saves the results over NFS or 9p, or as a cpio stream ([`cpio`]) to a
 //! virtio-serial port, at the very end ([`results`]); it does not switch roots.
 //! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
-//! SIGTERM and Ctrl-Alt-Del shut it down cleanly.
+//! SIGTERM and Ctrl-Alt-Del shut it down cleanly. What shell-script phases export reaches
+//! the later phases ([`exports`]), as when the original sourced them.
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod console;
 pub mod cpio;
 pub mod dhcp;
+pub mod exports;
 pub mod logger;
 pub mod mem;
 pub mod modules;
@@ -32,6 +34,7 @@ pub mod net;
 pub mod nic;
 pub mod plan;
 pub mod power;
+pub mod procs;
 pub mod results;
 pub mod rt;
 pub mod sequence;
@@ -47,6 +50,11 @@ use alloc::vec::Vec;
 
 /// Reads a whole file as text (lossy); `None` when it cannot be read.
 pub fn read_to_string(path: &str) -> Option<String> {
+    read_bytes(path).map(|data| String::from(String::from_utf8_lossy(&data)))
+}
+
+/// Reads a whole file; `None` when it cannot be read.
+pub fn read_bytes(path: &str) -> Option<Vec<u8>> {
     let fd =
         rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
             .ok()?;
@@ -60,7 +68,7 @@ pub fn read_to_string(path: &str) -> Option<String> {
             Err(_) => return None,
         }
     }
-    Some(String::from(String::from_utf8_lossy(&data)))
+    Some(data)
 }
 
 /// The names in a directory, without `.` and `..`.

@@ -20,7 +20,7 @@ use appliance_init::sequence::{self, Context, Outcome};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
-    cli, console, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd, sys, watch,
+    cli, console, exports, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd, sys, watch,
 };
 use rustix::system::RebootCommand;
 
@@ -53,7 +53,9 @@ fn pid1() -> ! {
     let image = image_facts();
     let tty = console_tty();
     let env = phase_env(&config, &app, control.as_ref());
-    let mut ctx = Context { env, env_file: plan::ENV_FILE, tty: &tty, status: &status };
+    let exports = carry_exports(&config, &image, exports::SAVE_FILE);
+    let mut ctx =
+        Context { env, env_file: plan::ENV_FILE, env_file_taken: Vec::new(), tty: &tty, status: &status, exports };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
     // After postrun, before the end action: the network is quiet until here.
     results::step(&config, &mut control, &status);
@@ -254,7 +256,7 @@ fn shut_down(sup: &mut Supervisor, end: End, run_status: i32, status: &StatusWri
     log::info!("{action_name} (run status {run_status})");
     shutdown::terminate_all(sup, shutdown::GRACE);
     status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: run_status });
-    status.drain();
+    shutdown::bounded("sending the status record", shutdown::DRAIN_LIMIT, || status.drain());
     shutdown::power(action)
 }
 
@@ -269,6 +271,7 @@ fn end_shell(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
     let argv = [shell.clone()];
+    ctx.status.shell("end", ctx.tty);
     sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty)) });
 }
 
@@ -280,10 +283,26 @@ fn end_sshd(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
     let shell = image.shell.as_deref().map(|s| (s, ctx.tty));
-    if !sshd::serve(sup, &env, shell) {
+    if !sshd::serve(sup, &env, shell, ctx.status) {
         log::error!("appEnd=sshd, but the image has no sshd or dropbear (build it with [ssh]): console shell instead");
         end_shell(sup, image, ctx);
     }
+}
+
+/// How the variables shell-script phases export reach the later phases (the trap runs this
+/// program, `appliance-init`, to save them in `file`): unless `appCarryEnv=0`, or the image
+/// has no shell, so that nothing can be a shell script and no phase costs a look.
+fn carry_exports(config: &Config, image: &ImageFacts, file: &str) -> Option<exports::Save> {
+    if config.no_carry_env || (image.shell.is_none() && image.sh.is_none()) {
+        return None;
+    }
+    let mut buf = [0u8; 4096];
+    let init = rustix::fs::readlinkat_raw(rustix::fs::CWD, "/proc/self/exe", &mut buf)
+        .ok()
+        .and_then(|n| buf.get(..n))
+        .and_then(|path| core::str::from_utf8(path).ok().map(String::from))
+        .unwrap_or_else(|| String::from("/init"));
+    Some(exports::Save { init, file: String::from(file) })
 }
 
 /// appCmds, then the lines of appCmdsFile.
@@ -351,6 +370,14 @@ fn supervise(args: &Args) -> ! {
             console::write_out(cli::USAGE.as_bytes());
             sys::exit(0)
         }
+        // A phase's exit trap: our environment is what the shell exported.
+        cli::Mode::SaveEnv { file } => match exports::save(file, &args.envp) {
+            Ok(()) => sys::exit(0),
+            Err(e) => {
+                console::write_err(format!("appliance-init: cannot write {file}: {}\n", Describe(e)).as_bytes());
+                sys::exit(1)
+            }
+        },
         cli::Mode::Command { status, .. } | cli::Mode::Phases { status, .. } => status.clone(),
     };
     // Orphans of our children become ours, so we can reap them as PID 1 would.
@@ -391,16 +418,24 @@ fn supervise(args: &Args) -> ! {
             if let Some(path) = args.envp.iter().find_map(|e| e.strip_prefix("PATH=")) {
                 plan::set(&mut env, "PATH", String::from(path));
             }
-            let mut ctx = Context { env, env_file: &env_file, tty: "/dev/tty", status: &status };
             let image = ImageFacts { shell: None, sh: Some(String::from("/bin/sh")) };
+            let exports = carry_exports(&parsed.config, &image, &app.file(".appliance-exported"));
+            let mut ctx = Context {
+                env,
+                env_file: &env_file,
+                env_file_taken: Vec::new(),
+                tty: "/dev/tty",
+                status: &status,
+                exports,
+            };
             let phases = plan::phases(&parsed.config, &commands(&parsed.config), &app, &image);
             sequence::run(&mut sup, &phases, &mut ctx).run_status
         }
-        cli::Mode::Help => 0,
+        cli::Mode::Help | cli::Mode::SaveEnv { .. } => 0,
     };
     // Whatever the program left behind is reaped before we go.
     sup.reap();
-    sup.copy_output();
+    sup.drain_output();
     status.emit(&Event::End { t_us: t_us(), action: String::from("exit"), status: result });
     sys::exit(result)
 }

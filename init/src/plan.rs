@@ -7,6 +7,7 @@ use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 use appliance_cmdline::Config;
+use core::time::Duration;
 
 /// Where the application lives. `/app` in an appliance; any directory in supervisor mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,10 @@ pub struct Phase {
     pub interactive: bool,
     /// Skipped without complaint when the program does not exist (prerun, postrun).
     pub optional: bool,
+    /// Ended by the init when it runs longer (`appRunTimeout`: run and postrun).
+    pub limit: Option<Duration>,
+    /// `argv` is `sh -c COMMAND`: an appCmds command run by the image's shell.
+    pub via_sh: bool,
 }
 
 /// The shells a console phase may use, best first.
@@ -88,9 +93,23 @@ pub fn phases(config: &Config, cmds: &[String], app: &AppPaths, image: &ImageFac
     if config.debug
         && let Some(shell) = &image.shell
     {
-        out.push(Phase { kind: PhaseKind::Debug, argv: vec![shell.clone()], interactive: true, optional: false });
+        out.push(Phase {
+            kind: PhaseKind::Debug,
+            argv: vec![shell.clone()],
+            interactive: true,
+            optional: false,
+            limit: None,
+            via_sh: false,
+        });
     }
-    out.push(Phase { kind: PhaseKind::Prerun, argv: vec![app.file("prerun")], interactive: false, optional: true });
+    out.push(Phase {
+        kind: PhaseKind::Prerun,
+        argv: vec![app.file("prerun")],
+        interactive: false,
+        optional: true,
+        limit: None,
+        via_sh: false,
+    });
     for (i, cmd) in cmds.iter().enumerate() {
         let argv = match &image.sh {
             Some(sh) => vec![sh.clone(), "-c".to_string(), cmd.clone()],
@@ -101,12 +120,23 @@ pub fn phases(config: &Config, cmds: &[String], app: &AppPaths, image: &ImageFac
             continue;
         }
         let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        out.push(Phase { kind: PhaseKind::Cmd(index), argv, interactive: false, optional: false });
+        let via_sh = image.sh.is_some();
+        out.push(Phase { kind: PhaseKind::Cmd(index), argv, interactive: false, optional: false, limit: None, via_sh });
     }
     let mut run = vec![app.file("run")];
     run.extend(config.args.iter().cloned());
-    out.push(Phase { kind: PhaseKind::Run, argv: run, interactive: false, optional: false });
-    out.push(Phase { kind: PhaseKind::Postrun, argv: vec![app.file("postrun")], interactive: false, optional: true });
+    // Where no host watches the run (bare metal, PXE), the experiment and the clean-up
+    // after it must still end, so that the results step and the power-off come.
+    let limit = config.run_timeout.map(|s| Duration::from_secs(u64::from(s)));
+    out.push(Phase { kind: PhaseKind::Run, argv: run, interactive: false, optional: false, limit, via_sh: false });
+    out.push(Phase {
+        kind: PhaseKind::Postrun,
+        argv: vec![app.file("postrun")],
+        interactive: false,
+        optional: true,
+        limit,
+        via_sh: false,
+    });
     out
 }
 
@@ -163,7 +193,8 @@ pub fn parse_env_file(text: &str) -> (Vec<(String, String)>, Vec<String>) {
     (vars, bad)
 }
 
-fn valid_name(k: &str) -> bool {
+/// Whether `k` is a shell variable name: a letter or `_`, then letters, digits and `_`.
+pub fn valid_name(k: &str) -> bool {
     let mut chars = k.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
@@ -204,8 +235,30 @@ mod tests {
         );
         assert!(p[0].interactive);
         assert_eq!(p[2].argv, ["/bin/sh", "-c", "ls /app"]);
+        assert!(p[2].via_sh && !p[4].via_sh);
         assert_eq!(p[4].argv, ["/app/run", "10", "a b"]);
         assert!(p[1].optional && p[5].optional && !p[4].optional);
+    }
+
+    #[test]
+    fn app_run_timeout_bounds_run_and_postrun_only() {
+        let img = ImageFacts { shell: Some("/bin/bash".into()), sh: Some("/bin/sh".into()) };
+        let limits = |line: &str| -> Vec<(PhaseKind, Option<Duration>)> {
+            let c = cfg(line);
+            phases(&c, &c.cmds, &AppPaths::new("/app"), &img).iter().map(|p| (p.kind, p.limit)).collect()
+        };
+        let s90 = Some(Duration::from_secs(90));
+        assert_eq!(
+            limits("appDebug appCmds=ls appRunTimeout=90"),
+            [
+                (PhaseKind::Debug, None),
+                (PhaseKind::Prerun, None),
+                (PhaseKind::Cmd(1), None),
+                (PhaseKind::Run, s90),
+                (PhaseKind::Postrun, s90)
+            ]
+        );
+        assert!(limits("").iter().all(|(_, l)| l.is_none()));
     }
 
     #[test]
@@ -214,6 +267,7 @@ mod tests {
         let p = phases(&c, &c.cmds, &AppPaths::new("/app"), &ImageFacts::default());
         assert_eq!(kinds(&p), [PhaseKind::Prerun, PhaseKind::Cmd(1), PhaseKind::Run, PhaseKind::Postrun]);
         assert_eq!(p[1].argv, ["/app/run", "a", "b c"]);
+        assert!(!p[1].via_sh);
     }
 
     #[test]

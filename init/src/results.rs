@@ -34,10 +34,9 @@ use appliance_cmdline::status::Event;
 /// Where the init mounts the results server.
 pub const MOUNT_POINT: &str = "/run/appliance/results";
 
-/// NFS timeouts: `timeo` is in tenths of a second and grows by itself on each retry
-/// over TCP, so with `retrans=1` an RPC gives up after 10 + 20 s. `soft` makes it give up
-/// at all (a hard mount retries for ever: a dead server would hang the appliance).
-pub const NFS_TIMEOUTS: &str = "soft,timeo=100,retrans=1";
+/// NFS timeouts: `soft,timeo=100,retrans=1`, an RPC gives up after 10 + 20 s (see
+/// [`appliance_cmdline::NFS_TIMEOUTS`]; the options of `appResultsTo` cannot lift the bound).
+pub use appliance_cmdline::NFS_TIMEOUTS;
 
 /// 9p's message size: the default (8 KiB on 6.1) makes large copies slow; 512 KiB is
 /// what virtio's ring takes without splitting on these kernels.

@@ -3,8 +3,9 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use appliance_cmdline::status::Exit;
+use appliance_cmdline::status::{Exit, TIMED_OUT};
 
+use crate::exports;
 use crate::plan::{self, Phase, PhaseKind};
 use crate::status::StatusWriter;
 use crate::supervisor::{Command, STOP, Stdio, Supervisor};
@@ -24,8 +25,14 @@ pub struct Context<'a> {
     pub env: Vec<(String, String)>,
     /// The file phases append `NAME=value` lines to.
     pub env_file: &'a str,
+    /// What of `env_file` is already in `env`: each line is taken once, after the phase
+    /// that wrote it, so that a later value is not undone by an older line.
+    pub env_file_taken: Vec<u8>,
     /// The terminal for interactive phases.
     pub tty: &'a str,
+    /// How the variables shell-script phases export are collected for the later phases;
+    /// `None` when they are not (`appCarryEnv=0`, or no shell in the image).
+    pub exports: Option<exports::Save>,
     pub status: &'a StatusWriter,
 }
 
@@ -52,19 +59,22 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
             continue;
         }
         ctx.status.phase_start(phase.kind);
-        let exit = if phase.kind == PhaseKind::Run && !exists(program) {
+        let (exit, timed_out) = if phase.kind == PhaseKind::Run && !exists(program) {
             let message = format!("no {program} in the image: nothing to run (add an executable {program})");
             log::error!("{message}");
             ctx.status.error(message);
-            Exit::Code(127)
+            (Exit::Code(127), false)
         } else {
             run_phase(sup, phase, ctx)
         };
-        ctx.status.phase_end(phase.kind, exit);
-        report(phase, exit);
+        ctx.status.phase_end(phase.kind, exit, timed_out);
+        report(phase, exit, timed_out);
         if phase.kind == PhaseKind::Run {
-            outcome.run_status = exit.status();
-            plan::set(&mut ctx.env, "APP_RUN_STATUS", exit.status().to_string());
+            // As timeout(1) reports it: a run that was ended is not a success, whatever
+            // its process said when it went.
+            let status = if timed_out { TIMED_OUT } else { exit.status() };
+            outcome.run_status = status;
+            plan::set(&mut ctx.env, "APP_RUN_STATUS", status.to_string());
         }
         absorb_env_file(ctx);
     }
@@ -72,20 +82,30 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
     outcome
 }
 
-fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &Context<'_>) -> Exit {
+fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exit, bool) {
     let mut env = ctx.env.clone();
     plan::set(&mut env, "APP_PHASE", String::from(phase.kind.name()));
     let env = plan::render_env(&env);
+    let carrying = ctx.exports.as_ref().and_then(|save| exports::prepare(phase, save));
     let stdio = if phase.interactive {
         crate::console::write_err(
             format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty).as_bytes(),
         );
+        ctx.status.shell(phase.kind.name(), ctx.tty);
         Stdio::Terminal(String::from(ctx.tty))
     } else {
         log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
         Stdio::Tee
     };
-    sup.run(&Command { argv: &phase.argv, env: &env, stdio })
+    let argv = carrying.as_deref().unwrap_or(&phase.argv);
+    let ended = sup.run_limited(&Command { argv, env: &env, stdio }, phase.limit);
+    if let (Some(_), Some(save)) = (&carrying, &ctx.exports) {
+        for (k, v) in exports::collect(save, &ctx.env) {
+            log::debug!("{}: carrying {k} into the later phases", label(phase.kind));
+            plan::set(&mut ctx.env, &k, v);
+        }
+    }
+    ended
 }
 
 fn label(kind: PhaseKind) -> String {
@@ -95,7 +115,12 @@ fn label(kind: PhaseKind) -> String {
     }
 }
 
-fn report(phase: &Phase, exit: Exit) {
+fn report(phase: &Phase, exit: Exit, timed_out: bool) {
+    if timed_out {
+        let secs = phase.limit.map(|l| l.as_secs()).unwrap_or_default();
+        log::warn!("{} timed out: ended after {secs} s (appRunTimeout), status {TIMED_OUT}", label(phase.kind));
+        return;
+    }
     match exit {
         Exit::Code(0) => log::info!("{} finished", label(phase.kind)),
         Exit::Code(c) => log::warn!("{} exited with status {c}", label(phase.kind)),
@@ -103,9 +128,13 @@ fn report(phase: &Phase, exit: Exit) {
     }
 }
 
-/// Adds the variables phases wrote to the env file to every later phase.
+/// Adds the variables the last phase appended to the env file to every later phase.
 fn absorb_env_file(ctx: &mut Context<'_>) {
-    let Some(text) = crate::read_to_string(ctx.env_file) else { return };
+    let Some(data) = crate::read_bytes(ctx.env_file) else { return };
+    // Appended to, as the protocol says: the new lines. Rewritten: all of it.
+    let new = data.strip_prefix(ctx.env_file_taken.as_slice()).unwrap_or(&data);
+    let text = String::from(String::from_utf8_lossy(new));
+    ctx.env_file_taken = data;
     let (vars, bad) = plan::parse_env_file(&text);
     for line in bad {
         log::warn!("{}: ignoring `{line}` (expected NAME=value)", ctx.env_file);

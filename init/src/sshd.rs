@@ -20,6 +20,7 @@ use core::time::Duration;
 use rustix::fs::Mode;
 use rustix::process::Pid;
 
+use crate::status::StatusWriter;
 use crate::supervisor::{Command, Stdio, Supervisor, now};
 
 /// Which server an image has.
@@ -80,9 +81,9 @@ pub fn backoff(failures: u32) -> Duration {
 pub const OPENSSH_HOST_KEYS: [&str; 3] =
     ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_rsa_key"];
 
-/// Runs the server (and `shell` on `tty`) until the shell exits or a stop is requested.
-/// Returns false when the image has no server (nothing was started).
-pub fn serve(sup: &mut Supervisor, env: &[String], shell: Option<(&str, &str)>) -> bool {
+/// Runs the server (and `shell` on `tty`, reported to `status`) until the shell exits or a
+/// stop is requested. Returns false when the image has no server (nothing was started).
+pub fn serve(sup: &mut Supervisor, env: &[String], shell: Option<(&str, &str)>, status: &StatusWriter) -> bool {
     let exists = |p: &str| rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
     let Some((path, server)) = find(exists) else {
         return false;
@@ -101,6 +102,7 @@ pub fn serve(sup: &mut Supervisor, env: &[String], shell: Option<(&str, &str)>) 
             format!("appliance-init: sshd is running; console shell on {tty}; exit it to power off\n").as_bytes(),
         );
         let argv = [String::from(shell)];
+        status.shell("end", tty);
         sup.spawn(&Command { argv: &argv, env, stdio: Stdio::Terminal(String::from(tty)) }).ok()
     });
     if shell.is_none() {

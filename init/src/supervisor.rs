@@ -9,6 +9,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use appliance_cmdline::status::Exit;
+use core::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
@@ -30,9 +31,21 @@ pub const FORWARDED: [Signal; 5] = [Signal::TERM, Signal::INT, Signal::HUP, Sign
 /// ACPI power button ([`crate::power`]) asks the same.
 pub const STOP: [Signal; 3] = [Signal::TERM, Signal::INT, Signal::POWER];
 
+/// How many bytes of phase output one turn of the loop copies: at most a third of a
+/// second of a 115200-baud console, the delay a flood of output adds to the handling of a
+/// signal or a stop request.
+pub const COPY_PER_TURN: usize = 4096;
+
+/// Turns of [`COPY_PER_TURN`] that empty a full pipe of the default size (64 KiB).
+const PIPE_TURNS: usize = 64 * 1024 / COPY_PER_TURN;
+
 /// How long the running program has to end after a stop request (it got SIGTERM)
 /// before its process group is killed: an interactive shell ignores SIGTERM.
-pub const STOP_GRACE: core::time::Duration = core::time::Duration::from_secs(5);
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long processes get to be gone after SIGKILL before the supervisor goes on without
+/// them (only a process stuck in the kernel takes longer).
+const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a child's standard streams go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +106,10 @@ impl Supervisor {
         // while we are not its foreground group, which SIGTTOU would stop us for.
         sys::block_signals(SigSet::of(&[Signal::TTOU]))?;
         let sigfd = sys::signalfd(set)?;
-        let (tee_r, tee_w) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)?;
+        let (tee_r, tee_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // Our end only: the phases' end blocks when the pipe is full, so a phase that writes
+        // faster than the console takes it waits instead of failing with EAGAIN.
+        rustix::fs::fcntl_setfl(&tee_r, OFlags::NONBLOCK)?;
         Ok(Supervisor {
             sigfd,
             tee_r,
@@ -165,6 +180,99 @@ impl Supervisor {
         match self.spawn(cmd) {
             Ok(pid) => self.wait(pid, None).unwrap_or(Exit::Code(127)),
             Err(exit) => exit,
+        }
+    }
+
+    /// [`Supervisor::run`] with a time limit: a program still running after `limit` is
+    /// ended as [`Supervisor::end_timed_out`] says. Returns how it ended, and whether it
+    /// ran out of time.
+    pub fn run_limited(&mut self, cmd: &Command<'_>, limit: Option<Duration>) -> (Exit, bool) {
+        let pid = match self.spawn(cmd) {
+            Ok(pid) => pid,
+            Err(exit) => return (exit, false),
+        };
+        match self.wait(pid, limit) {
+            Some(exit) => (exit, false),
+            None => {
+                let secs = limit.map(|l| l.as_secs()).unwrap_or_default();
+                let program = cmd.argv.first().map(String::as_str).unwrap_or_default();
+                log::warn!("{program}: still running after {secs} s, its time limit: SIGTERM");
+                (self.end_timed_out(pid), true)
+            }
+        }
+    }
+
+    /// Ends a program that ran out of time, and everything it left behind: SIGTERM to its
+    /// process group, [`STOP_GRACE`] to end, then SIGKILL to the group and to every other
+    /// process but us ([`Supervisor::kill_leftovers`]: its daemons, a fork bomb in groups
+    /// or sessions of their own), so the phases after it run on a quiet system. Returns
+    /// how the program ended.
+    pub fn end_timed_out(&mut self, pid: Pid) -> Exit {
+        let _ = sys::kill_group_raw(pid, Signal::TERM.as_raw());
+        let ended = self.wait(pid, Some(STOP_GRACE));
+        if ended.is_none() {
+            log::warn!("still running {} s after SIGTERM: killing it", STOP_GRACE.as_secs());
+        }
+        let _ = sys::kill_group_raw(pid, Signal::KILL.as_raw());
+        self.kill_leftovers();
+        match ended.or_else(|| self.wait(pid, Some(KILL_WAIT))) {
+            Some(exit) => exit,
+            None => {
+                // Stuck in the kernel (a hung network file system): nothing more to do here.
+                log::error!("still there {} s after SIGKILL: going on without it", KILL_WAIT.as_secs());
+                self.forget(pid);
+                Exit::Signal(Signal::KILL.as_raw())
+            }
+        }
+    }
+
+    /// SIGKILL to every process but us, and reaps them. PID 1 has `kill(-1)`, which spares
+    /// only itself and which the kernel delivers to all at once (a process forking at that
+    /// moment does not get a child out); a supervisor run as a plain process kills its
+    /// descendants, as `/proc` lists them, until none is left.
+    pub fn kill_leftovers(&mut self) {
+        let deadline = now() + KILL_WAIT;
+        if rustix::process::getpid().is_init() {
+            let _ = sys::kill_all(Signal::KILL);
+        }
+        loop {
+            self.reap();
+            let me = rustix::process::getpid().as_raw_nonzero().get();
+            let left = crate::procs::live_descendants(me, &crate::procs::list());
+            if left.is_empty() {
+                break;
+            }
+            if now() >= deadline {
+                log::error!("{} process(es) still there after SIGKILL: going on", left.len());
+                break;
+            }
+            for pid in left.iter().filter_map(|p| Pid::from_raw(*p)) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            // Their ends arrive as SIGCHLD (reaped above), or the processes that forked
+            // meanwhile are found on the next turn.
+            self.pump(Some(Duration::from_millis(10)));
+        }
+        self.reap();
+    }
+
+    /// Stops tracking `pid` (a child that will not end): it is no longer the running
+    /// phase, and its end, if it comes, is reaped like an orphan's.
+    fn forget(&mut self, pid: Pid) {
+        self.spawned.retain(|p| *p != pid);
+        self.release(pid);
+    }
+
+    /// `pid` is no longer the running phase nor a session of ours, and the terminal, if
+    /// it had it, comes back to us.
+    fn release(&mut self, pid: Pid) {
+        self.sessions.retain(|s| *s != pid);
+        if self.current == Some(pid) {
+            self.current = None;
+        }
+        if self.terminal == Some(pid) {
+            self.terminal = None;
+            let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
         }
     }
 
@@ -287,15 +395,8 @@ impl Supervisor {
     pub fn take_exit(&mut self, pid: Pid) -> Option<Exit> {
         let i = self.exited.iter().position(|(p, _)| *p == pid)?;
         let (_, exit) = self.exited.swap_remove(i);
-        self.sessions.retain(|s| *s != pid);
-        if self.current == Some(pid) {
-            self.current = None;
-        }
-        if self.terminal == Some(pid) {
-            self.terminal = None;
-            let _ = rustix::termios::tcsetpgrp(sys::stdin(), rustix::process::getpgrp());
-        }
-        self.copy_output();
+        self.release(pid);
+        self.drain_output();
         Some(exit)
     }
 
@@ -322,13 +423,13 @@ impl Supervisor {
         if pressed {
             self.request_stop("power button pressed", true);
         }
-        if out_ready {
-            self.copy_output();
-        }
         if sig_ready {
             while let Some(sig) = sys::read_signal(self.sigfd.as_fd()) {
                 self.on_signal(sig);
             }
+        }
+        if out_ready {
+            let _ = self.copy_output();
         }
     }
 
@@ -381,13 +482,28 @@ impl Supervisor {
         !matches!(rustix::process::wait(WaitOptions::NOHANG), Err(Errno::CHILD))
     }
 
-    /// Copies what the phases wrote so far to the console and the output file.
-    pub fn copy_output(&mut self) {
-        let mut buf = [0u8; 16384];
-        loop {
-            match rustix::io::read(&self.tee_r, &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => self.tee_bytes(buf.get(..n).unwrap_or_default()),
+    /// Copies what the phases wrote so far to the console and the output file, up to
+    /// [`COPY_PER_TURN`] bytes: a phase that writes faster than the console takes it must
+    /// not keep the loop from its signals. What is left stays in the pipe for the next turn.
+    /// Returns the number of bytes copied.
+    pub fn copy_output(&mut self) -> usize {
+        let mut buf = [0u8; COPY_PER_TURN];
+        match rustix::io::read(&self.tee_r, &mut buf) {
+            Ok(n) => {
+                self.tee_bytes(buf.get(..n).unwrap_or_default());
+                n
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Copies what is in the pipe now: the default pipe holds 64 KiB, so a few turns
+    /// empty it when no writer is left, and a writer that is left (a process the phase
+    /// started) cannot hold us here.
+    pub fn drain_output(&mut self) {
+        for _ in 0..PIPE_TURNS {
+            if self.copy_output() == 0 {
+                return;
             }
         }
     }

@@ -25,7 +25,21 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn init() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance-init"));
     cmd.stdin(Stdio::null());
+    // SAFETY: the function runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(default_dispositions) };
     cmd
+}
+
+/// A shell starts background jobs with SIGINT and SIGQUIT ignored, `nohup` ignores SIGHUP,
+/// and ignored signals stay ignored across exec: started that way, the programs could not
+/// trap them. The supervisor starts as it does from a terminal or as PID 1, with every
+/// signal at its default.
+fn default_dispositions() -> std::io::Result<()> {
+    for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP] {
+        // SAFETY: SIG_DFL installs no handler.
+        unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) }?;
+    }
+    Ok(())
 }
 
 /// `appliance-init -- sh -c SCRIPT`.
@@ -163,6 +177,14 @@ impl Running {
 
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits until the program has created `ready` (it does once its traps are set), then
+    /// sends `sig` to the supervisor; returns when it was sent.
+    fn signal_when(&self, ready: &Path, sig: Signal) -> Instant {
+        wait_for_file(ready);
+        kill(self.pid(), sig).unwrap();
+        Instant::now()
     }
 
     fn finish(mut self) -> Run {
@@ -340,15 +362,20 @@ fn the_program_has_its_own_group_a_clean_mask_and_no_stray_descriptors() {
 #[test]
 fn orphans_are_reparented_to_the_supervisor_and_reaped() {
     let dir = TempDir::new("orphans");
-    // The inner sh starts two sleeps and exits: they become orphans, re-parented to the
-    // subreaper. The main program records their parent while they live, waits (2 s at
-    // most) until each has left /proc, which only reaping does, then counts zombies whose
-    // parent is the supervisor.
+    // The inner sh starts two readers of fifos and exits: they become orphans, re-parented
+    // to the subreaper. Opening a fifo's write end returns once its reader has opened it, so
+    // the main program knows both orphans are alive when it records their parent; closing
+    // the write ends gives them end of file, and they exit. It then waits (10 s at most)
+    // until each has left /proc, which only reaping does, and counts zombies whose parent
+    // is the supervisor.
     let script = r#"
-        sh -c 'sleep 0.2 & echo $! > pids; sleep 0.3 & echo $! >> pids'
+        mkfifo hold1 hold2
+        sh -c 'cat hold1 & echo $! > pids; cat hold2 & echo $! >> pids'
+        exec 3> hold1 4> hold2
         for p in $(cat pids); do read -r _ _ state ppid _ < /proc/$p/stat; echo "alive $p $state $ppid"; done
+        exec 3>&- 4>&-
         for p in $(cat pids); do
-            n=0; while [ -e /proc/$p ] && [ $n -lt 300 ]; do sleep 0.01; n=$((n + 1)); done
+            n=0; while [ -e /proc/$p ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n + 1)); done
             [ -e /proc/$p ] && echo "left $p $(cat /proc/$p/stat)"
         done
         zombies=0
@@ -399,8 +426,7 @@ fn forwarded_signals_reach_the_program_and_its_status_is_ours() {
         })
         .collect();
     for (sig, name, code, dir, running) in runs {
-        wait_for_file(&dir.join("ready"));
-        kill(running.pid(), sig).unwrap();
+        running.signal_when(&dir.join("ready"), sig);
         let r = running.finish();
         assert_eq!(r.code(), code, "after SIG{name}; stderr: {}", r.stderr);
         assert_eq!(dir.read("got"), format!("{name}\n"));
@@ -426,8 +452,7 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
     let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
     let r = running.finish();
     assert_eq!(r.code(), 21, "{}", r.stderr);
     let groups = dir.read("groups");
@@ -440,16 +465,30 @@ fn a_forwarded_signal_reaches_the_whole_process_group() {
 #[test]
 fn a_program_that_ignores_a_forwarded_signal_keeps_running() {
     let dir = TempDir::new("ignore");
-    let mut cmd = sh("trap '' TERM; : > ready; sleep 0.3; echo done; exit 5");
+    // The program goes on until the test creates `go`, which it does only once the signal
+    // has been forwarded: a witness in the program's process group, which forwarded
+    // signals reach as a whole (see above), traps it and says so. The witness starts
+    // before the trap: a shell started with SIGTERM ignored could not trap it.
+    let script = r#"
+        sh -c 'trap "echo TERM > seen; exit 0" TERM; : > witness-ready; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done; exit 99' &
+        while [ ! -e witness-ready ]; do sleep 0.01; done
+        trap '' TERM
+        : > ready
+        i=0; while [ ! -e go ]; do [ $i -lt 400 ] || { echo "no go"; exit 98; }; sleep 0.05; i=$((i + 1)); done
+        echo done; exit 5
+    "#;
+    let mut cmd = sh(script);
     cmd.current_dir(dir.path());
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    // The supervisor neither dies of it nor kills the program: the shell (and its sleep,
+    // The supervisor neither dies of it nor kills the program: the shell (and its sleeps,
     // since ignored signals stay ignored across exec) go on, and we get its status.
-    kill(running.pid(), Signal::SIGTERM).unwrap();
+    running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    wait_for_file(&dir.join("seen"));
+    std::fs::write(dir.join("go"), "").unwrap();
     let r = running.finish();
     assert_eq!(r.code(), 5, "{}", r.stderr);
     assert_eq!(r.stdout, "done\n");
+    assert_eq!(dir.read("seen"), "TERM\n", "control: the signal was forwarded");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,16 +522,39 @@ fn on_terminal(mut cmd: Command, input: &str) -> Run {
     drop(cmd);
     let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
     std::io::Write::write_all(&mut master, input.as_bytes()).unwrap();
-    let shown = thread::spawn(move || {
+    let (sender, shown) = std::sync::mpsc::channel();
+    thread::spawn(move || {
         let mut shown = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = master.read(&mut buf) {
             shown.extend_from_slice(&buf[..n]);
         }
-        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+        let _ = sender.send(String::from_utf8_lossy(&shown).replace("\r\n", "\n"));
     });
+    let session = child.id();
     let status = wait_within(&mut child, DEADLINE);
-    Run { status, stdout: shown.join().unwrap(), stderr: String::new() }
+    // The master reads end of file once every process of the session has let go of the
+    // terminal: one that still holds it is a failure, not a reason to wait forever.
+    let stdout = shown.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+        kill_session(session);
+        panic!("a process of session {session} still holds the terminal {DEADLINE:?} after the session leader ended")
+    });
+    Run { status, stdout, stderr: String::new() }
+}
+
+/// Kills every process of session `sid` (stat field 6).
+fn kill_session(sid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // After the command name in parentheses: state, ppid, pgrp, session.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        if fields.get(3) == Some(&sid.to_string().as_str())
+            && let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+        {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
 }
 
 /// Prints the line read, and whether the reader's group is the terminal's foreground group
@@ -527,18 +589,31 @@ fn each_phase_reading_our_terminal_gets_the_foreground_in_turn() {
 fn a_supervisor_in_the_background_leaves_the_terminal_to_the_shell() {
     // A job-control shell (set -m) runs the supervisor as a background job; the program's
     // read then stops it, as it would stop any background job, and the shell keeps the
-    // terminal.
+    // terminal. The shell looks once the program is stopped (10 s at most): the
+    // supervisor's child in state T.
     let script = r#"set -m
         "$0" -- sh -c 'read -r line; echo "stole [$line]"' &
-        sleep 0.3
+        sup=$! stopped=no i=0
+        while [ $stopped = no ] && [ $i -lt 500 ]; do
+            for f in /proc/[0-9]*/stat; do
+                read -r _ _ state ppid _ < "$f" 2>/dev/null || continue
+                [ "$ppid" = "$sup" ] && [ "$state" = T ] && stopped=yes
+            done
+            [ $stopped = no ] && sleep 0.02
+            i=$((i + 1))
+        done
+        echo "program stopped=$stopped"
         read -r _ _ _ _ pgrp _ _ tpgid _ < /proc/$$/stat
         echo "shell foreground=$([ "$pgrp" = "$tpgid" ] && echo yes || echo no)"
         kill -KILL %1
         read -r line; echo "shell read [$line]""#;
     let mut cmd = Command::new("sh");
     cmd.args(["-c", script, env!("CARGO_BIN_EXE_appliance-init")]);
+    // SAFETY: the function runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(default_dispositions) };
     let r = on_terminal(cmd, "typed\n");
     assert_eq!(r.code(), 0, "{}", r.stdout);
+    assert!(r.stdout.contains("program stopped=yes\n"), "control: the program tried to read: {}", r.stdout);
     assert!(r.stdout.contains("shell foreground=yes\n"), "{}", r.stdout);
     assert!(r.stdout.contains("shell read [typed]\n"), "{}", r.stdout);
     assert!(!r.stdout.contains("stole"), "{}", r.stdout);
@@ -631,6 +706,109 @@ exit 42"#,
     assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })), "{events:?}");
 }
 
+/// Regression: the whole `$APP_ENV` file was read again after every phase, so an old line
+/// undid a newer value, here the init's own `APP_RUN_STATUS` in postrun.
+#[test]
+fn an_app_env_line_is_taken_once_and_does_not_undo_a_newer_value() {
+    let dir = TempDir::new("envonce");
+    dir.script("prerun", r#"echo "APP_RUN_STATUS=from-prerun" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$APP_RUN_STATUS]"; exit 5"#);
+    dir.script("postrun", r#"echo "postrun [$APP_RUN_STATUS]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 5, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [from-prerun]\npostrun [5]\n");
+    // A rewritten file counts as new lines, even at the same length as before.
+    let dir = TempDir::new("envrewritten");
+    dir.script("prerun", r#"echo "X=1" >> "$APP_ENV""#);
+    dir.script("run", r#"echo "run [$X]"; echo "X=2" > "$APP_ENV""#);
+    dir.script("postrun", r#"echo "postrun [$X]""#);
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [1]\npostrun [2]\n");
+}
+
+impl TempDir {
+    /// Writes an executable file as it is (its own `#!` line).
+    fn program(&self, name: &str, text: &str) {
+        let path = self.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// An original prerun, unchanged: it exported a variable for run and exited with a
+/// status of its own.
+const ORIGINAL_PRERUN: &str = r#"#!/bin/bash
+export TRIAL_TAG="tag-$(echo one)"
+export APP_RUN=not-the-init-s
+NOT_EXPORTED=1
+exit 3
+"#;
+
+/// Regression: phases are child processes, so variables an original prerun exported for
+/// run (the original sourced its phases) were silently unset there.
+#[test]
+fn variables_a_shell_script_phase_exports_reach_the_later_phases() {
+    let dir = TempDir::new("carry");
+    dir.program("prerun", ORIGINAL_PRERUN);
+    dir.program(
+        "run",
+        "#!/bin/sh -u\necho \"run [$TRIAL_TAG] [$FROM_CMD] [${NOT_EXPORTED-unset}] 0=$0 args=$#:$*\"\n\
+         case \"$APP_RUN\" in */run) echo init-s-APP_RUN;; esac\nexport FROM_RUN=r\nexit 7\n",
+    );
+    dir.program(
+        "postrun",
+        "#!/usr/bin/env bash\necho \"postrun [$FROM_RUN] [$TRIAL_TAG] [$FROM_CMD] status=$APP_RUN_STATUS\"\n",
+    );
+    let r = phases(&dir, r#"appCmds='export FROM_CMD="c d":echo "cmd [$TRIAL_TAG]"' appArgs='a "b c"'"#);
+    assert_eq!(r.code(), 7, "{}", r.stderr);
+    let run = dir.join("run");
+    assert_eq!(
+        dir.read("output"),
+        format!(
+            "cmd [tag-one]\nrun [tag-one] [c d] [unset] 0={} args=2:a b c\ninit-s-APP_RUN\n\
+             postrun [r] [tag-one] [c d] status=7\n",
+            run.display()
+        )
+    );
+    // Each phase's own status, `exit 3` included.
+    let ends: Vec<(String, i32)> = events(&dir.join("status"))
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseEnd { phase, status, .. } => Some((phase.clone(), *status)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<(String, i32)> = [("prerun", 3), ("cmd", 0), ("cmd", 0), ("run", 7), ("postrun", 0)]
+        .iter()
+        .map(|(p, s)| (p.to_string(), *s))
+        .collect();
+    assert_eq!(ends, want);
+    assert!(!dir.join(".appliance-exported").exists());
+}
+
+#[test]
+fn with_app_carry_env_0_exported_variables_stay_in_their_phase() {
+    let dir = TempDir::new("nocarry");
+    dir.program("prerun", ORIGINAL_PRERUN);
+    dir.script("run", r#"echo "run [${TRIAL_TAG-unset}] [${FROM_CMD-unset}]""#);
+    let r = phases(&dir, "appCarryEnv=0 appCmds='export FROM_CMD=c'");
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert_eq!(dir.read("output"), "run [unset] [unset]\n");
+}
+
+/// Sourcing must not make a script run that the kernel refuses to execute.
+#[test]
+fn a_script_without_execute_permission_still_fails_with_126() {
+    let dir = TempDir::new("noexec");
+    dir.script("run", "echo ran");
+    std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = phases(&dir, "");
+    assert_eq!(r.code(), 126, "{}", r.stderr);
+    let output = dir.read("output");
+    assert!(output.contains("permission denied") && !output.contains("ran"), "{output}");
+}
+
 #[test]
 fn app_cmds_with_and_without_a_trailing_colon_are_the_same_commands() {
     for cmds in ["appCmds='echo one:echo two'", "appCmds='echo one:echo two:'", "appCmds=\"echo one:echo two::\""] {
@@ -694,15 +872,16 @@ fn ready_then_wait(trap: &str, ticks: u32) -> String {
 }
 
 /// Runs the phases of `dir` with a status file, waits until a phase has written
-/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end.
-fn stop_phases_when_ready(dir: &TempDir) -> Run {
+/// `$APP_DIR/ready`, sends SIGTERM to the supervisor and waits for it to end. Returns
+/// the run and how long it took to end after the signal.
+fn stop_phases_when_ready(dir: &TempDir) -> (Run, Duration) {
     let mut cmd = init();
     cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
         .arg(dir.join("status"));
     let running = Running::start(cmd);
-    wait_for_file(&dir.join("ready"));
-    kill(running.pid(), Signal::SIGTERM).unwrap();
-    running.finish()
+    let asked = running.signal_when(&dir.join("ready"), Signal::SIGTERM);
+    let r = running.finish();
+    (r, asked.elapsed())
 }
 
 #[test]
@@ -710,7 +889,7 @@ fn sigterm_to_the_supervisor_stops_the_run_and_skips_the_rest_but_ends_the_recor
     let dir = TempDir::new("stop");
     dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 7' TERM", 200));
     dir.script("postrun", "echo postrun ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 7, "{}", r.stderr);
     let output = dir.read("output");
     assert!(output.contains("run got TERM\n") && !output.contains("postrun"), "postrun is skipped: {output}");
@@ -723,7 +902,7 @@ fn a_stop_before_run_is_not_a_success() {
     let dir = TempDir::new("stopprerun");
     dir.script("prerun", &ready_then_wait("trap 'exit 0' TERM", 200));
     dir.script("run", "echo run ran");
-    let r = stop_phases_when_ready(&dir);
+    let (r, _) = stop_phases_when_ready(&dir);
     assert_eq!(r.code(), 143, "{}", r.stderr);
     assert!(!dir.read("output").contains("run ran"), "run is skipped");
     let events = events(&dir.join("status"));
@@ -734,12 +913,186 @@ fn a_stop_before_run_is_not_a_success() {
 fn a_stopped_run_that_ignores_sigterm_is_killed_after_the_grace() {
     let dir = TempDir::new("stopkill");
     dir.script("run", &format!("{}; exit 3", ready_then_wait("trap '' TERM", 400)));
-    let asked = Instant::now();
-    let r = stop_phases_when_ready(&dir);
+    let (r, waited) = stop_phases_when_ready(&dir);
     // SIGKILL after the 5 s grace, well before the run's own 20 s.
     assert_eq!(r.code(), 137, "{}", r.stderr);
-    let waited = asked.elapsed();
     assert!(waited >= Duration::from_secs(4) && waited < Duration::from_secs(15), "{waited:?}");
+}
+
+fn phase_ends(events: &[Event]) -> Vec<(String, Exit, i32, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseEnd { phase, exit, status, timed_out, .. } => Some((phase.clone(), *exit, *status, *timed_out)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where no host watches the run (bare metal), a run that hangs kept the appliance from
+/// its results and its power-off: `appRunTimeout` ends it, postrun runs (bounded too), and
+/// the record says the run timed out.
+#[test]
+fn a_run_past_app_run_timeout_is_ended_and_postrun_runs_bounded_too() {
+    let dir = TempDir::new("runtimeout");
+    dir.script("run", &ready_then_wait("trap 'echo run got TERM; exit 9' TERM", 2000));
+    dir.script("postrun", r#"echo "postrun APP_RUN_STATUS=$APP_RUN_STATUS"; while :; do sleep 0.05; done"#);
+    let started = Instant::now();
+    let r = phases(&dir, "appRunTimeout=1");
+    let took = started.elapsed();
+    assert_eq!(r.code(), 124, "a run that was ended is not a success: {}", r.stderr);
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let output = dir.read("output");
+    assert!(output.contains("run got TERM\npostrun APP_RUN_STATUS=124\n"), "{output}");
+    let events = events(&dir.join("status"));
+    let ends = phase_ends(&events);
+    assert_eq!(
+        ends,
+        [("run".into(), Exit::Code(9), 124, true), ("postrun".into(), Exit::Signal(15), 124, true)],
+        "{events:?}"
+    );
+    assert!(matches!(events.last(), Some(Event::End { status: 124, .. })), "{events:?}");
+    assert!(r.stderr.contains("still running after 1 s"), "{}", r.stderr);
+}
+
+/// A run that left processes behind in sessions of their own, one that keeps starting new
+/// ones as they die, kept the machine busy past the run: at the run's time limit everything
+/// it started is killed, whatever its group or session, before postrun.
+#[test]
+fn a_run_that_leaves_respawning_processes_behind_has_them_all_killed_at_its_timeout() {
+    let dir = TempDir::new("leftovers");
+    let d = dir.path().to_str().unwrap().to_string();
+    let bash = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // A bounded spawner: each of 10 respawners, in a session of its own, starts a sleeper
+    // in another session whenever the last one is gone. Named after this directory, so that
+    // they can be counted, and never more than 20 at a time.
+    bash("sleeper", r#"exec -a "$APP_DIR/sleeper-proc" sleep 1000"#);
+    bash("respawn", r#"while :; do setsid "$APP_DIR/sleeper" & wait; done"#);
+    let count = r#"count() { n=0; for f in /proc/[0-9]*/cmdline; do c=$(tr -d '\0' < "$f" 2>/dev/null)
+  case $c in *"$APP_DIR/sleeper-proc"*|*"$APP_DIR/respawn"*) n=$((n + 1));; esac; done; }"#;
+    bash(
+        "run",
+        &format!(
+            r#"{count}
+for i in 1 2 3 4 5 6 7 8 9 10; do setsid "$APP_DIR/respawn" & done
+for ((try = 0; try < 400; try++)); do count; [ "$n" -ge 20 ] && break; sleep 0.05; done
+echo "running: $n"
+sleep 1000"#
+        ),
+    );
+    bash("postrun", &format!("{count}\ncount; echo \"left behind: $n\""));
+    let spawned = |d: &str| -> Vec<i32> {
+        let marks = [format!("{d}/sleeper-proc"), format!("{d}/respawn")];
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                Some((e.file_name().to_str()?.parse().ok()?, std::fs::read(e.path().join("cmdline")).ok()?))
+            })
+            .filter(|(_, c): &(i32, Vec<u8>)| marks.iter().any(|m| String::from_utf8_lossy(c).contains(m.as_str())))
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    // Long enough for the spawner to get going on a loaded machine; the control below only
+    // needs one sleeper in a session of its own beside the ten respawners.
+    let r = phases(&dir, "appRunTimeout=8");
+    // Nothing of it outlived the supervisor either; if something did, it goes now, so a
+    // failure leaves no spawner behind on the test machine.
+    let survivors = spawned(&d);
+    for _ in 0..50 {
+        let left = spawned(&d);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(r.code(), 124, "{}", r.stderr);
+    let output = dir.read("output");
+    let running: u32 = output
+        .lines()
+        .find_map(|line| line.strip_prefix("running: ")?.parse().ok())
+        .unwrap_or_else(|| panic!("the run did not count its processes: {output}"));
+    assert!(running > 10, "the spawner did not get going: {output}");
+    assert!(output.contains("left behind: 0\n"), "{output}");
+    assert!(survivors.is_empty(), "{survivors:?}");
+}
+
+/// A phase that wrote faster than the console took its output kept the supervisor
+/// copying for ever: a stop request (or any signal) went unanswered.
+#[test]
+fn a_phase_flooding_its_output_does_not_delay_a_stop() {
+    let dir = TempDir::new("flood");
+    dir.script("run", "exec yes 'flood flood flood flood flood flood flood flood'");
+    dir.script("postrun", "echo postrun ran");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // A slow console: 4 KiB at a time, with a pause between reads.
+    let mut stdout = child.stdout.take().unwrap();
+    let slow = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while stdout.read(&mut buf).is_ok_and(|n| n > 0) {
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let stderr = reader(child.stderr.take());
+    // The flood has filled the pipe and the console many times over.
+    let output = dir.join("output");
+    let start = Instant::now();
+    while std::fs::metadata(&output).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(start.elapsed() < DEADLINE, "the flood never started");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let asked = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = wait_within(&mut child, DEADLINE);
+    let answered = asked.elapsed();
+    slow.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(answered < Duration::from_secs(10), "{answered:?}");
+    assert!(!std::fs::read_to_string(&output).unwrap().contains("postrun ran"));
+}
+
+/// A status port nobody reads (a UART whose far end is not listening, here a FIFO with a
+/// reader that never reads) blocked every write of the record once its buffer was full,
+/// and the phases with it.
+#[test]
+fn a_status_port_nobody_reads_does_not_hold_the_phases() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = TempDir::new("stalled");
+    let fifo = dir.join("status");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let port = std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).unwrap();
+    // SAFETY: fcntl on a descriptor this test owns; F_SETPIPE_SZ takes an int.
+    let size = unsafe { nix::libc::fcntl(port.as_raw_fd(), nix::libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
+    dir.script("run", "echo run ran");
+    // 60 commands: twice as many record lines as 4 KiB hold.
+    let cmds = vec!["true"; 60].join(":");
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", &format!("appCmds='{cmds}'")])
+        .arg("--status")
+        .arg(&fifo);
+    let started = Instant::now();
+    let r = run(cmd);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(dir.read("output"), "run ran\n");
+    assert!(r.stderr.contains("the status port does not take the record"), "{}", r.stderr);
+    // What the port took is the record's start, whole lines first.
+    let mut taken = String::new();
+    let _ = (&port).read_to_string(&mut taken);
+    assert!(taken.starts_with("{\"event\":\"init\""), "{taken}");
 }
 
 #[test]

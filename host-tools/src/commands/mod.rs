@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cpio;
 pub mod kernel;
+pub mod root;
 pub mod run;
 pub mod ssh;
 pub mod stop;

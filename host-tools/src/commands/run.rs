@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
 use appliance_host::kernel::kbuild;
 use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
-use appliance_host::vm::{self, nfs, results, running, stop};
+use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
@@ -21,8 +21,9 @@ use appliance_host::vm::{self, nfs, results, running, stop};
 ///
 /// Exits with the status of /app/run; 123 when --results was given and the results did
 /// not arrive in full (the message says why and what run's status was); 124 when
-/// --timeout killed the VM; 125 when the guest ended without reporting (kernel panic,
-/// crash).
+/// --timeout ran out (the guest is stopped as by `appliance stop`, with its results
+/// saved, and killed only after --stop-grace seconds); 125 when the guest ended without
+/// reporting (kernel panic, crash).
 ///
 /// Stopping: `appliance stop APP_DIR`, or SIGINT/SIGTERM/SIGHUP to this process, presses
 /// the guest's power button and Ctrl-Alt-Del (the init shuts down cleanly) and kills QEMU
@@ -50,8 +51,8 @@ pub struct Args {
     #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "0")]
     ssh: Option<u16>,
 
-    /// Seconds a graceful stop (appliance stop, SIGINT, SIGTERM) waits for the guest to
-    /// power off before killing QEMU
+    /// Seconds a graceful stop (appliance stop, SIGINT, SIGTERM, --timeout) waits for the
+    /// guest to power off before killing QEMU
     #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::vm::stop::DEFAULT_GRACE.as_secs())]
     stop_grace: u64,
 
@@ -71,7 +72,9 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
 
-    /// Kill the VM after this many seconds and fail (exit 124); 0 waits forever
+    /// After this many seconds, stop the guest gracefully (its results are saved), kill it
+    /// if it has not powered off after --stop-grace more, and fail (exit 124); 0 waits
+    /// forever
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     timeout: u64,
 
@@ -203,15 +206,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for line in &report.garbled {
         log::warn!("unreadable status line: {line}");
     }
-    if report.timed_out {
-        eprintln!("appliance: the VM did not finish within {} s: killed it", args.timeout);
+    match report.timed_out {
+        Some(TimedOut::PoweredOff) => eprintln!(
+            "appliance: the VM did not finish within {} s: stopped it, and it powered off after the stop request",
+            args.timeout
+        ),
+        Some(TimedOut::Killed) => eprintln!(
+            "appliance: the VM did not finish within {} s, nor power off within {} s of the stop request: killed it",
+            args.timeout, args.stop_grace
+        ),
+        None => {}
     }
     eprintln!("{}", report.summary());
     let mut code = report.exit_code();
     if let Some(mut results) = results {
         // The guest is gone: nothing writes to the server any more.
         results.stop();
-        if !report.timed_out && report.end().is_some() && !results.report(&report.events) {
+        // A guest stopped at the time bound saved what it had: say where (the exit status
+        // stays the timeout's).
+        let saved = report.end().is_some() && results.report(&report.events);
+        if report.end().is_some() && !saved && report.timed_out.is_none() {
             code = results::EXIT_RESULTS_FAILED;
         }
         results.leftovers();

@@ -1,5 +1,5 @@
-//! The helper processes the toolkit starts (QEMU, the NFS server, build tools), and where
-//! their programs are on `PATH`.
+//! The helper processes the toolkit starts (QEMU, the NFS server, build tools), the
+//! programs on `PATH`, and waiting for a child that owns the terminal.
 
 use nix::sys::signal::SigSet;
 use std::path::{Path, PathBuf};
@@ -38,5 +38,36 @@ pub fn as_our_child(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// SIGINT and SIGQUIT ignored while it lives, as system(3) does while its child runs: a
+/// Ctrl-C at the terminal is for the child (which shares our process group), not for
+/// the process waiting for it. The previous handlers come back when it is dropped.
+/// Create it after spawning the child: an ignored signal stays ignored across exec.
+pub struct IgnoreInterrupts {
+    previous: Vec<(nix::sys::signal::Signal, nix::sys::signal::SigHandler)>,
+}
+
+impl IgnoreInterrupts {
+    pub fn install() -> IgnoreInterrupts {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        let mut previous = Vec::new();
+        for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+            // SAFETY: installs SIG_IGN, which runs no code in this process.
+            if let Ok(old) = unsafe { signal(sig, SigHandler::SigIgn) } {
+                previous.push((sig, old));
+            }
+        }
+        IgnoreInterrupts { previous }
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        for (sig, handler) in self.previous.drain(..) {
+            // SAFETY: puts back the handler that was installed before `install`, unchanged.
+            let _ = unsafe { nix::sys::signal::signal(sig, handler) };
+        }
     }
 }

@@ -188,19 +188,19 @@ pub fn add_tree(archive: &mut Archive, dir: &Path, image_dir: &str) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::archive::cpio::Kind;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
-    fn symlink_target<'a>(archive: &'a Archive, path: &str) -> Option<&'a Path> {
+    pub(crate) fn symlink_target<'a>(archive: &'a Archive, path: &str) -> Option<&'a Path> {
         match archive.get(path)?.kind() {
             Kind::Symlink { target } => Some(target),
             _ => None,
         }
     }
 
-    fn is_file(archive: &Archive, path: &str) -> bool {
+    pub(crate) fn is_file(archive: &Archive, path: &str) -> bool {
         matches!(archive.get(path).map(Entry::kind), Some(Kind::File { .. }))
     }
 

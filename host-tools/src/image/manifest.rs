@@ -97,6 +97,7 @@ pub struct Manifest {
 /// ```toml
 /// [trace]
 /// root = "/"                              # relative to the image directory, or absolute
+/// # root = "../roots/bookworm"            # a reference root made by `appliance root create`
 /// commands = ["bash -c 'ls /; date'"]     # each run traced, with /bin/sh -c in the root
 /// list = "traced.list"                    # and/or a list written by `appliance trace`
 /// extra = ["/etc/passwd"]                 # root paths added as they are

@@ -575,16 +575,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn symlink_target<'a>(archive: &'a Archive, path: &str) -> Option<&'a Path> {
-        match archive.get(path)?.kind() {
-            Kind::Symlink { target } => Some(target),
-            _ => None,
-        }
-    }
-
-    fn is_file(archive: &Archive, path: &str) -> bool {
-        matches!(archive.get(path).map(Entry::kind), Some(Kind::File { .. }))
-    }
+    use super::files::tests::{is_file, symlink_target};
 
     /// A static program to stand in for the init; `None` where gcc cannot link one.
     fn static_program(path: &Path) -> Option<PathBuf> {

@@ -22,7 +22,7 @@ use std::process::Command;
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::ptrace::{self, Event, Options};
-use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -61,7 +61,7 @@ pub fn run(root: &Path, argv: &[OsString]) -> Result<Traced, Error> {
     // Ctrl-C at an interactive trace is for the traced shell, not for the tracer (which
     // shares its terminal's process group): ignore it here while the trace runs, as
     // system(3) does. Only after the spawn: an ignored signal stays ignored across exec.
-    let _ignore = IgnoreInterrupts::new();
+    let _ignore = crate::host::process::IgnoreInterrupts::install();
     let main = Pid::from_raw(child.id() as i32);
     attach(main)?;
     record_exe(&root, main, &mut traced.accessed);
@@ -313,31 +313,4 @@ fn read_string(pid: Pid, address: u64) -> Option<Vec<u8>> {
         at += read as u64;
     }
     None
-}
-
-/// SIGINT and SIGQUIT ignored while it lives; the previous handlers come back after.
-struct IgnoreInterrupts {
-    previous: Vec<(Signal, SigHandler)>,
-}
-
-impl IgnoreInterrupts {
-    fn new() -> IgnoreInterrupts {
-        let mut previous = Vec::new();
-        for sig in [Signal::SIGINT, Signal::SIGQUIT] {
-            // SAFETY: installs SIG_IGN, which runs no code in this process.
-            if let Ok(old) = unsafe { signal::signal(sig, SigHandler::SigIgn) } {
-                previous.push((sig, old));
-            }
-        }
-        IgnoreInterrupts { previous }
-    }
-}
-
-impl Drop for IgnoreInterrupts {
-    fn drop(&mut self) {
-        for (sig, handler) in self.previous.drain(..) {
-            // SAFETY: puts back the handler that was installed before `new`, unchanged.
-            let _ = unsafe { signal::signal(sig, handler) };
-        }
-    }
 }

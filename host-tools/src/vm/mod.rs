@@ -1,6 +1,7 @@
 //! Running an appliance in QEMU: start it, bound it in time, and read back the status
 //! record the init wrote to the second serial port.
 
+pub mod console;
 pub mod nfs;
 pub mod qemu;
 pub mod qmp;
@@ -37,10 +38,22 @@ pub struct RunReport {
     /// Lines of the record that did not parse (a truncated last line, say).
     pub garbled: Vec<String>,
     pub wall: Duration,
-    pub timed_out: bool,
+    /// The time bound ran out, and how the VM ended then.
+    pub timed_out: Option<TimedOut>,
     pub qemu_status: Option<ExitStatus>,
     /// Why the [`Watch`] had QEMU killed, when it did (a stop the guest did not complete).
     pub killed: Option<String>,
+}
+
+/// How a VM that ran out of time ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimedOut {
+    /// The guest powered off after the stop request: its shutdown ran (results step,
+    /// the end of the status record).
+    PoweredOff,
+    /// QEMU was killed: the guest did not power off within the grace period (or could
+    /// not be asked to).
+    Killed,
 }
 
 /// What `appliance run` exits with when the guest did not report a result.
@@ -59,7 +72,7 @@ impl RunReport {
     /// The run's exit code: the run phase's status; 124 on timeout; 125 when the guest
     /// ended without saying how (kernel panic, crash, QEMU failure).
     pub fn exit_code(&self) -> i32 {
-        if self.timed_out { EXIT_TIMEOUT } else { self.end().map(|(_, s)| s).unwrap_or(EXIT_NO_STATUS) }
+        if self.timed_out.is_some() { EXIT_TIMEOUT } else { self.end().map(|(_, s)| s).unwrap_or(EXIT_NO_STATUS) }
     }
 
     fn t(&self, pick: impl Fn(&Event) -> Option<u64>) -> Option<u64> {
@@ -89,6 +102,14 @@ impl RunReport {
         })
     }
 
+    /// The first phase the init ended at its time limit (`appRunTimeout`), if any.
+    pub fn run_limit(&self) -> Option<&str> {
+        self.events.iter().find_map(|e| match e {
+            Event::PhaseEnd { phase, timed_out: true, .. } => Some(phase.as_str()),
+            _ => None,
+        })
+    }
+
     /// The one-line summary `appliance run` prints.
     pub fn summary(&self) -> String {
         let ms = |us: u64| format!("{:.0} ms", us as f64 / 1000.0);
@@ -103,18 +124,25 @@ impl RunReport {
             parts.push(format!("run {}", ms(b.saturating_sub(a))));
         }
         parts.push(format!("wall {:.2} s", self.wall.as_secs_f64()));
-        let outcome = if self.timed_out {
-            "timed out: VM killed".to_string()
-        } else {
-            match (self.end(), &self.killed, self.qemu_status.and_then(|s| s.signal())) {
-                (Some((action, status)), _, _) => format!("run status {status}, {action}"),
-                (None, Some(why), _) => why.clone(),
-                (None, None, Some(signal)) => format!(
+        let outcome = match (self.timed_out, self.end()) {
+            (Some(TimedOut::Killed), _) => "timed out: VM killed".to_string(),
+            (Some(TimedOut::PoweredOff), Some((action, status))) => {
+                format!("timed out: stopped, run status {status}, {action}")
+            }
+            (Some(TimedOut::PoweredOff), None) => "timed out: stopped, without a status from the guest".to_string(),
+            (None, Some((action, status))) => format!("run status {status}, {action}"),
+            (None, None) => match (&self.killed, self.qemu_status.and_then(|s| s.signal())) {
+                (Some(why), _) => why.clone(),
+                (None, Some(signal)) => format!(
                     "QEMU was killed by signal {signal} before the guest powered off (`appliance stop` kills it when \
                      the guest does not power off within its grace period)"
                 ),
-                (None, None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
-            }
+                (None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+            },
+        };
+        let outcome = match self.run_limit() {
+            Some(phase) => format!("{outcome} ({phase} timed out in the guest: appRunTimeout)"),
+            None => outcome,
         };
         format!("appliance: {outcome}; {}", parts.join(", "))
     }
@@ -143,6 +171,11 @@ pub trait Watch {
     fn tick(&mut self) -> Tick {
         Tick::Continue
     }
+    /// The run's time bound (`after`) ran out: stop the guest. [`Tick::Kill`] kills QEMU
+    /// now (there is no graceful way); otherwise [`Watch::tick`] says when to.
+    fn time_up(&mut self, _after: Duration) -> Tick {
+        Tick::Kill
+    }
     /// Why the last [`Tick::Kill`] asked to kill QEMU, for the run's summary.
     fn kill_reason(&self) -> Option<String> {
         None
@@ -152,12 +185,14 @@ pub trait Watch {
 impl Watch for () {}
 
 /// Starts QEMU for `spec` with the console on our terminal and waits for it, killing it
-/// after `timeout`.
+/// after `timeout`. Standard input that is a pipe or a file is typed into the console when
+/// the guest can take it ([`console`]).
 pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmError> {
     run_watched(spec, timeout, &mut ())
 }
 
-/// [`run`], with `watch` told when QEMU starts and asked every tick whether to kill it.
+/// [`run`], with `watch` told when QEMU starts, asked every tick whether to kill it, and
+/// asked to stop the guest when `timeout` runs out (killing QEMU only when it says so).
 pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Watch) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
     let started = Instant::now();
@@ -167,24 +202,39 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
     }
     crate::host::process::as_our_child(&mut command);
+    // Console input from a pipe or a file goes through us, held until the guest takes it.
+    let fed = console::stdin_is_fed();
+    if fed {
+        command.stdin(std::process::Stdio::piped());
+    }
     let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+    let _feeder = child
+        .stdin
+        .take()
+        .map(|qemu| console::Feeder::start(qemu, &spec.status_file, console::Gate::for_cmdline(&spec.append)));
     watch.started(child.id());
-    let mut timed_out = false;
+    let mut timed_out = None;
     let mut killed = None;
     let qemu_status = loop {
         if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
             break Some(status);
         }
-        if watch.tick() == Tick::Kill {
+        let mut tick = watch.tick();
+        if let Some(t) = timeout
+            && timed_out.is_none()
+            && started.elapsed() >= t
+        {
+            // Powered off, unless the grace runs out first (below).
+            timed_out = Some(TimedOut::PoweredOff);
+            tick = watch.time_up(t);
+        }
+        if tick == Tick::Kill {
+            if timed_out.is_some() {
+                timed_out = Some(TimedOut::Killed);
+            }
             let _ = child.kill();
             killed = watch.kill_reason();
             break child.wait().ok();
-        }
-        if timeout.is_some_and(|t| started.elapsed() >= t) {
-            timed_out = true;
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -216,8 +266,9 @@ pub fn parse_status(text: &str) -> (Vec<Event>, Vec<String>) {
 mod tests {
     use super::*;
     use appliance_cmdline::status::Exit;
+    use std::time::Instant;
 
-    fn report(events: Vec<Event>, timed_out: bool) -> RunReport {
+    fn report(events: Vec<Event>, timed_out: Option<TimedOut>) -> RunReport {
         RunReport {
             events,
             garbled: vec![],
@@ -231,9 +282,114 @@ mod tests {
     #[test]
     fn exit_code_is_the_run_status_or_says_why_not() {
         let end = Event::End { t_us: 9, action: "poweroff".into(), status: 3 };
-        assert_eq!(report(vec![end.clone()], false).exit_code(), 3);
-        assert_eq!(report(vec![end], true).exit_code(), EXIT_TIMEOUT);
-        assert_eq!(report(vec![], false).exit_code(), EXIT_NO_STATUS);
+        assert_eq!(report(vec![end.clone()], None).exit_code(), 3);
+        assert_eq!(report(vec![end.clone()], Some(TimedOut::PoweredOff)).exit_code(), EXIT_TIMEOUT);
+        assert_eq!(report(vec![end], Some(TimedOut::Killed)).exit_code(), EXIT_TIMEOUT);
+        assert_eq!(report(vec![], None).exit_code(), EXIT_NO_STATUS);
+    }
+
+    #[test]
+    fn summary_says_how_a_timed_out_run_ended() {
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 143 };
+        let s = report(vec![end.clone()], Some(TimedOut::PoweredOff)).summary();
+        assert!(s.starts_with("appliance: timed out: stopped, run status 143, poweroff;"), "{s}");
+        let s = report(vec![end], Some(TimedOut::Killed)).summary();
+        assert!(s.starts_with("appliance: timed out: VM killed;"), "{s}");
+        let limited = Event::PhaseEnd {
+            t_us: 8,
+            phase: "run".into(),
+            index: None,
+            exit: Exit::Signal(15),
+            status: appliance_cmdline::status::TIMED_OUT,
+            timed_out: true,
+        };
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 124 };
+        let s = report(vec![limited, end], None).summary();
+        assert!(
+            s.starts_with("appliance: run status 124, poweroff (run timed out in the guest: appRunTimeout);"),
+            "{s}"
+        );
+    }
+
+    /// A stand-in for QEMU: a shell script that ignores QEMU's arguments.
+    fn fake_qemu(dir: &std::path::Path, script: &str) -> VmSpec {
+        use std::os::unix::fs::PermissionsExt;
+        let qemu = dir.join("qemu");
+        std::fs::write(&qemu, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        VmSpec {
+            qemu,
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd"),
+            append: String::new(),
+            memory_mib: 64,
+            cpus: 1,
+            accel: qemu::Accel::Tcg,
+            status_file: dir.join("status"),
+            net: None,
+            shares: vec![],
+            ports: vec![],
+            qmp: None,
+            extra: vec![],
+        }
+    }
+
+    /// What a graceful stop does, for the loop: the guest "powers off" (the fake QEMU
+    /// exits) when `obeys`, else nothing happens and `tick` kills at the deadline.
+    struct FakeStop {
+        pid: Option<u32>,
+        obeys: bool,
+        asked: Option<Instant>,
+        grace: Duration,
+    }
+
+    impl Watch for FakeStop {
+        fn started(&mut self, pid: u32) {
+            self.pid = Some(pid);
+        }
+        fn tick(&mut self) -> Tick {
+            match self.asked {
+                Some(at) if at.elapsed() >= self.grace => Tick::Kill,
+                _ => Tick::Continue,
+            }
+        }
+        fn time_up(&mut self, _after: Duration) -> Tick {
+            self.asked = Some(Instant::now());
+            if self.obeys {
+                let pid = nix::unistd::Pid::from_raw(self.pid.unwrap() as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            }
+            Tick::Continue
+        }
+    }
+
+    /// `--timeout` killed QEMU outright: whatever the run produced was gone and the record
+    /// had no end. Now the guest is asked to stop first, and killed only after the grace.
+    #[test]
+    fn a_timeout_asks_the_guest_to_stop_before_killing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits on SIGTERM (a guest that powers off), like QEMU on the power button.
+        let spec = fake_qemu(dir.path(), "trap 'exit 0' TERM; while :; do sleep 1; done");
+        let timeout = Some(Duration::from_millis(200));
+        let mut stop = FakeStop { pid: None, obeys: true, asked: None, grace: Duration::from_secs(60) };
+        let r = run_watched(&spec, timeout, &mut stop).unwrap();
+        assert_eq!(r.timed_out, Some(TimedOut::PoweredOff));
+        assert!(stop.asked.is_some());
+        assert!(r.wall < Duration::from_secs(30), "{:?}", r.wall);
+        assert_eq!(r.exit_code(), EXIT_TIMEOUT);
+
+        // A guest that does not power off is killed when the grace is over, not before.
+        let spec = fake_qemu(dir.path(), "trap '' TERM; while :; do sleep 1; done");
+        let grace = Duration::from_millis(500);
+        let mut stop = FakeStop { pid: None, obeys: true, asked: None, grace };
+        let r = run_watched(&spec, timeout, &mut stop).unwrap();
+        assert_eq!(r.timed_out, Some(TimedOut::Killed));
+        assert!(stop.asked.unwrap().elapsed() >= grace);
+        assert_eq!(r.exit_code(), EXIT_TIMEOUT);
+
+        // Without a graceful way (no watch), the time bound kills at once, as it did.
+        let r = run(&spec, timeout).unwrap();
+        assert_eq!(r.timed_out, Some(TimedOut::Killed));
     }
 
     #[test]
@@ -246,7 +402,7 @@ mod tests {
             "{\"event\":\"end\",\"t_u"
         ));
         assert_eq!(garbled.len(), 1);
-        let r = report(events, false);
+        let r = report(events, None);
         assert_eq!(
             r.summary(),
             "appliance: run status 0, poweroff; kernel→/init 1200 ms, /init→run 4 ms, run 100 ms, wall 2.50 s"
@@ -257,9 +413,9 @@ mod tests {
     /// A VM killed after a stop it did not complete is not reported as a crash.
     #[test]
     fn summary_says_why_qemu_was_killed() {
-        let crash = report(vec![], false);
+        let crash = report(vec![], None);
         assert!(crash.summary().contains("no status from the guest (kernel panic or crash?"), "{}", crash.summary());
-        let mut stopped = report(vec![], false);
+        let mut stopped = report(vec![], None);
         stopped.qemu_status = Some(ExitStatus::from_raw(9));
         stopped.killed = Some("VM killed: the guest did not power off within 30 s of the stop request".into());
         assert!(

@@ -116,8 +116,14 @@ impl GracefulStop {
             eprintln!("appliance: signal {signo} again: killing the VM");
             return self.kill(format!("VM killed at a second signal ({signo}), before the guest powered off"));
         }
+        self.power_off(&format!("signal {signo}"), "; signal again to kill now")
+    }
+
+    /// Asks the guest to shut down ([`qmp::request_stop`]), and kills QEMU when the grace
+    /// period is over.
+    fn power_off(&mut self, why: &str, hint: &str) -> Tick {
         eprintln!(
-            "appliance: signal {signo}: asking the guest to shut down (killing it after {} s; signal again to kill now)",
+            "appliance: {why}: asking the guest to shut down (killing it after {} s{hint})",
             self.grace.as_secs()
         );
         if let Err(e) = qmp::request_stop(&self.qmp, QMP_TIMEOUT) {
@@ -150,6 +156,16 @@ impl Watch for GracefulStop {
             Ok(guard) => self.record = Some(guard),
             Err(e) => log::warn!("{e}: `appliance stop` and `appliance ssh` will not find this run"),
         }
+    }
+
+    /// As a stop signal: the guest powers off through its shutdown (results step, the end
+    /// of the status record), and is killed only after the grace period. A stop already
+    /// under way keeps its own deadline.
+    fn time_up(&mut self, after: Duration) -> Tick {
+        if self.deadline.is_some() {
+            return Tick::Continue;
+        }
+        self.power_off(&format!("--timeout: {} s are up", after.as_secs()), "")
     }
 
     fn tick(&mut self) -> Tick {
