@@ -82,7 +82,8 @@ fn builds_6_1_from_debian_source_checks_it_and_boots_hello_without_modules() {
     assert!(stdout.contains("requested options kept (base.config, series/6.1/base.config)"), "{stdout}");
 
     // hello boots on it, through `appliance run --kernel <bzImage>`, with no module
-    // anywhere (the initrd holds none, the kernel cannot load any).
+    // loaded (the kernel cannot load any; the initrd's, packed for Debian's kernel and
+    // its release, are never looked at).
     let tmp = TempDir::new().unwrap();
     let app = build(&root().join("images/hello"), tmp.path());
     let b = boot(&app, &["--kernel", bzimage.to_str().unwrap()]);

@@ -146,7 +146,28 @@ pub struct Session {
     reader: JoinHandle<()>,
     /// Disconnected when `reader` ends.
     reader_done: mpsc::Receiver<()>,
+    /// `appliance`'s own messages, and the thread copying them.
+    errors: Arc<Mutex<String>>,
+    errors_reader: (JoinHandle<()>, mpsc::Receiver<()>),
     status: tempfile::NamedTempFile,
+}
+
+/// Copies what `from` gives into `sink` until end of file, in a thread of its own; the
+/// receiver is disconnected when that thread ends.
+fn collect(mut from: impl Read + Send + 'static, sink: &Arc<Mutex<String>>) -> (JoinHandle<()>, mpsc::Receiver<()>) {
+    let sink = Arc::clone(sink);
+    let (done, ended) = mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let _done = done;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (reader, ended)
 }
 
 impl Session {
@@ -155,24 +176,14 @@ impl Session {
         let mut child = run_cmd(app_dir, status.path(), args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("appliance runs");
         let output = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = Arc::clone(&output);
-        let (done, reader_done) = mpsc::channel::<()>();
-        let reader = std::thread::spawn(move || {
-            let _done = done;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Session { child, output, reader, reader_done, status }
+        let errors = Arc::new(Mutex::new(String::new()));
+        let (reader, reader_done) = collect(child.stdout.take().expect("piped stdout"), &output);
+        let errors_reader = collect(child.stderr.take().expect("piped stderr"), &errors);
+        Session { child, output, reader, reader_done, errors, errors_reader, status }
     }
 
     /// Waits until the console shows `needle` after byte offset `from`; returns the
@@ -217,10 +228,15 @@ impl Session {
             );
         }
         self.reader.join().expect("the console reader ends normally");
+        // `appliance`'s messages end with it (nothing it starts keeps its stderr).
+        let (errors_reader, errors_done) = self.errors_reader;
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = errors_done.recv_timeout(CONSOLE_CLOSE_TIMEOUT) {
+            errors_reader.join().expect("the stderr reader ends normally");
+        }
         let (events, _) = appliance_host::vm::read_status(self.status.path());
         Boot {
             console: self.output.lock().unwrap().replace("\r\n", "\n"),
-            stderr: String::new(),
+            stderr: self.errors.lock().unwrap().clone(),
             code: st.code().unwrap_or(-1),
             events,
         }

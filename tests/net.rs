@@ -3,8 +3,10 @@
 //! variables the phases see.
 //!
 //! Kernel: Debian's cloud kernel (the images' default), where the NIC driver is a module:
-//! the images pack and load `virtio_pci` and `virtio_net`. The NIC is QEMU's
-//! virtio-net-pci on user networking, where the host's loopback is 10.0.2.2.
+//! the images here load `virtio_pci` and `virtio_net` at every boot, except the one that
+//! names none and gets them from what every image packs for `appliance run`'s features.
+//! The NIC is QEMU's virtio-net-pci on user networking, where the host's loopback is
+//! 10.0.2.2.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -75,6 +77,25 @@ fn static_address_on_the_nic_with_app_mac_reaches_the_host() {
     b.assert_console(&format!("myip=10.0.2.15/24 mymac={MAC} mynode=52_54_00_12_34_99 gw=10.0.2.2"));
     // 10.0.2.2 in /proc/net/route's little-endian hex.
     b.assert_console("default-route=eth0:0202000A");
+    b.assert_console("sent");
+    let got = rx.recv_timeout(Duration::from_secs(5)).expect("the guest connected to the host");
+    assert_eq!(got, "hello from 10.0.2.15/24\n");
+}
+
+/// `appliance run --ssh` gives the guest a NIC and an address; on the default kernel its
+/// driver is a module, which an image whose manifest names none still packs, and the init
+/// loads it because the boot uses the network.
+#[test]
+fn run_ssh_gives_the_network_to_an_image_that_names_no_module_on_the_default_kernel() {
+    let tmp = TempDir::new().unwrap();
+    let manifest = "description = \"no modules\"\nhost_files = [\"/bin/bash\", \"/usr/bin/cat\"]\n";
+    let img = image(tmp.path(), manifest, &[("run", RUN)]);
+    let app = build(&img, tmp.path());
+    let (port, rx) = listener();
+    let b = boot(&app, &["--ssh", "--args", &port.to_string()]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(b.errors().is_empty(), "{:?}", b.errors());
+    b.assert_console("myip=10.0.2.15/24");
     b.assert_console("sent");
     let got = rx.recv_timeout(Duration::from_secs(5)).expect("the guest connected to the host");
     assert_eq!(got, "hello from 10.0.2.15/24\n");

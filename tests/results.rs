@@ -1,11 +1,13 @@
 //! The results step end to end: `appliance run --results DIR` starts nfs-ganesha on the
-//! host's loopback (or shares DIR over virtio 9p), the init saves `/app/output` and
-//! `$APP_RESULTS` there after postrun, and the files arrive with the right content; a dead
-//! server is a clear error, a non-zero exit and no hang.
+//! host's loopback (or shares DIR over virtio 9p, or reads a cpio stream from a
+//! virtio-serial port), the init saves `/app/output` and `$APP_RESULTS` there after
+//! postrun, and the files arrive with the right content; a dead server is a clear error, a
+//! non-zero exit and no hang.
 //!
 //! Kernels: for NFS, Debian's cloud kernel (the images' default), where the NIC driver and
-//! NFSv4 are modules the images pack and load: `virtio_pci`, `virtio_net`, `nfsv4` (with
-//! `nfs`, `sunrpc`...). Debian's cloud kernel has no 9p at all, so the 9p test boots the
+//! NFSv4 are modules: most images here load them at boot (`virtio_pci`, `virtio_net`,
+//! `nfsv4`, with `nfs`, `sunrpc`...), images/hello and the serial ones name none and get
+//! them from what every image packs for `appliance run`'s features. Debian's cloud kernel has no 9p at all, so the 9p test boots the
 //! project's kernel (`--kernel build:6.1`, built and cached by tests/kernel.rs or
 //! `appliance kernel build`), which has virtio 9p built in. The NFS server needs real root (these
 //! tests run as root) and `nfs-ganesha` + `nfs-ganesha-vfs` (host-tools/deps.sh installs
@@ -266,6 +268,118 @@ fn nix_kill(pid: i32) {
     assert!(st.success());
 }
 
+/// The serial transport: a cpio stream over a virtio-serial port that QEMU writes to a file,
+/// unpacked by `appliance run`; no server and no network. Debian's cloud kernel, where
+/// virtio's console driver is a module the manifest does not name.
+#[test]
+fn serial_results_arrive_intact_without_a_server_or_network_and_never_overwrite_an_earlier_run() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = app(tmp.path(), "", RUN);
+    let dir = tmp.path().join("results");
+    let b = boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "serial", "--args", "40", "-m", "768"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, files, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert_eq!(files, 4, "output, small.txt, link, big.bin");
+    let run_dir = only_dir(&dir);
+    assert!(dest.starts_with("serial:appliance.results/"), "{dest}");
+    assert!(dest.ends_with(run_dir.file_name().unwrap().to_str().unwrap()), "{dest} vs {run_dir:?}");
+    assert_arrived(&b, &run_dir);
+    assert!(b.stderr.contains(&format!("appliance: results in {}", run_dir.display())), "{}", b.stderr);
+    assert!(!b.events.iter().any(|e| matches!(e, Event::Network { .. })), "no network for a stream");
+
+    let first = std::fs::read(run_dir.join("results/big.bin")).unwrap();
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let b =
+        boot(&app, &["--results", dir.to_str().unwrap(), "--results-via", "serial", "--", &format!("appRunId={id}")]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert_arrived(&b, &dir.join(format!("{id}.2")));
+    assert_eq!(std::fs::read(run_dir.join("results/big.bin")).unwrap(), first);
+    // Nothing else: the streams were unpacked and removed.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2);
+}
+
+/// The README's first image on the default kernel, whose manifest names no module: the NIC
+/// driver and NFSv4 are among what every image packs for `appliance run`'s features, and
+/// the init loads them because the run asks for NFS results (as root: the default there).
+#[test]
+fn hello_on_the_default_kernel_brings_its_results_back_over_nfs() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let app = build(&appliance_tests::root().join("images/hello"), tmp.path());
+    let dir = tmp.path().join("results");
+    let b = boot(&app, &["--results", dir.to_str().unwrap()]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, files, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert!(dest.starts_with("nfs:10.0.2.2:/"), "{dest}");
+    assert_eq!(files, 2, "output and results/hello.txt");
+    let run_dir = only_dir(&dir);
+    let output = std::fs::read_to_string(run_dir.join("output")).unwrap();
+    assert!(output.contains("hello: exiting with 0"), "{output}");
+    assert!(std::fs::read_to_string(run_dir.join("results/hello.txt")).unwrap().contains("hello"));
+    assert!(b.errors().is_empty(), "{:?}", b.errors());
+}
+
+/// A user other than root cannot run the NFS server, and Debian's cloud kernel has no 9p:
+/// `--results` picks the serial stream for them, which needs neither root nor a manifest
+/// that names a module. `appliance run` runs as `nobody` (with a HOME of its own), on an
+/// app dir root built (its kernel is a readable copy from root's cache).
+#[test]
+fn results_as_a_non_root_user_arrive_on_the_default_kernel() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+    let _serial = serial();
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    assert_eq!(uid, 0, "this test runs `appliance run` as nobody, which needs root");
+    let tmp = TempDir::new().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = app(tmp.path(), "", RUN);
+    // nobody's: the app dir (for its run record), the results, HOME and the temporary files.
+    let own = tmp.path().join("nobody");
+    for dir in [&own, &own.join("results"), &own.join("home"), &own.join("tmp")] {
+        std::fs::create_dir_all(dir).unwrap();
+        chown(dir, Some(65534), Some(65534)).unwrap();
+    }
+    chown(&app, Some(65534), Some(65534)).unwrap();
+    // A copy nobody can execute wherever the checkout lives.
+    let bin = tmp.path().join("appliance");
+    std::fs::copy(appliance_tests::tools().join("appliance"), &bin).unwrap();
+    let status = own.join("status.jsonl");
+    let dir = own.join("results");
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&bin)
+        .arg("run")
+        .arg(&app)
+        .args(["--timeout", &BOOT_TIMEOUT_S.to_string(), "--status"])
+        .arg(&status)
+        .arg("--results")
+        .arg(&dir)
+        .args(["--args", "4"])
+        .env("HOME", own.join("home"))
+        .env("TMPDIR", own.join("tmp"))
+        .env("APPLIANCE_ACCEL", "tcg")
+        .current_dir(&own)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("setpriv runs");
+    let (events, _) = appliance_host::vm::read_status(&status);
+    let b = Boot {
+        console: String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n"),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        code: o.status.code().unwrap_or(-1),
+        events,
+    };
+    assert_eq!(b.code, 0, "{b:?}");
+    let (ok, dest, _, error) = results_event(&b);
+    assert!(ok, "{error:?}");
+    assert!(dest.starts_with("serial:"), "the serial transport by default: {dest}");
+    let run_dir = only_dir(&dir);
+    assert_arrived(&b, &run_dir);
+    assert_eq!(std::fs::metadata(run_dir.join("results/big.bin")).unwrap().uid(), 65534);
+}
+
 /// On the project's kernel (`build:6.1`: `appliance run` builds it first when it is not
 /// cached, which takes long on a fresh machine; tests/kernel.rs builds the same one).
 #[test]
@@ -524,6 +638,12 @@ fn dry_run_shows_the_share_the_nic_and_the_parameters() {
     assert!(line.contains(" appResultsTo=9p:results"), "{line}");
     assert!(line.contains(" appRunId=app-"), "{line}");
     assert!(!line.contains("-nic "), "9p needs no network: {line}");
+    let line = dry("serial");
+    let stream = format!("-chardev file,id=port0,path={}/.app-", dir.canonicalize().unwrap().display());
+    assert!(line.contains(&stream), "{line}");
+    assert!(line.contains("-device virtserialport,bus=ports.0,chardev=port0,name=appliance.results"), "{line}");
+    assert!(line.contains(" appResultsTo=serial:appliance.results"), "{line}");
+    assert!(!line.contains("-nic "), "a stream needs no network: {line}");
     // A dry run starts no server: the port shown is NFS's default.
     let line = dry("nfs");
     assert!(line.contains(" appResultsTo=nfs:10.0.2.2:/,port=2049"), "{line}");

@@ -4,8 +4,10 @@
 //! power-off with the status record complete.
 //!
 //! The images use the project's kernel (`build:6.1`: virtio-net, evdev and the ACPI
-//! button built in), taken from the kernel cache; OpenSSH's sshd and ssh-keygen come
-//! from the host (host-tools/deps.sh installs them).
+//! button built in), taken from the kernel cache, except where a test says it boots
+//! Debian's cloud kernel (the default, where the button and evdev are modules the images do
+//! not list, and the PC keyboard is built in); OpenSSH's sshd and ssh-keygen come from the
+//! host (host-tools/deps.sh installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -161,6 +163,69 @@ fn sigterm_to_appliance_run_powers_the_guest_off_cleanly() {
     b.assert_console("run-got-TERM");
     assert!(!b.console.contains("postrun-ran"), "{}", b.console);
     assert_eq!(b.end(), Some(("poweroff".into(), 3)));
+}
+
+/// Debian's cloud kernel (the default), an image without `button` and `evdev` in its
+/// manifest: the power button goes unheard, so `appliance stop` reaches the init as
+/// Ctrl-Alt-Del (SIGINT), and the guest powers off with its status record complete
+/// instead of being killed after the grace period.
+#[test]
+fn appliance_stop_powers_off_an_image_without_button_modules_on_the_default_kernel() {
+    let tmp = TempDir::new().unwrap();
+    let img =
+        image(tmp.path(), &bash_manifest(""), &[("run", SLEEPING_RUN), ("postrun", "#!/bin/bash\necho postrun-ran\n")]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &[]);
+    s.expect("run-started", 0);
+    let o = stop(&app);
+    assert!(o.status.success(), "appliance stop: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("powered off"), "{o:?}");
+    let b = s.finish();
+    b.assert_console("signal 2: shutting down");
+    assert!(!b.console.contains("postrun-ran"), "{}", b.console);
+    // run traps TERM only: SIGINT ends it.
+    assert_eq!(phase_end(&b.events, "run"), Some(Exit::Signal(2)));
+    assert_eq!(b.end(), Some(("poweroff".into(), 130)), "{b:?}");
+    assert_eq!(b.code, 130);
+}
+
+/// The same through SIGTERM to `appliance run`.
+#[test]
+fn sigterm_to_appliance_run_powers_off_an_image_without_button_modules_on_the_default_kernel() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest(""), &[("run", SLEEPING_RUN)]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &[]);
+    s.expect("run-started", 0);
+    let kill = std::process::Command::new("kill").args(["-TERM", &s.pid().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let b = s.finish();
+    b.assert_console("signal 2: shutting down");
+    assert_eq!(b.end(), Some(("poweroff".into(), 130)), "{b:?}");
+    assert!(b.stderr.contains("appliance: run status 130, poweroff"), "{}", b.stderr);
+}
+
+/// A guest that hears neither request (the project's kernel, no PC keyboard, on a machine
+/// without ACPI): QEMU is killed after the grace period, and `appliance run` says that the
+/// stop went unanswered, not that the guest crashed.
+#[test]
+fn a_stop_the_guest_cannot_hear_is_reported_as_such_not_as_a_crash() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\"\n"), &[("run", SLEEPING_RUN)]);
+    let app = build(&img, tmp.path());
+    let s = Session::start(&app, &["--stop-grace", "5", "--qemu-arg=-machine", "--qemu-arg=acpi=off"]);
+    s.expect("run-started", 0);
+    let kill = std::process::Command::new("kill").args(["-TERM", &s.pid().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let b = s.finish();
+    assert_eq!(b.code, 125, "{b:?}");
+    assert_eq!(b.end(), None);
+    assert!(
+        b.stderr.contains("appliance: VM killed: the guest did not power off within 5 s of the stop request"),
+        "{}",
+        b.stderr
+    );
+    assert!(!b.stderr.contains("kernel panic or crash"), "{}", b.stderr);
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //! - `modules.builtin` ([`BUILTIN_FILE`]), the kernel's own list, copied when the kernel has
 //!   one, so that the init can tell a built-in driver from a missing one ([`parse_builtin`]).
 //!
+//! The drivers the features of `appliance run` need in the guest are named here too
+//! ([`FEATURE_MODULES`]): on a kernel that has them as modules, the builder packs them in
+//! every image, loaded only by a boot that uses the feature.
+//!
 //! It does not read or write files, resolve dependencies (the builder resolves them in the
 //! kernel's tree, the init plans its loads from `modules.dep`) or know of aliases
 //! (`modalias`, `softdep`).
@@ -28,6 +32,23 @@ pub const ORDER_FILE: &str = "appliance.order";
 pub const DEP_FILE: &str = "modules.dep";
 /// The kernel's list of built-in modules.
 pub const BUILTIN_FILE: &str = "modules.builtin";
+
+/// The network: the driver of the virtio NIC `appliance run` gives the guest (for
+/// `--ssh`, `appIp`, and NFS results).
+pub const NIC_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+/// NFS results: the NFSv4 client (the `nfs` module asks for it by name, through a
+/// `modprobe` the image does not have).
+pub const NFS_MODULES: &[&str] = &["nfsv4"];
+/// Results over a virtio-serial port (`appResultsTo=serial:NAME`).
+pub const PORT_MODULES: &[&str] = &["virtio_pci", "virtio_console"];
+/// Results over virtio 9p.
+pub const NINEP_MODULES: &[&str] = &["9pnet_virtio", "9p"];
+/// Every feature's drivers: on a kernel that has them as modules (Debian's), the builder
+/// packs those the kernel has in every image, without the manifest naming them, and the
+/// init loads only those of the features a boot uses. The power button needs none:
+/// without `button` and `evdev`, a stop comes as Ctrl-Alt-Del, which the PC keyboard
+/// built into such kernels delivers.
+pub const FEATURE_MODULES: [&[&str]; 4] = [NIC_MODULES, NFS_MODULES, PORT_MODULES, NINEP_MODULES];
 
 /// Module file suffixes a kernel's tree and lists may name, uncompressed first.
 pub const SUFFIXES: [&str; 4] = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"];

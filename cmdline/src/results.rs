@@ -4,6 +4,9 @@
 //! virtio 9p share (QEMU's `-virtfs`). OPTIONS are mount options added after the init's
 //! own (the later one wins), e.g. `port=20490` or `vers=3`; for NFS, none may lift the
 //! bound on how long a request to a dead server takes to fail ([`NFS_TIMEOUTS`]).
+//! `serial:NAME` writes the results as one newc cpio stream to the virtio-serial port of
+//! that name (QEMU's `virtserialport` with `name=NAME`), which the host unpacks: nothing
+//! to mount, so no options.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -16,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::Error;
 
 pub(crate) const RESULTS_TO_EXPECTED: &str = "a results destination (expected nfs:ADDRESS:/EXPORT[,OPTIONS] \
-     with an IPv4 address, e.g. nfs:10.0.2.2:/,port=2049, or 9p:TAG[,OPTIONS])";
+     with an IPv4 address, e.g. nfs:10.0.2.2:/,port=2049, 9p:TAG[,OPTIONS] or serial:PORT-NAME)";
 pub(crate) const RUN_ID_EXPECTED: &str = "a run id (expected 1 to 64 of A-Z a-z 0-9 - _ ., not starting with .)";
 pub(crate) const RESULTS_DIR_EXPECTED: &str = "an absolute path (expected /...)";
 
@@ -42,21 +45,25 @@ pub enum ResultsTo {
     Nfs { server: Ipv4Addr, export: String, options: String },
     /// A virtio 9p share by its mount tag, with extra mount options.
     NineP { tag: String, options: String },
+    /// A virtio-serial port by its name: the results go there as a newc cpio stream.
+    Serial { port: String },
 }
 
 impl ResultsTo {
-    /// `nfs` or `9p`.
+    /// `nfs`, `9p` or `serial`.
     pub fn transport(&self) -> &'static str {
         match self {
             ResultsTo::Nfs { .. } => "nfs",
             ResultsTo::NineP { .. } => "9p",
+            ResultsTo::Serial { .. } => "serial",
         }
     }
 
-    /// The extra mount options (may be empty).
+    /// The extra mount options (may be empty; always empty for a stream).
     pub fn options(&self) -> &str {
         match self {
             ResultsTo::Nfs { options, .. } | ResultsTo::NineP { options, .. } => options,
+            ResultsTo::Serial { .. } => "",
         }
     }
 
@@ -133,6 +140,7 @@ impl fmt::Display for ResultsTo {
         match self {
             ResultsTo::Nfs { server, export, .. } => write!(f, "nfs:{server}:{export}")?,
             ResultsTo::NineP { tag, .. } => write!(f, "9p:{tag}")?,
+            ResultsTo::Serial { port } => write!(f, "serial:{port}")?,
         }
         if !self.options().is_empty() {
             write!(f, ",{}", self.options())?;
@@ -174,6 +182,12 @@ impl FromStr for ResultsTo {
                 return Err(err());
             }
             Ok(ResultsTo::NineP { tag: tag.to_string(), options })
+        } else if let Some(port) = dest.strip_prefix("serial:") {
+            // A stream has nothing to mount: no options.
+            if !options.is_empty() || !is_valid_port_name(port) {
+                return Err(err());
+            }
+            Ok(ResultsTo::Serial { port: port.to_string() })
         } else {
             Err(err())
         }
@@ -197,6 +211,12 @@ impl<'de> Deserialize<'de> for ResultsTo {
 /// 1 to 64 of `A-Z a-z 0-9 - _ .`, not starting with `.`.
 pub fn is_valid_run_id(s: &str) -> bool {
     crate::value::is_valid_node(s) && !s.starts_with('.')
+}
+
+/// A virtio-serial port name the init looks for (`/sys/class/virtio-ports/*/name`): 1 to
+/// 31 of `A-Z a-z 0-9 - _ .`, as QEMU's own (`org.qemu.guest_agent.0`).
+pub fn is_valid_port_name(s: &str) -> bool {
+    (1..=31).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `appResultsDir`: an absolute path without NUL or whitespace.
@@ -226,6 +246,7 @@ mod tests {
             ),
             ("9p:results", ResultsTo::NineP { tag: "results".into(), options: String::new() }),
             ("9p:r,msize=65536", ResultsTo::NineP { tag: "r".into(), options: "msize=65536".into() }),
+            ("serial:appliance.results", ResultsTo::Serial { port: "appliance.results".into() }),
         ];
         for (text, want) in table {
             let got: ResultsTo = text.parse().unwrap();
@@ -248,6 +269,10 @@ mod tests {
             "9p:",
             "9p:a:b",
             "9p:0123456789012345678901234567890123",
+            "serial:",
+            "serial:a/b",
+            "serial:a,x=1",
+            "serial:0123456789012345678901234567890123",
             "smb://x/y",
         ] {
             let e = bad.parse::<ResultsTo>().unwrap_err();

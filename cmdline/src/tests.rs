@@ -512,6 +512,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
         }),
         ("[a-z0-9_]{1,31}", "(,[a-z]{1,5}=[0-9]{1,5}){0,2}")
             .prop_map(|(tag, o)| ResultsTo::NineP { tag, options: o.trim_start_matches(',').to_string() }),
+        "[A-Za-z0-9._-]{1,31}".prop_map(|port| ResultsTo::Serial { port }),
     ]);
     let run_id = prop::option::of("[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}");
     let results_dir = prop::option::of("/[A-Za-z0-9/._-]{0,20}");

@@ -10,8 +10,8 @@
 //!
 //! It loads the kernel modules the image packs ([`modules`]), configures the control
 //! network ([`net`], on top of [`nic`] and [`dhcp`]), watches it around the run phase
-//! ([`watch`]) and saves the results over NFS or 9p at the very end ([`results`]); it does
-//! not switch roots.
+//! ([`watch`]) and saves the results over NFS or 9p, or as a cpio stream ([`cpio`]) to a
+//! virtio-serial port, at the very end ([`results`]); it does not switch roots.
 //! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
 //! SIGTERM and Ctrl-Alt-Del shut it down cleanly. What shell-script phases export reaches
 //! the later phases ([`exports`]), as when the original sourced them.
@@ -23,6 +23,7 @@ extern crate alloc;
 
 pub mod cli;
 pub mod console;
+pub mod cpio;
 pub mod dhcp;
 pub mod exports;
 pub mod logger;

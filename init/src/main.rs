@@ -10,7 +10,7 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use appliance_cmdline::modules::{BUILTIN_FILE, DEP_FILE, MODULES_ROOT, ORDER_FILE, parse_builtin, parse_dep};
+use appliance_cmdline::modules::{BUILTIN_FILE, DEP_FILE, NIC_MODULES, ORDER_FILE, parse_builtin, parse_dep};
 use appliance_cmdline::status::{Event, STATUS_VERSION};
 use appliance_cmdline::{APP_DIR, Config, End};
 use appliance_init::console::Describe;
@@ -107,20 +107,21 @@ fn report_diagnostics(diagnostics: &[appliance_cmdline::Error], status: &StatusW
 }
 
 /// The image's kernel modules (`appliance.order`), then those `appModules` names with
-/// their dependencies. A failure is an error on the console and in the status record; the
-/// boot goes on.
+/// their dependencies, then the NIC's driver when the network is used (at boot, or by the
+/// results step: the NIC is then watched during the run). A failure is an error on the
+/// console and in the status record; the boot goes on.
 fn load_modules(config: &Config, status: &StatusWriter) {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_str().unwrap_or_default();
-    let dir = format!("{MODULES_ROOT}/{release}");
+    let dir = modules::dir();
     let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
     let order = read(ORDER_FILE).unwrap_or_default();
-    if order.trim().is_empty() && config.modules.is_empty() {
+    let uses_network = config.ip.is_some() || config.dhcp || results::needs_network(config);
+    let wanted = if uses_network { NIC_MODULES } else { &[] };
+    if order.trim().is_empty() && config.modules.is_empty() && wanted.is_empty() {
         return;
     }
     let dep = read(DEP_FILE).map(|t| parse_dep(&t)).unwrap_or_default();
     let builtin = read(BUILTIN_FILE).map(|t| parse_builtin(&t)).unwrap_or_default();
-    let plan = modules::plan(&order, &config.modules, &dep, &builtin);
+    let plan = modules::plan(&order, &config.modules, wanted, &dep, &builtin);
     for problem in &plan.problems {
         log::error!("{problem}");
         status.error(format!("{problem}"));

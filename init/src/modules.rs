@@ -2,7 +2,8 @@
 //! `/lib/modules/<release>/` with `appliance.order` (loaded at every boot, dependencies
 //! first), `modules.dep` (every packed module with its dependencies) and `modules.builtin`,
 //! in the format of [`appliance_cmdline::modules`]; `appModules=` names more modules,
-//! resolved here from the image's `modules.dep`.
+//! resolved here from the image's `modules.dep`, and so do the features a boot uses
+//! ([`load_wanted`]: their drivers, when the image packs them).
 //!
 //! Pure first: [`plan`] turns the lists into the loads to make, as data; [`load`] applies
 //! them through a [`Loader`] (the kernel's `finit_module`, or a recorder in tests) and
@@ -15,7 +16,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use appliance_cmdline::modules::{DepEntry, canonical, name_of_path, order_paths};
+use appliance_cmdline::modules::{DEP_FILE, DepEntry, MODULES_ROOT, canonical, name_of_path, order_paths, parse_dep};
 use rustix::io::Errno;
 
 /// One module to load: its name, its path relative to the modules directory, and the
@@ -56,9 +57,17 @@ pub struct Plan {
 }
 
 /// The loads for the image's `appliance.order` (`order`), then for each
-/// `appModules` name, each with its dependencies from `modules.dep` first; each module
-/// once.
-pub fn plan(order: &str, requested: &[String], dep: &BTreeMap<String, DepEntry>, builtin: &BTreeSet<String>) -> Plan {
+/// `appModules` name, then for each of `wanted` (the drivers of the features the boot
+/// uses, [`appliance_cmdline::modules::FEATURE_MODULES`]), each with its dependencies from
+/// `modules.dep` first; each module once. A wanted module the image does not have is no
+/// problem: the kernel has it built in, or lacks it and the feature says so.
+pub fn plan(
+    order: &str,
+    requested: &[String],
+    wanted: &[&str],
+    dep: &BTreeMap<String, DepEntry>,
+    builtin: &BTreeSet<String>,
+) -> Plan {
     let mut out = Plan::default();
     let mut seen = BTreeSet::new();
     for path in order_paths(order) {
@@ -85,6 +94,9 @@ pub fn plan(order: &str, requested: &[String], dep: &BTreeMap<String, DepEntry>,
             continue;
         }
         visit(&name, dep, &mut seen, &mut BTreeSet::new(), &mut out.loads);
+    }
+    for name in wanted {
+        visit(&canonical(name), dep, &mut seen, &mut BTreeSet::new(), &mut out.loads);
     }
     out
 }
@@ -190,6 +202,29 @@ pub fn load(loads: &[Load], dir: &str, loader: &mut impl Loader) -> (Vec<Failure
     (failures, loaded)
 }
 
+/// The image's modules directory for the running kernel: `/lib/modules/<release>`.
+pub fn dir() -> String {
+    let uname = rustix::system::uname();
+    format!("{MODULES_ROOT}/{}", uname.release().to_str().unwrap_or_default())
+}
+
+/// Loads `wanted`, the drivers of a feature about to be used, with their dependencies,
+/// as far as the image packs them (see [`plan`]); modules already loaded are skipped.
+/// Returns what failed.
+pub fn load_wanted(wanted: &[&str]) -> Vec<Failure> {
+    let dir = dir();
+    let Some(dep) = crate::read_to_string(&format!("{dir}/{DEP_FILE}")) else { return Vec::new() };
+    let mut plan = plan("", &[], wanted, &parse_dep(&dep), &BTreeSet::new());
+    plan.loads.retain(|l| {
+        rustix::fs::access(format!("/sys/module/{}", l.name).as_str(), rustix::fs::Access::EXISTS).is_err()
+    });
+    let (failures, loaded) = load(&plan.loads, &dir, &mut Kernel);
+    if loaded > 0 {
+        log::info!("{loaded} kernel module(s) loaded for {}", wanted.join(", "));
+    }
+    failures
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +251,7 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
     #[test]
     fn requested_modules_come_after_their_dependencies() {
         let dep = parse_dep(DEP);
-        let p = plan("", &strings(&["virtio_net"]), &dep, &BTreeSet::new());
+        let p = plan("", &strings(&["virtio_net"]), &[], &dep, &BTreeSet::new());
         assert_eq!(p.loads.len(), 5);
         // Every module after its dependencies, each once.
         for (i, l) in p.loads.iter().enumerate() {
@@ -233,7 +268,7 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
     fn order_file_first_then_requests_without_repeats() {
         let dep = parse_dep(DEP);
         let order = "kernel/net/core/failover.ko\nkernel/drivers/net/net_failover.ko\n\n";
-        let p = plan(order, &strings(&["virtio-pci", "failover", "virtio_pci"]), &dep, &BTreeSet::new());
+        let p = plan(order, &strings(&["virtio-pci", "failover", "virtio_pci"]), &[], &dep, &BTreeSet::new());
         assert_eq!(names(&p), ["failover", "net_failover", "virtio", "virtio_ring", "virtio_pci"]);
         assert_eq!(p.loads[0].path, "kernel/net/core/failover.ko");
     }
@@ -242,7 +277,7 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
     fn unknown_and_builtin_requests() {
         let dep = parse_dep(DEP);
         let builtin = parse_builtin("kernel/drivers/block/virtio_blk.ko\n");
-        let p = plan("", &strings(&["nonexistent", "virtio_blk"]), &dep, &builtin);
+        let p = plan("", &strings(&["nonexistent", "virtio_blk"]), &[], &dep, &builtin);
         assert!(p.loads.is_empty());
         assert_eq!(p.builtin, ["virtio_blk"]);
         assert_eq!(p.problems, [Problem::NotInImage { name: String::from("nonexistent") }]);
@@ -252,11 +287,28 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
         );
     }
 
+    /// The drivers of a feature: loaded with their dependencies when the image has them,
+    /// after what the image and appModules ask for, and no problem when it has not.
+    #[test]
+    fn wanted_modules_load_when_packed_and_are_skipped_otherwise() {
+        let dep = parse_dep(DEP);
+        let p = plan(
+            "kernel/drivers/virtio/virtio.ko\n",
+            &[],
+            &["virtio_pci", "virtio-net", "nfsv4"],
+            &dep,
+            &BTreeSet::new(),
+        );
+        assert_eq!(names(&p), ["virtio", "virtio_ring", "virtio_pci", "failover", "net_failover", "virtio_net"]);
+        assert!(p.problems.is_empty() && p.builtin.is_empty(), "{p:?}");
+        assert!(plan("", &[], &["virtio_net"], &BTreeMap::new(), &BTreeSet::new()).loads.is_empty());
+    }
+
     /// A broken modules.dep with a loop must not hang PID 1.
     #[test]
     fn dependency_loops_end() {
         let dep = parse_dep("a.ko: b.ko\nb.ko: a.ko\n");
-        let p = plan("", &strings(&["a"]), &dep, &BTreeSet::new());
+        let p = plan("", &strings(&["a"]), &[], &dep, &BTreeSet::new());
         assert_eq!(names(&p), ["b", "a"]);
     }
 
@@ -286,7 +338,7 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
             let dep = parse_dep(&text);
             let requested: Vec<String> = (0..1 + next(4)).map(|_| format!("m{}", next(count + 2))).collect();
             let order: String = (0..next(3)).map(|_| format!("m{}.ko\n", next(count))).collect();
-            let p = plan(&order, &requested, &dep, &BTreeSet::new());
+            let p = plan(&order, &requested, &[], &dep, &BTreeSet::new());
             let names = names(&p);
             let unique: BTreeSet<&str> = names.iter().copied().collect();
             assert_eq!(unique.len(), names.len(), "{names:?}");
@@ -322,7 +374,7 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel
     #[test]
     fn loading_in_order_with_eexist_fine_and_failures_reported() {
         let dep = parse_dep(DEP);
-        let p = plan("", &strings(&["virtio_net", "virtio_pci"]), &dep, &BTreeSet::new());
+        let p = plan("", &strings(&["virtio_net", "virtio_pci"]), &[], &dep, &BTreeSet::new());
         let mut r = Recorder {
             calls: vec![],
             fail: BTreeMap::from([("/virtio.ko", Errno::EXIST), ("/net_failover.ko", Errno::NOEXEC)]),

@@ -26,11 +26,11 @@ use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 /// reporting (kernel panic, crash).
 ///
 /// Stopping: `appliance stop APP_DIR`, or SIGINT/SIGTERM/SIGHUP to this process, presses
-/// the guest's power button (the init shuts down cleanly) and kills QEMU after
-/// --stop-grace seconds. On a terminal, Ctrl-C goes to the guest's console; Ctrl-A X
-/// quits QEMU at once, Ctrl-A C opens QEMU's monitor (`system_powerdown` there is the
-/// graceful way). While it runs, APP_DIR/running.json tells `appliance stop` and
-/// `appliance ssh` where the VM is.
+/// the guest's power button and Ctrl-Alt-Del (the init shuts down cleanly) and kills QEMU
+/// after --stop-grace seconds. On a terminal, Ctrl-C goes to the guest's console; Ctrl-A X
+/// quits QEMU at once, Ctrl-A C opens QEMU's monitor (`system_powerdown` or `sendkey
+/// ctrl-alt-delete` there is the graceful way). While it runs, APP_DIR/running.json tells
+/// `appliance stop` and `appliance ssh` where the VM is.
 #[derive(clap::Args)]
 pub struct Args {
     /// App dir or image to boot
@@ -100,18 +100,20 @@ pub struct Args {
     dry_run: bool,
 
     /// Save the results in DIR/<run id>/ after postrun: /app/output and the guest's
-    /// $APP_RESULTS (/app/results). Over NFS (nfs-ganesha on 127.0.0.1, started for the
-    /// run; needs root and `apt-get install nfs-ganesha nfs-ganesha-vfs`; the guest needs a
-    /// NIC driver and NFSv4: modules = ["virtio_pci", "virtio_net", "nfsv4"] on Debian's
-    /// kernel) or 9p (--results-via)
+    /// $APP_RESULTS (/app/results), over NFS as root, else as a stream over a serial port
+    /// (--results-via). The drivers the guest needs are in every image built for a kernel
+    /// that has them as modules.
     #[arg(long, value_name = "DIR")]
     results: Option<PathBuf>,
 
-    /// How the results travel: nfs (QEMU user networking, an NFS server on the host) or
-    /// 9p (virtio, no network; needs a kernel with 9p, such as --kernel build:6.1:
-    /// Debian's cloud kernel has none)
-    #[arg(long, value_name = "HOW", default_value = "nfs", value_parser = ["nfs", "9p"], requires = "results")]
-    results_via: String,
+    /// How the results travel: nfs (QEMU user networking to nfs-ganesha on 127.0.0.1,
+    /// started for the run; needs root and `apt-get install nfs-ganesha
+    /// nfs-ganesha-vfs`), serial (a cpio stream over a virtio-serial port that QEMU writes
+    /// to a file, unpacked here: no server, no network, no root) or 9p (virtio, no network;
+    /// needs a kernel with 9p, such as --kernel build:6.1: Debian's cloud kernel has none).
+    /// Default: nfs as root, serial otherwise
+    #[arg(long, value_name = "HOW", value_parser = ["nfs", "9p", "serial"], requires = "results")]
+    results_via: Option<String>,
 
     /// Extra QEMU argument (repeatable)
     #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -135,7 +137,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let results = match &args.results {
-        Some(dir) => Some(Results::prepare(dir, &args.results_via, &app_dir, args.dry_run)?),
+        Some(dir) => {
+            let via = match &args.results_via {
+                Some(name) => results::Via::from_name(name).context("unknown --results-via")?,
+                None => results::Via::default_for(rustix::process::geteuid().is_root()),
+            };
+            Some(Results::prepare(dir, via, &app_dir, args.dry_run)?)
+        }
         None => None,
     };
     let ssh_port = match args.ssh {
@@ -169,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         status_file,
         net: user_net(results.as_ref().and_then(|r| r.net.clone()), ssh_port),
         shares: results.as_ref().map(|r| r.shares.clone()).unwrap_or_default(),
+        ports: results.as_ref().map(|r| r.ports.clone()).unwrap_or_default(),
         // A short path: Unix socket paths are limited to 107 bytes.
         qmp: (!args.dry_run).then(|| tmp.path().join("qmp.sock")),
         extra: args.qemu_args.clone(),
@@ -219,22 +228,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if report.end().is_some() && !saved && report.timed_out.is_none() {
             code = results::EXIT_RESULTS_FAILED;
         }
+        results.leftovers();
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// The results destination of a run: the server (NFS) or share (9p), and what the guest
-/// and QEMU need to reach it.
+/// The results destination of a run: the server (NFS), share (9p) or stream file
+/// (serial), and what the guest and QEMU need to reach it.
 struct Results {
     dir: PathBuf,
     server: Option<nfs::NfsServer>,
     params: Vec<String>,
     net: Option<qemu::UserNet>,
     shares: Vec<qemu::Share9p>,
+    ports: Vec<qemu::PortToFile>,
+    /// The file QEMU writes the serial transport's stream to.
+    stream: Option<PathBuf>,
 }
 
 impl Results {
-    fn prepare(dir: &Path, via: &str, app_dir: &Path, dry_run: bool) -> anyhow::Result<Results> {
+    fn prepare(dir: &Path, via: results::Via, app_dir: &Path, dry_run: bool) -> anyhow::Result<Results> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the results directory {}", dir.display()))?;
         let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -246,11 +259,29 @@ impl Results {
             params: vec![render_param("appRunId", &id)?],
             net: None,
             shares: Vec::new(),
+            ports: Vec::new(),
+            stream: None,
         };
-        if via == "9p" {
-            r.params.push(render_param("appResultsTo", &format!("9p:{}", results::NINEP_TAG))?);
-            r.shares.push(qemu::Share9p { tag: results::NINEP_TAG.into(), path: dir, readonly: false });
-            return Ok(r);
+        match via {
+            results::Via::NineP => {
+                r.params.push(render_param("appResultsTo", &format!("9p:{}", results::NINEP_TAG))?);
+                r.shares.push(qemu::Share9p { tag: results::NINEP_TAG.into(), path: dir, readonly: false });
+                return Ok(r);
+            }
+            results::Via::Serial => {
+                r.params.push(render_param("appResultsTo", &format!("serial:{}", results::PORT_NAME))?);
+                let stream = results::stream_file(&dir, &id);
+                if !dry_run {
+                    // Here rather than by QEMU, so that a directory we cannot write to is our
+                    // error, said before booting, and not QEMU's.
+                    std::fs::File::create(&stream)
+                        .with_context(|| format!("cannot create the results stream {}", stream.display()))?;
+                }
+                r.ports.push(qemu::PortToFile { name: results::PORT_NAME.into(), path: stream.clone() });
+                r.stream = Some(stream);
+                return Ok(r);
+            }
+            results::Via::Nfs => {}
         }
         let port = if dry_run {
             2049
@@ -279,9 +310,26 @@ impl Results {
         }
         match results::outcome(events, &self.dir) {
             Some(o) if o.ok => {
-                let dir = o.dir.as_deref().unwrap_or(&self.dir);
+                let started = std::time::Instant::now();
+                let dir = match &self.stream {
+                    Some(stream) => match results::unpack_stream(stream, &self.dir, &o) {
+                        Ok(dir) => {
+                            let _ = std::fs::remove_file(stream);
+                            dir
+                        }
+                        Err(e) => {
+                            eprintln!("appliance: the results were NOT saved: {:#}", anyhow::Error::new(e));
+                            return false;
+                        }
+                    },
+                    None => o.dir.clone().unwrap_or_else(|| self.dir.clone()),
+                };
+                let unpacking = match &self.stream {
+                    Some(_) => format!(", unpacking {:.0} ms", started.elapsed().as_secs_f64() * 1000.0),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "appliance: results in {} ({} file(s), {} byte(s); saving took {:.0} ms)",
+                    "appliance: results in {} ({} file(s), {} byte(s); saving took {:.0} ms{unpacking})",
                     dir.display(),
                     o.files,
                     o.bytes,
@@ -300,6 +348,28 @@ impl Results {
                 eprintln!("appliance: the results were NOT saved: the guest never reported its results step");
                 false
             }
+        }
+    }
+
+    /// What is left of the stream once the run is over: nothing when it was unpacked or
+    /// stayed empty; otherwise it is kept, and said so. (An empty one left by a run that
+    /// failed before is removed when `Results` is dropped.)
+    fn leftovers(&self) {
+        if let Some(stream) = &self.stream
+            && results::discard_empty_stream(stream)
+        {
+            eprintln!(
+                "appliance: the results stream is kept in {}: `appliance cpio unpack` reads what arrived",
+                stream.display()
+            );
+        }
+    }
+}
+
+impl Drop for Results {
+    fn drop(&mut self) {
+        if let Some(stream) = &self.stream {
+            results::discard_empty_stream(stream);
         }
     }
 }

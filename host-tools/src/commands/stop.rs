@@ -8,11 +8,12 @@ use appliance_host::vm::stop::{self, Outcome};
 
 /// Power off the appliance that `appliance run` is running from APP_DIR.
 ///
-/// Presses the guest's ACPI power button over QEMU's control socket (QMP
-/// system_powerdown): the init stops the running program (SIGTERM, then SIGKILL after
-/// 5 s), skips the remaining phases, writes the end of the status record and powers off.
-/// QEMU is killed if that takes longer than --grace seconds. `appliance run` then exits
-/// as usual, with the run's status.
+/// Presses the guest's ACPI power button and Ctrl-Alt-Del over QEMU's control socket (QMP
+/// system_powerdown and send-key; a kernel hears one or the other without a module for
+/// it): the init stops the running program (SIGTERM, or SIGINT for Ctrl-Alt-Del, then
+/// SIGKILL after 5 s), skips the remaining phases, writes the end of the status record and
+/// powers off. QEMU is killed if that takes longer than --grace seconds. `appliance run`
+/// then exits as usual, with the run's status.
 #[derive(clap::Args)]
 pub struct Args {
     /// The app dir `appliance run` was given
@@ -31,7 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Killed => {
-            eprintln!("appliance: {}: QEMU killed", args.app_dir.display());
+            eprintln!(
+                "appliance: {}: QEMU killed: the guest did not power off within {} s of the stop request",
+                args.app_dir.display(),
+                args.grace
+            );
             Ok(ExitCode::from(1))
         }
     }

@@ -313,7 +313,10 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     };
     // After everything else: modules go under the symlinks the image already holds
     // (`lib -> usr/lib` on a merged-/usr host), which nothing may add later.
-    let packed = modules::pack(&mut archive, &kernel, &manifest.modules, &manifest.modules_available)?;
+    // And the drivers `appliance run`'s features need, packed only: a boot that uses one
+    // loads them, so that every image can use every feature on a modular kernel.
+    let features: Vec<&str> = appliance_cmdline::modules::FEATURE_MODULES.concat();
+    let packed = modules::pack(&mut archive, &kernel, &manifest.modules, &manifest.modules_available, &features)?;
 
     fs::create_dir_all(out_dir).map_err(io_error("create", out_dir))?;
     let initrd = out_dir.join("initrd");

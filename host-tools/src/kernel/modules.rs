@@ -272,15 +272,19 @@ pub struct Packed {
 
 /// Packs `load` (loaded at every boot) and `available` (packed only, for `appModules`),
 /// with their dependencies, into the image under `/lib/modules/<release>/`, with
-/// `appliance.order`, `modules.dep` and `modules.builtin`. Nothing is added when both
-/// lists are empty.
+/// `appliance.order`, `modules.dep` and `modules.builtin`; and, packed only too, those of
+/// `features` (the drivers of `appliance run`'s features,
+/// [`FEATURE_MODULES`](appliance_cmdline::modules::FEATURE_MODULES)) that the kernel has
+/// as modules: a feature module the kernel lacks or has built in is no error, nor is a
+/// kernel without modules. Nothing is added when there is nothing to pack.
 pub fn pack(
     archive: &mut Archive,
     kernel: &KernelInfo,
     load: &[String],
     available: &[String],
+    features: &[&str],
 ) -> Result<Packed, Error> {
-    if load.is_empty() && available.is_empty() {
+    if load.is_empty() && available.is_empty() && (features.is_empty() || kernel.modules_dir.is_none()) {
         return Ok(Packed::default());
     }
     let Some(dir) = &kernel.modules_dir else {
@@ -290,8 +294,22 @@ pub fn pack(
     let index = ModuleIndex::open(dir)?;
     let to_load = index.resolve(load)?;
     let mut all: BTreeMap<String, Module> = to_load.iter().map(|m| (m.name.clone(), m.clone())).collect();
-    for module in index.resolve(available)? {
+    let mut optional = Vec::new();
+    for name in features.iter().map(|name| canonical(name)) {
+        if !index.files.contains_key(&name) {
+            continue;
+        }
+        match index.resolve(std::slice::from_ref(&name)) {
+            Ok(modules) => optional.extend(modules),
+            // The feature will say what is missing when it is used; the image builds.
+            Err(err) => log::warn!("not packing module {name} (used by appliance run's features): {err}"),
+        }
+    }
+    for module in index.resolve(available)?.into_iter().chain(optional) {
         all.entry(module.name.clone()).or_insert(module);
+    }
+    if all.is_empty() {
+        return Ok(Packed::default());
     }
     // On a merged-/usr image (host files bring `lib -> usr/lib`) the files go where the
     // symlink points; the init reads them as /lib/modules either way.
@@ -568,7 +586,7 @@ mod tests {
             version: "9.9.9".into(),
         };
         let mut archive = Archive::new();
-        let packed = pack(&mut archive, &kernel, &["virtio_net".into()], &["virtio_pci".into()]).unwrap();
+        let packed = pack(&mut archive, &kernel, &["virtio_net".into()], &["virtio_pci".into()], &[]).unwrap();
         assert_eq!(packed.load, ["failover", "net_failover", "virtio", "virtio_ring", "virtio_net"]);
         assert_eq!(packed.packed.len(), 7);
         let data = |path: &str| match archive.get(path).unwrap().kind() {
@@ -599,6 +617,40 @@ mod tests {
         assert_eq!(reread["virtio_net"].deps.len(), 4);
     }
 
+    /// The drivers of `appliance run`'s features: packed as available when the kernel has
+    /// them as modules, without failing the build when it has not.
+    #[test]
+    fn feature_modules_are_packed_when_the_kernel_has_them() {
+        let dir = virtio_tree();
+        fs::write(dir.path().join(BUILTIN_FILE), "kernel/drivers/block/virtio_blk.ko\n").unwrap();
+        let kernel = KernelInfo {
+            vmlinuz: PathBuf::from("/k/vmlinuz"),
+            modules_dir: Some(dir.path().to_owned()),
+            version: "9.9.9".into(),
+        };
+        let mut archive = Archive::new();
+        // 9p's dependencies are not in the tree; virtio_blk is built in; nfsv4 is absent.
+        let features = ["virtio-pci", "virtio_net", "virtio_blk", "nfsv4", "9p"];
+        let packed = pack(&mut archive, &kernel, &[], &[], &features).unwrap();
+        assert!(packed.load.is_empty());
+        assert_eq!(
+            packed.packed,
+            ["failover", "net_failover", "virtio", "virtio_net", "virtio_pci", "virtio_pci_modern_dev", "virtio_ring"]
+        );
+        assert!(archive.get("lib/modules/9.9.9/kernel/drivers/net/virtio_net.ko").is_some());
+        assert!(archive.get("lib/modules/9.9.9/kernel/fs/9p/9p.ko").is_none());
+        let Some(cpio::Kind::Data(order)) = archive.get("lib/modules/9.9.9/appliance.order").map(Entry::kind) else {
+            panic!("no appliance.order")
+        };
+        assert!(order.is_empty(), "nothing loaded at every boot");
+        // A kernel whose tree has none of them: no modules directory in the image at all.
+        let bare = tree(&[("kernel/fs/ext4/ext4.ko", "")]);
+        let kernel = KernelInfo { modules_dir: Some(bare.path().to_owned()), ..kernel };
+        let mut archive = Archive::new();
+        assert_eq!(pack(&mut archive, &kernel, &[], &[], &features).unwrap(), Packed::default());
+        assert!(archive.is_empty());
+    }
+
     #[test]
     fn merged_usr_symlinks_are_followed() {
         let mut archive = Archive::new();
@@ -616,8 +668,10 @@ mod tests {
     fn a_kernel_without_modules_says_so() {
         let kernel = KernelInfo { vmlinuz: PathBuf::from("/k/bzImage"), modules_dir: None, version: "unknown".into() };
         let mut archive = Archive::new();
-        assert_eq!(pack(&mut archive, &kernel, &[], &[]).unwrap(), Packed::default());
-        let err = pack(&mut archive, &kernel, &["virtio_net".into()], &[]).unwrap_err();
+        assert_eq!(pack(&mut archive, &kernel, &[], &[], &[]).unwrap(), Packed::default());
+        // The features' drivers are built in, or the kernel lacks them: nothing to pack.
+        assert_eq!(pack(&mut archive, &kernel, &[], &[], &["virtio_net"]).unwrap(), Packed::default());
+        let err = pack(&mut archive, &kernel, &["virtio_net".into()], &[], &[]).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("(virtio_net)"), "{message}");
         assert!(message.contains("kernel /k/bzImage comes without any"), "{message}");

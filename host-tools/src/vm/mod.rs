@@ -10,6 +10,7 @@ pub mod running;
 pub mod ssh;
 pub mod stop;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ pub struct RunReport {
     /// The time bound ran out, and how the VM ended then.
     pub timed_out: Option<TimedOut>,
     pub qemu_status: Option<ExitStatus>,
+    /// Why the [`Watch`] had QEMU killed, when it did (a stop the guest did not complete).
+    pub killed: Option<String>,
 }
 
 /// How a VM that ran out of time ended.
@@ -128,7 +131,14 @@ impl RunReport {
             }
             (Some(TimedOut::PoweredOff), None) => "timed out: stopped, without a status from the guest".to_string(),
             (None, Some((action, status))) => format!("run status {status}, {action}"),
-            (None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+            (None, None) => match (&self.killed, self.qemu_status.and_then(|s| s.signal())) {
+                (Some(why), _) => why.clone(),
+                (None, Some(signal)) => format!(
+                    "QEMU was killed by signal {signal} before the guest powered off (`appliance stop` kills it when \
+                     the guest does not power off within its grace period)"
+                ),
+                (None, None) => "no status from the guest (kernel panic or crash? see the console)".to_string(),
+            },
         };
         let outcome = match self.run_limit() {
             Some(phase) => format!("{outcome} ({phase} timed out in the guest: appRunTimeout)"),
@@ -166,6 +176,10 @@ pub trait Watch {
     fn time_up(&mut self, _after: Duration) -> Tick {
         Tick::Kill
     }
+    /// Why the last [`Tick::Kill`] asked to kill QEMU, for the run's summary.
+    fn kill_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Watch for () {}
@@ -200,6 +214,7 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
         .map(|qemu| console::Feeder::start(qemu, &spec.status_file, console::Gate::for_cmdline(&spec.append)));
     watch.started(child.id());
     let mut timed_out = None;
+    let mut killed = None;
     let qemu_status = loop {
         if let Some(status) = child.try_wait().map_err(VmError::Wait)? {
             break Some(status);
@@ -218,13 +233,14 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
                 timed_out = Some(TimedOut::Killed);
             }
             let _ = child.kill();
+            killed = watch.kill_reason();
             break child.wait().ok();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let wall = started.elapsed();
     let (events, garbled) = read_status(&spec.status_file);
-    Ok(RunReport { events, garbled, wall, timed_out, qemu_status })
+    Ok(RunReport { events, garbled, wall, timed_out, qemu_status, killed })
 }
 
 /// Parses a status record file; unreadable means empty.
@@ -253,7 +269,14 @@ mod tests {
     use std::time::Instant;
 
     fn report(events: Vec<Event>, timed_out: Option<TimedOut>) -> RunReport {
-        RunReport { events, garbled: vec![], wall: Duration::from_millis(2500), timed_out, qemu_status: None }
+        RunReport {
+            events,
+            garbled: vec![],
+            wall: Duration::from_millis(2500),
+            timed_out,
+            qemu_status: None,
+            killed: None,
+        }
     }
 
     #[test]
@@ -305,6 +328,7 @@ mod tests {
             status_file: dir.join("status"),
             net: None,
             shares: vec![],
+            ports: vec![],
             qmp: None,
             extra: vec![],
         }
@@ -384,5 +408,25 @@ mod tests {
             "appliance: run status 0, poweroff; kernel→/init 1200 ms, /init→run 4 ms, run 100 ms, wall 2.50 s"
         );
         assert!(matches!(r.events[2], Event::PhaseEnd { exit: Exit::Code(0), .. }));
+    }
+
+    /// A VM killed after a stop it did not complete is not reported as a crash.
+    #[test]
+    fn summary_says_why_qemu_was_killed() {
+        let crash = report(vec![], None);
+        assert!(crash.summary().contains("no status from the guest (kernel panic or crash?"), "{}", crash.summary());
+        let mut stopped = report(vec![], None);
+        stopped.qemu_status = Some(ExitStatus::from_raw(9));
+        stopped.killed = Some("VM killed: the guest did not power off within 30 s of the stop request".into());
+        assert!(
+            stopped
+                .summary()
+                .starts_with("appliance: VM killed: the guest did not power off within 30 s of the stop request;"),
+            "{}",
+            stopped.summary()
+        );
+        stopped.killed = None;
+        assert!(stopped.summary().contains("QEMU was killed by signal 9 before the guest powered off"));
+        assert_eq!(stopped.exit_code(), EXIT_NO_STATUS);
     }
 }

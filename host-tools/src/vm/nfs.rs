@@ -7,9 +7,11 @@
 //! our own with its own configuration, port and lifetime. NFSv4 only: no rpcbind, no
 //! mountd, no lock manager; graceless, so a fresh server accepts writes at once instead of
 //! waiting out a 90 s grace period. It needs real root (it changes credentials per
-//! request): `appliance run --results` says so when it is not.
+//! request): `appliance run --results` uses it as root only, and says so when asked for it
+//! otherwise.
 //!
-//! Not here: 9p (QEMU serves it itself, see [`crate::vm::qemu::Share9p`]).
+//! Not here: 9p (QEMU serves it itself, see [`crate::vm::qemu::Share9p`]) and the serial
+//! stream ([`crate::vm::results::unpack_stream`]).
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
@@ -30,12 +32,19 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {
-    #[error("ganesha.nfsd not found: install it with `apt-get install {PACKAGES}` (Debian/Ubuntu)")]
+    #[error(
+        "ganesha.nfsd not found: install it with `apt-get install {PACKAGES}` (Debian/Ubuntu), or use \
+         --results-via serial, which needs no server"
+    )]
     NotInstalled,
-    #[error("ganesha's VFS backend (libfsalvfs.so) not found: install it with `apt-get install nfs-ganesha-vfs`")]
+    #[error(
+        "ganesha's VFS backend (libfsalvfs.so) not found: install it with `apt-get install nfs-ganesha-vfs`, or \
+         use --results-via serial, which needs no server"
+    )]
     NoVfs,
     #[error(
-        "the NFS server needs root (ganesha changes credentials for every request): run as root, or use --results-via 9p"
+        "the NFS server needs root (ganesha changes credentials for every request): run as root, or use \
+         --results-via serial (the default for other users)"
     )]
     NotRoot,
     #[error("cannot export {path}: {source}")]
@@ -302,7 +311,8 @@ mod tests {
         let e = find_in([empty.path()]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "ganesha.nfsd not found: install it with `apt-get install nfs-ganesha nfs-ganesha-vfs` (Debian/Ubuntu)"
+            "ganesha.nfsd not found: install it with `apt-get install nfs-ganesha nfs-ganesha-vfs` (Debian/Ubuntu), or \
+             use --results-via serial, which needs no server"
         );
         let ganesha = empty.path().join("ganesha.nfsd");
         std::fs::write(&ganesha, "").unwrap();

@@ -1,7 +1,7 @@
 //! A minimal QMP client: the JSON exchange over QEMU's control socket that
-//! `appliance stop` (and a signal to `appliance run`) needs to press the guest's power
-//! button. One line per message: QEMU's greeting, `qmp_capabilities` to leave
-//! negotiation mode, then `system_powerdown`; asynchronous events in between are skipped.
+//! `appliance stop` (and a signal to `appliance run`) needs to ask the guest to shut down.
+//! One line per message: QEMU's greeting, `qmp_capabilities` to leave negotiation mode,
+//! then `system_powerdown` and `send-key`; asynchronous events in between are skipped.
 //! Every read and write is bounded by a timeout: a wedged QEMU must not hang the caller.
 
 use std::io::{BufRead, BufReader, Write};
@@ -95,9 +95,27 @@ impl Qmp {
     }
 }
 
-/// Presses the guest's ACPI power button through the QMP socket at `socket`.
-pub fn powerdown(socket: &Path, timeout: Duration) -> Result<(), Error> {
-    Qmp::connect(socket, timeout)?.execute("system_powerdown").map(drop)
+/// Asks the guest to shut down, through the QMP socket at `socket`, both ways a PC has:
+/// its ACPI power button (`system_powerdown`), which a kernel with the ACPI button and
+/// evdev drivers reports to the init, and Ctrl-Alt-Del on its PC keyboard (`send-key`),
+/// which a kernel with the i8042 keyboard and the VT layer turns into SIGINT to PID 1.
+/// Debian's cloud kernel has the keyboard built in and the button only as modules; the
+/// project's kernel has the button and no keyboard: whichever the guest hears, the init
+/// takes as the same stop request, and needs no driver loaded for it. Fails only when
+/// neither could be sent.
+pub fn request_stop(socket: &Path, timeout: Duration) -> Result<(), Error> {
+    let mut qmp = Qmp::connect(socket, timeout)?;
+    let button = qmp.execute("system_powerdown");
+    let keys = ["ctrl", "alt", "delete"].map(|key| serde_json::json!({ "type": "qcode", "data": key }));
+    let keyboard = qmp.execute_with("send-key", Some(serde_json::json!({ "keys": keys })));
+    match (button, keyboard) {
+        (Err(e), Err(_)) => Err(e),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => {
+            log::debug!("{e}: the guest gets the other stop request only");
+            Ok(())
+        }
+        (Ok(_), Ok(_)) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -131,26 +149,44 @@ mod tests {
     }
 
     #[test]
-    fn powerdown_negotiates_then_presses_the_button() {
+    fn a_stop_request_negotiates_then_presses_the_button_and_ctrl_alt_del() {
         let (_dir, path, server) = fake_qemu(vec![
             "{\"return\": {}}\r\n",
             "{\"timestamp\": {}, \"event\": \"POWERDOWN\"}\r\n{\"return\": {}}\r\n",
+            "{\"return\": {}}\r\n",
         ]);
-        powerdown(&path, Duration::from_secs(5)).unwrap();
+        request_stop(&path, Duration::from_secs(5)).unwrap();
         let requests = server.join().unwrap();
-        assert_eq!(requests, ["{\"execute\":\"qmp_capabilities\"}", "{\"execute\":\"system_powerdown\"}"]);
+        assert_eq!(
+            requests,
+            [
+                "{\"execute\":\"qmp_capabilities\"}",
+                "{\"execute\":\"system_powerdown\"}",
+                "{\"arguments\":{\"keys\":[{\"data\":\"ctrl\",\"type\":\"qcode\"},{\"data\":\"alt\",\"type\":\"qcode\"},\
+                 {\"data\":\"delete\",\"type\":\"qcode\"}]},\"execute\":\"send-key\"}"
+            ]
+        );
     }
 
     #[test]
     fn errors_name_the_command_and_the_socket() {
+        // A machine without ACPI still gets Ctrl-Alt-Del; one without either fails.
         let (_dir, path, server) = fake_qemu(vec![
             "{\"return\": {}}\r\n",
             "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no ACPI\"}}\r\n",
+            "{\"return\": {}}\r\n",
         ]);
-        let err = powerdown(&path, Duration::from_secs(5)).unwrap_err();
+        request_stop(&path, Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+        let (_dir, path, server) = fake_qemu(vec![
+            "{\"return\": {}}\r\n",
+            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no ACPI\"}}\r\n",
+            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no keyboard\"}}\r\n",
+        ]);
+        let err = request_stop(&path, Duration::from_secs(5)).unwrap_err();
         assert_eq!(err.to_string(), "QMP: system_powerdown failed: no ACPI");
         server.join().unwrap();
-        let missing = powerdown(&path.with_file_name("none.sock"), Duration::from_secs(1)).unwrap_err();
+        let missing = request_stop(&path.with_file_name("none.sock"), Duration::from_secs(1)).unwrap_err();
         assert!(missing.to_string().contains("none.sock"), "{missing}");
     }
 
@@ -160,7 +196,7 @@ mod tests {
         let path = dir.path().join("qmp.sock");
         let _listener = UnixListener::bind(&path).unwrap();
         let started = std::time::Instant::now();
-        assert!(matches!(powerdown(&path, Duration::from_millis(200)), Err(Error::Io { .. })));
+        assert!(matches!(request_stop(&path, Duration::from_millis(200)), Err(Error::Io { .. })));
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

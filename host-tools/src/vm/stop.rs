@@ -1,7 +1,9 @@
-//! Stopping a running appliance gracefully: press its ACPI power button over QMP
-//! (`system_powerdown`), let the init run its shutdown sequence (the running program gets
-//! SIGTERM, the status record gets its `end` event, file systems are synced), and kill
-//! QEMU only when that has not happened within a grace period.
+//! Stopping a running appliance gracefully: press its ACPI power button and Ctrl-Alt-Del
+//! over QMP ([`qmp::request_stop`]: a kernel hears one or the other without any module
+//! loaded for it), let the init run its shutdown sequence (the running program gets
+//! SIGTERM, or SIGINT for Ctrl-Alt-Del, the status record gets its `end` event, file
+//! systems are synced), and kill QEMU only when that has not happened within a grace
+//! period.
 //!
 //! Two ways in: `appliance stop <app-dir>` from anywhere ([`stop`]), and SIGINT, SIGTERM
 //! or SIGHUP to `appliance run` itself ([`GracefulStop`], a [`Watch`] of its run loop;
@@ -43,7 +45,7 @@ pub enum Outcome {
 pub fn stop(app_dir: &Path, grace: Duration) -> Result<Outcome, running::Error> {
     let record = running::read(app_dir)?;
     let started = Instant::now();
-    match qmp::powerdown(&record.qmp, QMP_TIMEOUT) {
+    match qmp::request_stop(&record.qmp, QMP_TIMEOUT) {
         Ok(()) => {
             while started.elapsed() < grace {
                 if running::read(app_dir).is_err() {
@@ -51,7 +53,7 @@ pub fn stop(app_dir: &Path, grace: Duration) -> Result<Outcome, running::Error> 
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            log::warn!("the guest did not power off within {} s: killing QEMU", grace.as_secs());
+            log::warn!("the guest did not power off within {} s of the stop request: killing QEMU", grace.as_secs());
         }
         Err(e) => log::warn!("{e}: killing QEMU"),
     }
@@ -78,8 +80,8 @@ pub fn catch_stop_signals() -> nix::Result<SignalFd> {
 }
 
 /// The [`Watch`] of `appliance run`: writes the run record once QEMU runs, and turns a
-/// stop signal into a power-button press followed, after the grace period (or a second
-/// signal), by killing QEMU.
+/// stop signal into a stop request to the guest followed, after the grace period (or a
+/// second signal), by killing QEMU.
 pub struct GracefulStop {
     signals: SignalFd,
     app_dir: PathBuf,
@@ -89,6 +91,8 @@ pub struct GracefulStop {
     own_group: bool,
     deadline: Option<Instant>,
     record: Option<running::Record>,
+    /// Why QEMU was killed, once it was.
+    killed: Option<String>,
 }
 
 impl GracefulStop {
@@ -103,26 +107,36 @@ impl GracefulStop {
             own_group,
             deadline: None,
             record: None,
+            killed: None,
         }
     }
 
     fn on_signal(&mut self, signo: u32) -> Tick {
         if self.deadline.is_some() {
             eprintln!("appliance: signal {signo} again: killing the VM");
-            return Tick::Kill;
+            return self.kill(format!("VM killed at a second signal ({signo}), before the guest powered off"));
         }
         self.power_off(&format!("signal {signo}"), "; signal again to kill now")
     }
 
-    /// Presses the power button, and kills QEMU when the grace period is over.
+    /// Asks the guest to shut down ([`qmp::request_stop`]), and kills QEMU when the grace
+    /// period is over.
     fn power_off(&mut self, why: &str, hint: &str) -> Tick {
-        eprintln!("appliance: {why}: powering the guest off (killing it after {} s{hint})", self.grace.as_secs());
-        if let Err(e) = qmp::powerdown(&self.qmp, QMP_TIMEOUT) {
+        eprintln!(
+            "appliance: {why}: asking the guest to shut down (killing it after {} s{hint})",
+            self.grace.as_secs()
+        );
+        if let Err(e) = qmp::request_stop(&self.qmp, QMP_TIMEOUT) {
             eprintln!("appliance: {e}: killing the VM");
-            return Tick::Kill;
+            return self.kill(format!("VM killed: the stop request could not be sent ({e})"));
         }
         self.deadline = Some(Instant::now() + self.grace);
         Tick::Continue
+    }
+
+    fn kill(&mut self, why: String) -> Tick {
+        self.killed = Some(why);
+        Tick::Kill
     }
 }
 
@@ -162,10 +176,20 @@ impl Watch for GracefulStop {
         }
         match self.deadline {
             Some(d) if Instant::now() >= d => {
-                eprintln!("appliance: the guest did not power off within {} s: killing the VM", self.grace.as_secs());
-                Tick::Kill
+                let grace = self.grace.as_secs();
+                eprintln!(
+                    "appliance: the guest did not power off within {grace} s of the stop request: killing the VM"
+                );
+                self.kill(format!(
+                    "VM killed: the guest did not power off within {grace} s of the stop request (it did not hear \
+                     it, or its shutdown hung)"
+                ))
             }
             _ => Tick::Continue,
         }
+    }
+
+    fn kill_reason(&self) -> Option<String> {
+        self.killed.clone()
     }
 }
