@@ -430,19 +430,26 @@ fn us(d: core::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+impl Report {
+    /// Nothing done yet, headed for `to`.
+    fn empty(to: &ResultsTo) -> Report {
+        Report {
+            dest: format!("{}", DisplayDest(to, None)),
+            copied: Copied::default(),
+            mount_us: 0,
+            copy_us: 0,
+            umount_us: 0,
+            error: None,
+        }
+    }
+}
+
 /// Mounts `to` on [`MOUNT_POINT`], copies `sources` (each `(path, name)`: a missing path is
 /// skipped) into a new directory for this run, and unmounts; for a stream, [`stream`]. The
 /// network must already be up for NFS.
 pub fn save(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report {
     let now = crate::supervisor::now;
-    let mut report = Report {
-        dest: format!("{}", DisplayDest(to, None)),
-        copied: Copied::default(),
-        mount_us: 0,
-        copy_us: 0,
-        umount_us: 0,
-        error: None,
-    };
+    let mut report = Report::empty(to);
     let Some(args) = mount_args(to) else { return stream(to, run_name, sources) };
     let _ = rustix::fs::mkdir(MOUNT_POINT, Mode::from_raw_mode(0o755));
     let t0 = now();
@@ -483,14 +490,7 @@ pub fn save(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report 
 /// this run's directory), and ends it with the trailer.
 pub fn stream(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report {
     let now = crate::supervisor::now;
-    let mut report = Report {
-        dest: format!("{}", DisplayDest(to, None)),
-        copied: Copied::default(),
-        mount_us: 0,
-        copy_us: 0,
-        umount_us: 0,
-        error: None,
-    };
+    let mut report = Report::empty(to);
     let ResultsTo::Serial { port } = to else {
         report.error = Some(format!("{} is not a stream", DisplayDest(to, None)));
         return report;
