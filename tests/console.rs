@@ -3,7 +3,9 @@
 //! works and Ctrl-C reaches the foreground program, not the shell and not PID 1. Without a
 //! shell in the image the init says so and goes on.
 
-use appliance_tests::{Boot, Session, bash_manifest, boot, boot_with_stdin, build, image, piped, root};
+use appliance_tests::{
+    Boot, Session, bash_manifest, boot, boot_on_terminal, boot_with_stdin, build, image, piped, root,
+};
 use tempfile::TempDir;
 
 /// Ctrl-C on the serial line.
@@ -147,4 +149,14 @@ fn the_end_of_the_input_ends_the_console_shells_without_an_exit_command() {
     // The debug shell ended, the boot went on, and the end shell ended too.
     let last = b.console.find("last-25").unwrap();
     assert!(b.console[last..].contains("run-ran") && b.console[last..].contains("console shell on"), "{}", b.console);
+}
+
+/// The same on a terminal: what is typed during the boot waits until the guest's console
+/// is open (Enter sends a carriage return there).
+#[test]
+fn keys_typed_ahead_on_a_terminal_reach_the_end_shell() {
+    let tmp = TempDir::new().unwrap();
+    let app = bash_app(&tmp);
+    let b = boot_on_terminal(&app, &["--end", "shell"], "echo typed-$((30 + 1))\rexit\r");
+    ran_in_the_shell(&b, "typed-31");
 }

@@ -138,6 +138,54 @@ pub fn piped(text: &str) -> std::io::PipeReader {
     reader
 }
 
+/// [`boot`] with `appliance run` on a terminal of its own (a pty, its controlling terminal,
+/// in its foreground) on which `typed` was typed before the guest started.
+pub fn boot_on_terminal(app_dir: &Path, args: &[&str], typed: &str) -> Boot {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    let nocty = OFlag::O_NOCTTY.bits();
+    // std opens close-on-exec: neither end leaks into QEMU.
+    let ptmx = std::fs::OpenOptions::new().read(true).write(true).custom_flags(nocty).open("/dev/ptmx").expect("ptmx");
+    // SAFETY: a descriptor of /dev/ptmx is a pty master.
+    let master = unsafe { nix::pty::PtyMaster::from_owned_fd(ptmx.into()) };
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let slave_path = nix::pty::ptsname_r(&master).expect("pty name");
+    let slave =
+        std::fs::OpenOptions::new().read(true).write(true).custom_flags(nocty).open(&slave_path).expect("pty slave");
+    let status = tempfile::NamedTempFile::new().expect("temp file");
+    let mut cmd = run_cmd(app_dir, status.path(), args);
+    cmd.stdin(slave.try_clone().unwrap()).stdout(slave.try_clone().unwrap()).stderr(slave);
+    let slave_c = std::ffi::CString::new(slave_path).expect("a path without NUL");
+    // A new session, whose first terminal opened becomes its controlling terminal; the
+    // session's only group has its foreground.
+    let new_session = move || {
+        nix::unistd::setsid()?;
+        drop(nix::fcntl::open(slave_c.as_c_str(), OFlag::O_RDWR, nix::sys::stat::Mode::empty())?);
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls.
+    unsafe { cmd.pre_exec(new_session) };
+    let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
+    master.write_all(typed.as_bytes()).expect("type on the terminal");
+    let mut child = cmd.spawn().expect("appliance runs");
+    // Our copies of the slave: the master reads EIO once the session has closed its own.
+    drop(cmd);
+    let shown = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            shown.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&shown).replace("\r\n", "\n")
+    });
+    let st = child.wait().expect("appliance exits");
+    let console = shown.join().expect("the terminal's reader");
+    let (events, _) = appliance_host::vm::read_status(status.path());
+    Boot { console, stderr: String::new(), code: st.code().unwrap_or(-1), events }
+}
+
 /// A boot driven over its console: type into it and wait for output.
 pub struct Session {
     child: Child,

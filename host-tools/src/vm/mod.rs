@@ -185,8 +185,8 @@ pub trait Watch {
 impl Watch for () {}
 
 /// Starts QEMU for `spec` with the console on our terminal and waits for it, killing it
-/// after `timeout`. Standard input that is a pipe or a file is typed into the console when
-/// the guest can take it ([`console`]).
+/// after `timeout`. Standard input (a pipe, a file, our terminal) is typed into the console
+/// when the guest can take it ([`console`]).
 pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmError> {
     run_watched(spec, timeout, &mut ())
 }
@@ -202,16 +202,15 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
     }
     crate::host::process::as_our_child(&mut command);
-    // Console input from a pipe or a file goes through us, held until the guest takes it.
-    let fed = console::stdin_is_fed();
-    if fed {
+    // Console input from a pipe, a file or our terminal goes through us, held until the
+    // guest can take it.
+    let input = console::Input::of_stdin();
+    if input != console::Input::Qemu {
         command.stdin(std::process::Stdio::piped());
     }
     let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
-    let _feeder = child
-        .stdin
-        .take()
-        .map(|qemu| console::Feeder::start(qemu, &spec.status_file, console::Gate::for_cmdline(&spec.append)));
+    let _feeder =
+        child.stdin.take().map(|qemu| console::Feeder::start(qemu, input, &spec.status_file, input.gate(&spec.append)));
     watch.started(child.id());
     let mut timed_out = None;
     let mut killed = None;
