@@ -155,8 +155,9 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         headers: args.headers,
         cache_dir: kernel::default_cache_dir()?,
     };
-    let plan = kbuild::plan(&request)?;
-    let built = kbuild::build(&plan, args.jobs, args.force, &progress_sink())?;
+    let progress = progress_sink();
+    let plan = kbuild::plan_fetching(&request, &progress)?;
+    let built = kbuild::build(&plan, args.jobs, args.force, &progress)?;
     let size = std::fs::metadata(&built.bzimage).map_or(0, |m| m.len());
     if built.cached {
         log::info!("kernel {} from the cache ({}, bzImage {})", built.release, built.dir.display(), human_size(size));

@@ -36,6 +36,7 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::kconfig::{self, Config, Kconfig, Redefinition, Report};
+use crate::kernel::source;
 
 /// Series with adjustments in `kernel-configs/series/`.
 pub const SERIES: [&str; 5] = ["5.4", "5.10", "5.15", "6.1", "6.6"];
@@ -81,12 +82,16 @@ const ADJUSTMENTS: [(&str, &str, &str); 8] = [
 pub enum Error {
     #[error(transparent)]
     Config(#[from] kconfig::Error),
+    #[error("no kernel source at {}: pass --source DIR|TARBALL", path.display())]
+    NoSource { path: PathBuf },
     #[error(
-        "no kernel source at {}: install it with `apt-get install {package}` (Debian), \
-         or pass --source DIR|TARBALL",
-        path.display()
+        "no source for series {series} here ({} is not installed, nor fetched): `appliance kernel build \
+         --series {series}` fetches it from Debian's archive, or pass --source DIR|TARBALL",
+        source::package(series)
     )]
-    NoSource { path: PathBuf, package: String },
+    NotFetched { series: String },
+    #[error(transparent)]
+    Fetch(#[from] source::Error),
     #[error("{} is neither a kernel source tree (Makefile and Kconfig) nor a tarball", path.display())]
     NotASource { path: PathBuf },
     #[error("the source in {} is Linux {version}, not the series {series} asked for: pass --series {found}", path.display())]
@@ -282,25 +287,13 @@ impl Source {
     }
 }
 
-/// Debian's source package for a series, and the tarball it installs.
-pub fn debian_source(series: &str) -> (String, PathBuf) {
-    let package = format!("linux-source-{series}");
-    (package.clone(), PathBuf::from(format!("/usr/src/{package}.tar.xz")))
-}
-
-/// `--source` or, without it, Debian's tarball for the series.
-pub fn resolve_source(arg: Option<&Path>, series: &str) -> Result<Source, Error> {
+/// `--source` or, without it, Debian's tarball for the series: installed on the host
+/// or fetched into `cache_dir` before (see [`source::find`]; [`plan_fetching`] fetches it).
+pub fn resolve_source(arg: Option<&Path>, series: &str, cache_dir: &Path) -> Result<Source, Error> {
     let Some(path) = arg else {
-        let (package, tarball) = debian_source(series);
-        // Older Debian releases shipped bzip2.
-        let bzip2 = tarball.with_extension("bz2");
-        return if tarball.is_file() {
-            Ok(Source::Tarball(tarball))
-        } else if bzip2.is_file() {
-            Ok(Source::Tarball(bzip2))
-        } else {
-            Err(Error::NoSource { path: tarball, package })
-        };
+        return source::find(series, cache_dir)
+            .map(Source::Tarball)
+            .ok_or_else(|| Error::NotFetched { series: series.to_owned() });
     };
     if path.is_dir() {
         if path.join("Makefile").is_file() && path.join("Kconfig").is_file() {
@@ -315,7 +308,7 @@ pub fn resolve_source(arg: Option<&Path>, series: &str) -> Result<Source, Error>
         }
         return Err(Error::NotASource { path: path.to_owned() });
     }
-    Err(Error::NoSource { path: path.to_owned(), package: format!("linux-source-{series}") })
+    Err(Error::NoSource { path: path.to_owned() })
 }
 
 /// The series a source announces without extracting it: a tree's Makefile, or a
@@ -497,17 +490,8 @@ impl fmt::Debug for ProgressSink {
 
 /// Resolves a request: the series, the source, the fragments and the cache key.
 pub fn plan(request: &Request) -> Result<Plan, Error> {
-    let series = match &request.series {
-        Some(series) => series.clone(),
-        None => match &request.source {
-            Some(path) => resolve_source(Some(path), DEFAULT_SERIES)
-                .ok()
-                .and_then(|source| series_of_source(&source))
-                .unwrap_or_else(|| DEFAULT_SERIES.to_owned()),
-            None => DEFAULT_SERIES.to_owned(),
-        },
-    };
-    let source = resolve_source(request.source.as_deref(), &series)?;
+    let series = request_series(request);
+    let source = resolve_source(request.source.as_deref(), &series, &request.cache_dir)?;
     // Headers are for building modules, which needs a kernel that loads them.
     let mut requested = request.fragments.clone();
     if request.headers && !requested.contains(&FragmentArg::Topic("modules")) {
@@ -537,6 +521,32 @@ pub fn plan(request: &Request) -> Result<Plan, Error> {
         result,
         source_id,
     })
+}
+
+/// The series a request builds: its own, else its source's, else the default.
+fn request_series(request: &Request) -> String {
+    match &request.series {
+        Some(series) => series.clone(),
+        None => match &request.source {
+            Some(path) => resolve_source(Some(path), DEFAULT_SERIES, &request.cache_dir)
+                .ok()
+                .and_then(|source| series_of_source(&source))
+                .unwrap_or_else(|| DEFAULT_SERIES.to_owned()),
+            None => DEFAULT_SERIES.to_owned(),
+        },
+    }
+}
+
+/// [`plan`], after fetching Debian's source of the series (see [`source::fetch`]) when
+/// the request names no source and none is here yet.
+pub fn plan_fetching(request: &Request, progress: &ProgressSink) -> Result<Plan, Error> {
+    match plan(request) {
+        Err(Error::NotFetched { series }) => {
+            source::fetch(&series, &request.cache_dir, &|stage| progress.send(Progress::Stage(stage)))?;
+            plan(request)
+        }
+        other => other,
+    }
 }
 
 /// The finished kernel of `plan`, if the cache has it (with headers when asked for).
@@ -1116,7 +1126,7 @@ fn copy_entry(from: &Path, to: &Path) -> Result<(), Error> {
 pub fn obtain_series(series: &str, headers: bool, cache_dir: &Path, progress: &ProgressSink) -> Result<Built, Error> {
     let mut request = Request::series(series, cache_dir.to_owned());
     request.headers = headers;
-    let plan = plan(&request)?;
+    let plan = plan_fetching(&request, progress)?;
     build(&plan, None, false, progress)
 }
 
@@ -1265,12 +1275,15 @@ mod tests {
     #[test]
     fn sources() {
         let dir = tempfile::tempdir().unwrap();
-        let err = resolve_source(Some(&dir.path().join("absent")), "6.1").unwrap_err();
-        assert!(err.to_string().contains("apt-get install linux-source-6.1"), "{err}");
-        assert!(matches!(resolve_source(Some(dir.path()), "6.1"), Err(Error::NotASource { .. })));
+        let cache = dir.path().join("cache");
+        let err = resolve_source(Some(&dir.path().join("absent")), "6.1", &cache).unwrap_err();
+        assert!(matches!(err, Error::NoSource { .. }), "{err}");
+        let err = resolve_source(None, "5.4", &cache).unwrap_err();
+        assert!(err.to_string().contains("no source for series 5.4 here (linux-source-5.4"), "{err}");
+        assert!(matches!(resolve_source(Some(dir.path()), "6.1", &cache), Err(Error::NotASource { .. })));
         fs::write(dir.path().join("Makefile"), "VERSION = 6\nPATCHLEVEL = 6\nSUBLEVEL = 30\nEXTRAVERSION =\n").unwrap();
         fs::write(dir.path().join("Kconfig"), "").unwrap();
-        let tree = resolve_source(Some(dir.path()), "6.1").unwrap();
+        let tree = resolve_source(Some(dir.path()), "6.1", &cache).unwrap();
         assert_eq!(tree, Source::Tree(dir.path().to_owned()));
         assert_eq!(makefile_version(dir.path()).unwrap(), "6.6.30");
         assert_eq!(series_of_source(&tree).as_deref(), Some("6.6"));
