@@ -663,6 +663,34 @@ fn checked_version(plan: &Plan, tree: &Path) -> Result<String, Error> {
 /// olddefconfig`; refused when it lost an option the fragments asked for. Returns the
 /// resolved configuration and the check's report.
 fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Config, Report), Error> {
+    let (resolved, report) = resolve(plan, make, progress)?;
+    if !report.is_ok() {
+        return Err(Error::Lost { report, config: make.obj.join(".config") });
+    }
+    Ok((resolved, report))
+}
+
+/// Steps 1 to 4 of a build without the compile: the base configuration with the
+/// fragments merged over it, resolved by `make olddefconfig` in the build's object
+/// directory, and the check's report (lost options included, not an error). What
+/// `kernel check` runs when given a source and no configuration, so that a series'
+/// adjustments can be verified without compiling it. Returns the resolved `.config`.
+pub fn resolve_only(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, Report), Error> {
+    check_tools(&plan.source)?;
+    let _lock = lock_cache(plan, progress)?;
+    let tree = prepare_source(plan, progress)?;
+    let version = checked_version(plan, &tree)?;
+    let obj = plan.root.join("obj").join(plan.object_dir_name());
+    fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
+    let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
+    File::create(&make.log).map_err(io_error("create", &make.log))?;
+    progress.send(Progress::Stage(format!("configuring Linux {version}: {} + fragments", plan.base.name())));
+    let (_, report) = resolve(plan, &make, progress)?;
+    Ok((obj.join(".config"), report))
+}
+
+/// The merge and `make olddefconfig` of [`configure`], and the check of the result.
+fn resolve(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Config, Report), Error> {
     make.run(&[plan.base.name()], None, progress)?;
     let dot_config = make.obj.join(".config");
     let mut config = Config::load(&dot_config)?;
@@ -675,9 +703,6 @@ fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Confi
     let resolved = Config::load(&dot_config)?;
     let kconfig = Kconfig::load(make.tree)?;
     let report = kconfig::check(&plan.wanted, &resolved, Some(&kconfig));
-    if !report.is_ok() {
-        return Err(Error::Lost { report, config: dot_config });
-    }
     Ok((resolved, report))
 }
 
