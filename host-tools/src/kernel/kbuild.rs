@@ -39,7 +39,7 @@ use crate::kernel::kconfig::{self, Config, Kconfig, Redefinition, Report};
 use crate::kernel::source;
 
 /// Series with adjustments in `kernel-configs/series/`.
-pub const SERIES: [&str; 5] = ["5.4", "5.10", "5.15", "6.1", "6.6"];
+pub const SERIES: [&str; 6] = ["5.4", "5.10", "5.15", "6.1", "6.6", "6.12"];
 /// The series built when nothing says otherwise: Debian 12's `linux-source-6.1`.
 pub const DEFAULT_SERIES: &str = "6.1";
 /// Picks the series, as the original's environment variable did; `--series` wins.
@@ -67,7 +67,7 @@ const TOPICS: [(&str, &str); 5] = [
 ];
 
 /// Per-series adjustments: `kernel-configs/series/<series>/<topic>.config`.
-const ADJUSTMENTS: [(&str, &str, &str); 8] = [
+const ADJUSTMENTS: [(&str, &str, &str); 9] = [
     ("5.4", "base", include_str!("../../../kernel-configs/series/5.4/base.config")),
     ("5.4", "debug", include_str!("../../../kernel-configs/series/5.4/debug.config")),
     ("5.10", "base", include_str!("../../../kernel-configs/series/5.10/base.config")),
@@ -76,6 +76,7 @@ const ADJUSTMENTS: [(&str, &str, &str); 8] = [
     ("5.15", "debug", include_str!("../../../kernel-configs/series/5.15/debug.config")),
     ("6.1", "base", include_str!("../../../kernel-configs/series/6.1/base.config")),
     ("6.6", "base", include_str!("../../../kernel-configs/series/6.6/base.config")),
+    ("6.12", "base", include_str!("../../../kernel-configs/series/6.12/base.config")),
 ];
 
 #[derive(Debug, thiserror::Error)]
