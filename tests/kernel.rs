@@ -87,6 +87,7 @@ fn kernel() -> &'static Path {
 
 /// Writes a result file and a line of output; the results step must bring both back.
 const RESULTS_RUN: &str = r#"#!/bin/sh
+mkdir -p "$APP_RESULTS"
 echo "result of $(cat /proc/sys/kernel/osrelease)" > "$APP_RESULTS/kernel.txt"
 echo "run done"
 "#;
@@ -125,7 +126,7 @@ fn boots_hello_and_both_results_steps(series: &str) {
 
     let img = image(
         &tmp.path().join("results-image"),
-        "description = \"results on a built kernel\"\nhost_files = [\"/bin/sh\", \"/usr/bin/cat\"]\n",
+        "description = \"results on a built kernel\"\nhost_files = [\"/bin/sh\", \"/usr/bin/cat\", \"/usr/bin/mkdir\"]\n",
         &[("run", RESULTS_RUN)],
     );
     let app = build(&img, &tmp.path().join("results-image"));
@@ -139,7 +140,8 @@ fn boots_hello_and_both_results_steps(series: &str) {
             assert!(dest.starts_with("9p:results/"), "{dest}");
         }
         let run = std::fs::read_dir(&results).unwrap().next().expect("a run directory").unwrap().path();
-        let text = std::fs::read_to_string(run.join("results/kernel.txt")).unwrap();
+        let text = std::fs::read_to_string(run.join("results/kernel.txt"))
+            .unwrap_or_else(|e| panic!("{via}: {e}: {:?}\n{}", std::fs::read_dir(&run).map(|d| d.count()), b.console));
         assert!(text.starts_with(&format!("result of {series}.")), "{via}: {text}");
         assert!(std::fs::read_to_string(run.join("output")).unwrap().contains("run done"), "{via}");
     }
