@@ -5,7 +5,9 @@
 #   - cpio, zstd, lz4, gzip, xz-utils: the tests check our archives with the standard tools
 #   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
 #   - make, flex, bison, bc, perl, libelf-dev and linux-source-6.1 (Debian 12):
-#     tests/kernel.rs builds the project's kernel from Debian's source
+#     tests/kernel.rs builds the project's kernels from Debian's sources (5.10's and
+#     6.12's are fetched by `appliance kernel build` itself, with apt and a private
+#     configuration under ~/.cache/appliance/apt-src: nothing to install)
 #   - nfs-ganesha, nfs-ganesha-vfs: `appliance run --results` serves a run's results over
 #     NFS (tests/results.rs); a system instance the package starts is stopped (ours run on
 #     a free port of 127.0.0.1 with their own configuration)

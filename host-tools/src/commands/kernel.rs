@@ -109,12 +109,17 @@ struct BuildArgs {
 /// the options it names, a hidden prompt, an option that is only selected, an option
 /// this kernel does not have). Exits 0 when everything survived, 1 when something was
 /// lost.
+///
+/// Without CONFIG, the configuration is made from the source as a build makes it (base
+/// configuration, fragments, olddefconfig) and checked, without compiling: this verifies
+/// a series' adjustments against a source you bring (--series 5.15 --source
+/// linux-5.15.160.tar.xz), or against Debian's source of the series, fetched if needed.
 #[derive(clap::Args)]
 struct CheckArgs {
     /// The resolved configuration (after olddefconfig), e.g. a build's `config` or
-    /// /boot/config-$(uname -r)
+    /// /boot/config-$(uname -r) [default: made from the source]
     #[arg(value_name = "CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
 
     #[command(flatten)]
     fragments: FragmentOptions,
@@ -155,8 +160,9 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         headers: args.headers,
         cache_dir: kernel::default_cache_dir()?,
     };
-    let plan = kbuild::plan(&request)?;
-    let built = kbuild::build(&plan, args.jobs, args.force, &progress_sink())?;
+    let progress = progress_sink();
+    let plan = kbuild::plan_fetching(&request, &progress)?;
+    let built = kbuild::build(&plan, args.jobs, args.force, &progress)?;
     let size = std::fs::metadata(&built.bzimage).map_or(0, |m| m.len());
     if built.cached {
         log::info!("kernel {} from the cache ({}, bzImage {})", built.release, built.dir.display(), human_size(size));
@@ -178,15 +184,18 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let Some(config_path) = &args.config else {
+        return check_source(args);
+    };
     let text =
-        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
-    let config = Config::parse(&text, &args.config.display().to_string())?;
+        std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config = Config::parse(&text, &config_path.display().to_string())?;
     let series = match args.fragments.series()? {
         Some(series) => series,
         None => Config::series_from_header(&text).unwrap_or_else(|| {
             log::warn!(
                 "{} does not say its kernel version: checking against series {}",
-                args.config.display(),
+                config_path.display(),
                 kbuild::DEFAULT_SERIES
             );
             kbuild::DEFAULT_SERIES.to_owned()
@@ -201,16 +210,53 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let report = kconfig::check(&wanted, &config, kconfig.as_ref());
     let names: Vec<&str> = fragments.iter().map(|f| f.name.as_str()).collect();
     if report.is_ok() {
-        println!("{}: all {} requested options kept ({})", args.config.display(), report.checked, names.join(", "));
+        println!("{}: all {} requested options kept ({})", config_path.display(), report.checked, names.join(", "));
         return Ok(ExitCode::SUCCESS);
     }
     print!("{report}");
     println!(
         "{}: {} of {} requested options lost ({})",
-        args.config.display(),
+        config_path.display(),
         report.lost.len(),
         report.checked,
         names.join(", ")
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// `kernel check` without a configuration: the one a build of the source would compile.
+fn check_source(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let request = Request {
+        source: args.source,
+        series: args.fragments.series()?,
+        base: Base::Tinyconfig,
+        fragments: args.fragments.args(),
+        without_base: args.fragments.no_base,
+        headers: false,
+        cache_dir: kernel::default_cache_dir()?,
+    };
+    let progress = progress_sink();
+    let plan = kbuild::plan_fetching(&request, &progress)?;
+    let (config, report) = kbuild::resolve_only(&plan, &progress)?;
+    let names: Vec<&str> = plan.fragments.iter().map(|f| f.name.as_str()).collect();
+    if report.is_ok() {
+        println!(
+            "series {}: all {} requested options kept ({}; {})",
+            plan.series,
+            report.checked,
+            names.join(", "),
+            config.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{report}");
+    println!(
+        "series {}: {} of {} requested options lost ({}; {})",
+        plan.series,
+        report.lost.len(),
+        report.checked,
+        names.join(", "),
+        config.display()
     );
     Ok(ExitCode::from(1))
 }

@@ -396,11 +396,13 @@ fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
         return Ok(kernel.to_path_buf());
     };
     let request = kbuild::Request::series(&series?, appliance_host::kernel::default_cache_dir()?);
-    let plan = kbuild::plan(&request)?;
     if dry_run {
+        let plan = kbuild::plan(&request)?;
         return Ok(kbuild::cached(&plan).map_or_else(|| plan.result.join("bzImage"), |built| built.bzimage));
     }
-    Ok(kbuild::build(&plan, None, false, &super::kernel::progress_sink())?.bzimage)
+    let progress = super::kernel::progress_sink();
+    let plan = kbuild::plan_fetching(&request, &progress)?;
+    Ok(kbuild::build(&plan, None, false, &progress)?.bzimage)
 }
 
 /// The app dir for TARGET, building an image first.

@@ -36,9 +36,10 @@ use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::kconfig::{self, Config, Kconfig, Redefinition, Report};
+use crate::kernel::source;
 
 /// Series with adjustments in `kernel-configs/series/`.
-pub const SERIES: [&str; 5] = ["5.4", "5.10", "5.15", "6.1", "6.6"];
+pub const SERIES: [&str; 6] = ["5.4", "5.10", "5.15", "6.1", "6.6", "6.12"];
 /// The series built when nothing says otherwise: Debian 12's `linux-source-6.1`.
 pub const DEFAULT_SERIES: &str = "6.1";
 /// Picks the series, as the original's environment variable did; `--series` wins.
@@ -66,7 +67,7 @@ const TOPICS: [(&str, &str); 5] = [
 ];
 
 /// Per-series adjustments: `kernel-configs/series/<series>/<topic>.config`.
-const ADJUSTMENTS: [(&str, &str, &str); 8] = [
+const ADJUSTMENTS: [(&str, &str, &str); 9] = [
     ("5.4", "base", include_str!("../../../kernel-configs/series/5.4/base.config")),
     ("5.4", "debug", include_str!("../../../kernel-configs/series/5.4/debug.config")),
     ("5.10", "base", include_str!("../../../kernel-configs/series/5.10/base.config")),
@@ -75,18 +76,23 @@ const ADJUSTMENTS: [(&str, &str, &str); 8] = [
     ("5.15", "debug", include_str!("../../../kernel-configs/series/5.15/debug.config")),
     ("6.1", "base", include_str!("../../../kernel-configs/series/6.1/base.config")),
     ("6.6", "base", include_str!("../../../kernel-configs/series/6.6/base.config")),
+    ("6.12", "base", include_str!("../../../kernel-configs/series/6.12/base.config")),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] kconfig::Error),
+    #[error("no kernel source at {}: pass --source DIR|TARBALL", path.display())]
+    NoSource { path: PathBuf },
     #[error(
-        "no kernel source at {}: install it with `apt-get install {package}` (Debian), \
-         or pass --source DIR|TARBALL",
-        path.display()
+        "no source for series {series} here ({} is not installed, nor fetched): `appliance kernel build \
+         --series {series}` fetches it from Debian's archive, or pass --source DIR|TARBALL",
+        source::package(series)
     )]
-    NoSource { path: PathBuf, package: String },
+    NotFetched { series: String },
+    #[error(transparent)]
+    Fetch(#[from] source::Error),
     #[error("{} is neither a kernel source tree (Makefile and Kconfig) nor a tarball", path.display())]
     NotASource { path: PathBuf },
     #[error("the source in {} is Linux {version}, not the series {series} asked for: pass --series {found}", path.display())]
@@ -282,25 +288,13 @@ impl Source {
     }
 }
 
-/// Debian's source package for a series, and the tarball it installs.
-pub fn debian_source(series: &str) -> (String, PathBuf) {
-    let package = format!("linux-source-{series}");
-    (package.clone(), PathBuf::from(format!("/usr/src/{package}.tar.xz")))
-}
-
-/// `--source` or, without it, Debian's tarball for the series.
-pub fn resolve_source(arg: Option<&Path>, series: &str) -> Result<Source, Error> {
+/// `--source` or, without it, Debian's tarball for the series: installed on the host
+/// or fetched into `cache_dir` before (see [`source::find`]; [`plan_fetching`] fetches it).
+pub fn resolve_source(arg: Option<&Path>, series: &str, cache_dir: &Path) -> Result<Source, Error> {
     let Some(path) = arg else {
-        let (package, tarball) = debian_source(series);
-        // Older Debian releases shipped bzip2.
-        let bzip2 = tarball.with_extension("bz2");
-        return if tarball.is_file() {
-            Ok(Source::Tarball(tarball))
-        } else if bzip2.is_file() {
-            Ok(Source::Tarball(bzip2))
-        } else {
-            Err(Error::NoSource { path: tarball, package })
-        };
+        return source::find(series, cache_dir)
+            .map(Source::Tarball)
+            .ok_or_else(|| Error::NotFetched { series: series.to_owned() });
     };
     if path.is_dir() {
         if path.join("Makefile").is_file() && path.join("Kconfig").is_file() {
@@ -315,7 +309,7 @@ pub fn resolve_source(arg: Option<&Path>, series: &str) -> Result<Source, Error>
         }
         return Err(Error::NotASource { path: path.to_owned() });
     }
-    Err(Error::NoSource { path: path.to_owned(), package: format!("linux-source-{series}") })
+    Err(Error::NoSource { path: path.to_owned() })
 }
 
 /// The series a source announces without extracting it: a tree's Makefile, or a
@@ -497,17 +491,8 @@ impl fmt::Debug for ProgressSink {
 
 /// Resolves a request: the series, the source, the fragments and the cache key.
 pub fn plan(request: &Request) -> Result<Plan, Error> {
-    let series = match &request.series {
-        Some(series) => series.clone(),
-        None => match &request.source {
-            Some(path) => resolve_source(Some(path), DEFAULT_SERIES)
-                .ok()
-                .and_then(|source| series_of_source(&source))
-                .unwrap_or_else(|| DEFAULT_SERIES.to_owned()),
-            None => DEFAULT_SERIES.to_owned(),
-        },
-    };
-    let source = resolve_source(request.source.as_deref(), &series)?;
+    let series = request_series(request);
+    let source = resolve_source(request.source.as_deref(), &series, &request.cache_dir)?;
     // Headers are for building modules, which needs a kernel that loads them.
     let mut requested = request.fragments.clone();
     if request.headers && !requested.contains(&FragmentArg::Topic("modules")) {
@@ -537,6 +522,32 @@ pub fn plan(request: &Request) -> Result<Plan, Error> {
         result,
         source_id,
     })
+}
+
+/// The series a request builds: its own, else its source's, else the default.
+fn request_series(request: &Request) -> String {
+    match &request.series {
+        Some(series) => series.clone(),
+        None => match &request.source {
+            Some(path) => resolve_source(Some(path), DEFAULT_SERIES, &request.cache_dir)
+                .ok()
+                .and_then(|source| series_of_source(&source))
+                .unwrap_or_else(|| DEFAULT_SERIES.to_owned()),
+            None => DEFAULT_SERIES.to_owned(),
+        },
+    }
+}
+
+/// [`plan`], after fetching Debian's source of the series (see [`source::fetch`]) when
+/// the request names no source and none is here yet.
+pub fn plan_fetching(request: &Request, progress: &ProgressSink) -> Result<Plan, Error> {
+    match plan(request) {
+        Err(Error::NotFetched { series }) => {
+            source::fetch(&series, &request.cache_dir, &|stage| progress.send(Progress::Stage(stage)))?;
+            plan(request)
+        }
+        other => other,
+    }
 }
 
 /// The finished kernel of `plan`, if the cache has it (with headers when asked for).
@@ -653,6 +664,34 @@ fn checked_version(plan: &Plan, tree: &Path) -> Result<String, Error> {
 /// olddefconfig`; refused when it lost an option the fragments asked for. Returns the
 /// resolved configuration and the check's report.
 fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Config, Report), Error> {
+    let (resolved, report) = resolve(plan, make, progress)?;
+    if !report.is_ok() {
+        return Err(Error::Lost { report, config: make.obj.join(".config") });
+    }
+    Ok((resolved, report))
+}
+
+/// Steps 1 to 4 of a build without the compile: the base configuration with the
+/// fragments merged over it, resolved by `make olddefconfig` in the build's object
+/// directory, and the check's report (lost options included, not an error). What
+/// `kernel check` runs when given a source and no configuration, so that a series'
+/// adjustments can be verified without compiling it. Returns the resolved `.config`.
+pub fn resolve_only(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, Report), Error> {
+    check_tools(&plan.source)?;
+    let _lock = lock_cache(plan, progress)?;
+    let tree = prepare_source(plan, progress)?;
+    let version = checked_version(plan, &tree)?;
+    let obj = plan.root.join("obj").join(plan.object_dir_name());
+    fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
+    let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
+    File::create(&make.log).map_err(io_error("create", &make.log))?;
+    progress.send(Progress::Stage(format!("configuring Linux {version}: {} + fragments", plan.base.name())));
+    let (_, report) = resolve(plan, &make, progress)?;
+    Ok((obj.join(".config"), report))
+}
+
+/// The merge and `make olddefconfig` of [`configure`], and the check of the result.
+fn resolve(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Config, Report), Error> {
     make.run(&[plan.base.name()], None, progress)?;
     let dot_config = make.obj.join(".config");
     let mut config = Config::load(&dot_config)?;
@@ -665,9 +704,6 @@ fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Confi
     let resolved = Config::load(&dot_config)?;
     let kconfig = Kconfig::load(make.tree)?;
     let report = kconfig::check(&plan.wanted, &resolved, Some(&kconfig));
-    if !report.is_ok() {
-        return Err(Error::Lost { report, config: dot_config });
-    }
     Ok((resolved, report))
 }
 
@@ -1116,7 +1152,7 @@ fn copy_entry(from: &Path, to: &Path) -> Result<(), Error> {
 pub fn obtain_series(series: &str, headers: bool, cache_dir: &Path, progress: &ProgressSink) -> Result<Built, Error> {
     let mut request = Request::series(series, cache_dir.to_owned());
     request.headers = headers;
-    let plan = plan(&request)?;
+    let plan = plan_fetching(&request, progress)?;
     build(&plan, None, false, progress)
 }
 
@@ -1265,12 +1301,15 @@ mod tests {
     #[test]
     fn sources() {
         let dir = tempfile::tempdir().unwrap();
-        let err = resolve_source(Some(&dir.path().join("absent")), "6.1").unwrap_err();
-        assert!(err.to_string().contains("apt-get install linux-source-6.1"), "{err}");
-        assert!(matches!(resolve_source(Some(dir.path()), "6.1"), Err(Error::NotASource { .. })));
+        let cache = dir.path().join("cache");
+        let err = resolve_source(Some(&dir.path().join("absent")), "6.1", &cache).unwrap_err();
+        assert!(matches!(err, Error::NoSource { .. }), "{err}");
+        let err = resolve_source(None, "5.4", &cache).unwrap_err();
+        assert!(err.to_string().contains("no source for series 5.4 here (linux-source-5.4"), "{err}");
+        assert!(matches!(resolve_source(Some(dir.path()), "6.1", &cache), Err(Error::NotASource { .. })));
         fs::write(dir.path().join("Makefile"), "VERSION = 6\nPATCHLEVEL = 6\nSUBLEVEL = 30\nEXTRAVERSION =\n").unwrap();
         fs::write(dir.path().join("Kconfig"), "").unwrap();
-        let tree = resolve_source(Some(dir.path()), "6.1").unwrap();
+        let tree = resolve_source(Some(dir.path()), "6.1", &cache).unwrap();
         assert_eq!(tree, Source::Tree(dir.path().to_owned()));
         assert_eq!(makefile_version(dir.path()).unwrap(), "6.6.30");
         assert_eq!(series_of_source(&tree).as_deref(), Some("6.6"));

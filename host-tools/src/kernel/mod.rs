@@ -18,6 +18,7 @@
 pub mod kbuild;
 pub mod kconfig;
 pub mod modules;
+pub mod source;
 
 use crate::host::fs_error::{FsError, io_error};
 use crate::host::process::find_program;
@@ -306,7 +307,7 @@ fn depends_on_kernel(output: &str, meta: &str) -> Option<String> {
 }
 
 /// Runs a command, returns its stdout; a failure carries its stderr.
-fn run(command: &mut Command) -> Result<String, Error> {
+pub(crate) fn run(command: &mut Command) -> Result<String, Error> {
     let describe = |command: &Command| {
         std::iter::once(command.get_program())
             .chain(command.get_args())
