@@ -632,20 +632,21 @@ fn dry_run_shows_the_share_the_nic_and_the_parameters() {
         String::from_utf8(o.stdout).unwrap()
     };
     let line = dry("9p");
-    let share =
-        format!("-virtfs local,path={},mount_tag=results,security_model=none", dir.canonicalize().unwrap().display());
+    let share = format!("-fsdev local,id=fs0,path={},security_model=none", dir.canonicalize().unwrap().display());
     assert!(line.contains(&share), "{line}");
+    assert!(line.contains(",fsdev=fs0,mount_tag=results"), "{line}");
     assert!(line.contains(" appResultsTo=9p:results"), "{line}");
     assert!(line.contains(" appRunId=app-"), "{line}");
-    assert!(!line.contains("-nic "), "9p needs no network: {line}");
+    assert!(!line.contains("-netdev "), "9p needs no network: {line}");
     let line = dry("serial");
     let stream = format!("-chardev file,id=port0,path={}/.app-", dir.canonicalize().unwrap().display());
     assert!(line.contains(&stream), "{line}");
     assert!(line.contains("-device virtserialport,bus=ports.0,chardev=port0,name=appliance.results"), "{line}");
     assert!(line.contains(" appResultsTo=serial:appliance.results"), "{line}");
-    assert!(!line.contains("-nic "), "a stream needs no network: {line}");
+    assert!(!line.contains("-netdev "), "a stream needs no network: {line}");
     // A dry run starts no server: the port shown is NFS's default.
     let line = dry("nfs");
     assert!(line.contains(" appResultsTo=nfs:10.0.2.2:/,port=2049"), "{line}");
-    assert!(line.contains("-nic user,model=virtio-net-pci"), "{line}");
+    assert!(line.contains("-netdev user,id=net0"), "{line}");
+    assert!(line.contains("-device virtio-net-pci,netdev=net0"), "{line}");
 }

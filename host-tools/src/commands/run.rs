@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
 use appliance_host::kernel::kbuild;
+use appliance_host::vm::machine::{self, Machine};
 use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
 use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 
@@ -83,6 +84,12 @@ pub struct Args {
     #[arg(long, value_name = "BZIMAGE")]
     kernel: Option<PathBuf>,
 
+    /// QEMU machine: auto takes microvm (no PCI: faster to boot) for a kernel the
+    /// project built with virtio-MMIO, and pc for any other kernel (Debian's) or when
+    /// --qemu-arg is given (its devices may need PCI)
+    #[arg(long, value_name = "MACHINE", default_value = "auto", value_parser = ["auto", "pc", "microvm"])]
+    machine: String,
+
     /// Accelerator: auto uses KVM only when it really works
     #[arg(long, value_name = "ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     accel: String,
@@ -153,13 +160,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         other => other,
     };
-    let append = kernel_cmdline(&args, &app_dir, results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default())?;
     let (accel, why) = match args.accel.as_str() {
         "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
         "tcg" => (Accel::Tcg, "--accel tcg".to_string()),
         _ => qemu::detect_accel(),
     };
     log::debug!("accelerator {}: {why}", accel.as_str());
+    let (machine, why) = match Machine::from_name(&args.machine) {
+        Some(m) => (m, format!("--machine {}", args.machine)),
+        None if !args.qemu_args.is_empty() => (Machine::Pc, "--qemu-arg may add PCI devices".to_string()),
+        None => machine::choose(machine::kernel_config(&kernel, &app_dir).as_deref()),
+    };
+    log::debug!("machine {}: {why}", machine.name());
+    let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(machine::host_tsc_khz).flatten();
+    let machine_words = machine::kernel_params(machine, accel, tsc_khz);
+    let results_words = results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default();
+    let append = kernel_cmdline(&args, &app_dir, &machine_words, results_words)?;
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let status_file = args.status.clone().unwrap_or_else(|| tmp.path().join("status.jsonl"));
     let spec = VmSpec {
@@ -174,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         memory_mib: args.memory,
         cpus: args.cpus,
         accel,
+        machine,
         status_file,
         net: user_net(results.as_ref().and_then(|r| r.net.clone()), ssh_port),
         shares: results.as_ref().map(|r| r.shares.clone()).unwrap_or_default(),
@@ -417,10 +434,11 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
 }
 
-/// console/panic/quiet, the app dir's cmdline, the options, the results parameters, the
-/// extra words.
-fn kernel_cmdline(args: &Args, app_dir: &Path, results: &[String]) -> anyhow::Result<String> {
+/// console/panic/quiet, the machine's words, the app dir's cmdline, the options, the
+/// results parameters, the extra words.
+fn kernel_cmdline(args: &Args, app_dir: &Path, machine: &[String], results: &[String]) -> anyhow::Result<String> {
     let mut words: Vec<String> = qemu::base_kernel_params(args.kernel_log).into_iter().map(String::from).collect();
+    words.extend(machine.iter().cloned());
     if args.ssh.is_some() {
         // QEMU user networking's guest address; before the app dir's cmdline and the
         // extra words, so an appIp there wins (the last one does).

@@ -2,6 +2,7 @@
 //! record the init wrote to the second serial port.
 
 pub mod console;
+pub mod machine;
 pub mod nfs;
 pub mod qemu;
 pub mod qmp;
@@ -324,6 +325,7 @@ mod tests {
             memory_mib: 64,
             cpus: 1,
             accel: qemu::Accel::Tcg,
+            machine: qemu::Machine::Pc,
             status_file: dir.join("status"),
             net: None,
             shares: vec![],

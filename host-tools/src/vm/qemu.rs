@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::host::process::find_program;
 
+pub use super::machine::Machine;
+
 /// How the guest CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -70,6 +72,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
+    /// The machine type (`super::machine::choose`).
+    pub machine: Machine,
     /// Where the guest's second serial port (the status record) goes.
     pub status_file: PathBuf,
     /// QEMU user-mode networking for the guest, if any.
@@ -120,12 +124,18 @@ pub struct PortToFile {
 /// Where the guest sees the host's loopback under user networking.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 
-/// The machine type. Measured under TCG with Debian's 6.1 cloud kernel and images/hello
-/// (wall time of three boots each): `pc` 2.62-2.76 s, `q35` 2.47-3.10 s, `microvm`
-/// 2.24-2.30 s. `microvm` has a single serial port (no status record) and occasionally
-/// hangs calibrating its clock without an HPET; `q35` emulates more chipset for nothing an
-/// appliance uses and varies more. `pc` (i440FX) it is.
-pub const MACHINE: &str = "pc";
+/// `-machine` for `machine`. `pc` (i440FX) for kernels that need PCI: measured under TCG
+/// with Debian's 6.1 cloud kernel and images/hello (wall time of three boots each), `pc`
+/// 2.62-2.76 s, `q35` 2.47-3.10 s (more chipset emulated for nothing an appliance uses,
+/// and more variance). `microvm` for the project's kernels (see `super::machine`);
+/// `pit=on`: the kernel calibrates its local APIC timer against the PIT, and without one
+/// it waits for ticks that never come.
+fn machine_arg(machine: Machine, accel: Accel) -> String {
+    match machine {
+        Machine::Pc => format!("pc,accel={}", accel.as_str()),
+        Machine::Microvm => format!("microvm,pit=on,accel={}", accel.as_str()),
+    }
+}
 
 /// Kernel parameters every `appliance run` passes before the appliance's own.
 pub fn base_kernel_params(verbose: bool) -> Vec<&'static str> {
@@ -150,7 +160,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     // No default devices (VGA, NIC, floppy, CD-ROM, parallel port): less to emulate
     // and probe at boot, and nothing the appliance did not ask for.
     push(&["-nodefaults", "-no-user-config"]);
-    push(&["-machine", &format!("{MACHINE},accel={}", spec.accel.as_str())]);
+    push(&["-machine", &machine_arg(spec.machine, spec.accel)]);
     if spec.accel == Accel::Kvm {
         // Under KVM the guest may use every feature of the host CPU.
         push(&["-cpu", "host"]);
@@ -162,7 +172,16 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     push(&["-chardev", "stdio,id=console,mux=on,signal=off"]);
     push(&["-serial", "chardev:console", "-mon", "chardev=console,mode=readline"]);
     // The second serial port (ttyS1) carries the init's status record to the host.
-    push(&["-serial", &format!("file:{}", spec.status_file.display())]);
+    // microvm has one ISA UART of its own; the second goes where a PC has it (COM2), so
+    // the kernel finds it as ttyS1 there too.
+    match spec.machine {
+        Machine::Pc => push(&["-serial", &format!("file:{}", spec.status_file.display())]),
+        Machine::Microvm => {
+            let path = spec.status_file.display().to_string().replace(',', ",,");
+            push(&["-chardev", &format!("file,id=status,path={path}")]);
+            push(&["-device", "isa-serial,chardev=status,iobase=0x2f8,irq=3"]);
+        }
+    }
     // A reboot ends the run instead of booting the appliance again (and a kernel panic,
     // with panic=-1, ends it too).
     push(&["-no-reboot"]);
@@ -173,28 +192,31 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         // virtio-net: the fastest NIC QEMU emulates, and the one both kernels drive
         // (built into ours, the virtio_net module in Debian's). Forwards listen on the
         // host's loopback only.
-        let mut nic = String::from("user,model=virtio-net-pci");
+        let mut user = String::from("user,id=net0");
+        for f in &net.forwards {
+            user.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        }
+        let mut nic = format!("{},netdev=net0", virtio(spec.machine, "net"));
         if let Some(mac) = &net.mac {
             nic.push_str(&format!(",mac={mac}"));
         }
-        for f in &net.forwards {
-            nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
-        }
-        push(&["-nic", &nic]);
+        push(&["-netdev", &user, "-device", &nic]);
     }
-    for share in &spec.shares {
+    for (i, share) in spec.shares.iter().enumerate() {
         // security_model=none: files keep the ownership of whoever runs QEMU; the guest
         // cannot change it. Good enough for results and data, and needs no root.
-        let mut dev = format!("local,path={},mount_tag={},security_model=none", share.path.display(), share.tag);
+        let path = share.path.display().to_string().replace(',', ",,");
+        let mut fs = format!("local,id=fs{i},path={path},security_model=none");
         if share.readonly {
-            dev.push_str(",readonly=on");
+            fs.push_str(",readonly=on");
         }
-        push(&["-virtfs", &dev]);
+        let dev = format!("{},fsdev=fs{i},mount_tag={}", virtio(spec.machine, "9p"), share.tag);
+        push(&["-fsdev", &fs, "-device", &dev]);
     }
     if !spec.ports.is_empty() {
         // virtio-serial rather than a third 16550: no per-byte emulation (over 100 MB/s
         // under TCG against a few for a UART), and the project's kernel has two UARTs only.
-        push(&["-device", "virtio-serial-pci,id=ports"]);
+        push(&["-device", &format!("{},id=ports", virtio(spec.machine, "serial"))]);
     }
     for (i, port) in spec.ports.iter().enumerate() {
         // QEMU's option syntax doubles a comma inside a value.
@@ -209,6 +231,14 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     }
     a.extend(spec.extra.iter().cloned());
     a
+}
+
+/// The QEMU device of virtio `kind` on `machine`: over PCI on pc, over MMIO on microvm.
+fn virtio(machine: Machine, kind: &str) -> String {
+    match machine {
+        Machine::Pc => format!("virtio-{kind}-pci"),
+        Machine::Microvm => format!("virtio-{kind}-device"),
+    }
 }
 
 /// `argv` as one line a shell would accept, for `--dry-run`.
@@ -238,6 +268,7 @@ mod tests {
             memory_mib: 256,
             cpus: 1,
             accel,
+            machine: Machine::Pc,
             status_file: "/tmp/s.jsonl".into(),
             net: None,
             shares: vec![],
@@ -275,14 +306,41 @@ mod tests {
         s.shares = vec![Share9p { tag: "results".into(), path: "/r".into(), readonly: false }];
         s.qmp = Some("/run/q.sock".into());
         let a = argv(&s);
+        assert_eq!(after(&a, "-netdev"), ["user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]);
+        assert_eq!(after(&a, "-nic"), ["user"]);
+        assert_eq!(after(&a, "-fsdev"), ["local,id=fs0,path=/r,security_model=none"]);
         assert_eq!(
-            after(&a, "-nic"),
-            ["user,model=virtio-net-pci,mac=52:54:00:00:00:01,hostfwd=tcp:127.0.0.1:2222-:22", "user"]
+            after(&a, "-device"),
+            ["virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01", "virtio-9p-pci,fsdev=fs0,mount_tag=results"]
         );
-        assert_eq!(after(&a, "-virtfs"), ["local,path=/r,mount_tag=results,security_model=none"]);
         assert_eq!(after(&a, "-qmp"), ["unix:/run/q.sock,server=on,wait=off"]);
-        assert!(after(&argv(&spec(Accel::Tcg)), "-nic") == ["user"]);
-        assert!(after(&a, "-device").is_empty() && after(&a, "-chardev") == ["stdio,id=console,mux=on,signal=off"]);
+        assert!(after(&argv(&spec(Accel::Tcg)), "-netdev").is_empty());
+        assert_eq!(after(&a, "-chardev"), ["stdio,id=console,mux=on,signal=off"]);
+    }
+
+    #[test]
+    fn microvm_has_its_status_port_at_com2_and_virtio_over_mmio() {
+        let mut s = spec(Accel::Tcg);
+        s.machine = Machine::Microvm;
+        s.net = Some(UserNet::default());
+        s.shares = vec![Share9p { tag: "results".into(), path: "/r".into(), readonly: true }];
+        s.ports = vec![PortToFile { name: "p".into(), path: "/p".into() }];
+        let a = argv(&s);
+        assert_eq!(after(&a, "-machine"), ["microvm,pit=on,accel=tcg"]);
+        assert_eq!(after(&a, "-serial"), ["chardev:console"]);
+        assert_eq!(after(&a, "-chardev")[1], "file,id=status,path=/tmp/s.jsonl");
+        assert_eq!(after(&a, "-fsdev"), ["local,id=fs0,path=/r,security_model=none,readonly=on"]);
+        assert_eq!(
+            after(&a, "-device"),
+            [
+                "isa-serial,chardev=status,iobase=0x2f8,irq=3",
+                "virtio-net-device,netdev=net0",
+                "virtio-9p-device,fsdev=fs0,mount_tag=results",
+                "virtio-serial-device,id=ports",
+                "virtserialport,bus=ports.0,chardev=port0,name=p",
+            ]
+        );
+        assert!(!a.iter().any(|w| w.contains("pci")), "{a:?}");
     }
 
     #[test]

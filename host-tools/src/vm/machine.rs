@@ -1,0 +1,243 @@
+//! Which QEMU machine an appliance boots on, and the kernel words that machine needs.
+//!
+//! `microvm` has no PCI bus, no legacy chipset and little ACPI: nothing to probe, so a
+//! kernel gets to `/init` sooner (its devices are virtio over MMIO, found through ACPI).
+//! It needs a kernel with those drivers built in, which the project's kernels have and
+//! Debian's cloud kernel has not (`virtio_mmio` is a module there): for such kernels, and
+//! whenever the kernel's configuration is unknown, the machine stays `pc`. The choice is
+//! made from the configuration the kernel was built with (`config` beside a kernel of
+//! `appliance kernel build`, found through the app dir's `appliance.json` for an app dir's
+//! `vmlinuz`).
+//!
+//! Under TCG, microvm's clock setup hangs now and then: with no HPET and no PM timer the
+//! kernel calibrates the TSC against the PIT, emulated with too much jitter to pass, marks
+//! the TSC unstable and stalls. The TSC of a TCG guest is the host's own counter (QEMU
+//! reads it with `rdtsc`), so the host measures its frequency and hands it over with
+//! `tsc_early_khz=`: no calibration at all, and nothing left to hang. `tests/bench/boot.sh`
+//! boots it hundreds of times to show it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::qemu::Accel;
+
+/// A QEMU machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// i440FX with PCI, ACPI and the legacy devices: boots any kernel.
+    Pc,
+    /// Virtio over MMIO, one ISA serial port plus ours, ACPI for the power button.
+    Microvm,
+}
+
+impl Machine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Microvm => "microvm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Machine> {
+        match name {
+            "pc" => Some(Machine::Pc),
+            "microvm" => Some(Machine::Microvm),
+            _ => None,
+        }
+    }
+}
+
+/// Options a kernel must have built in (`=y`) to run on microvm as it runs on pc: the
+/// virtio-MMIO transport, the UARTs of the console and the status record, and ACPI for
+/// the power button `appliance stop` presses (microvm has no PC keyboard for Ctrl-Alt-Del).
+pub const MICROVM_NEEDS: [&str; 4] = ["CONFIG_VIRTIO_MMIO", "CONFIG_SERIAL_8250", "CONFIG_ACPI", "CONFIG_ACPI_BUTTON"];
+
+/// The machine for a kernel built with `config` (the text of its `.config`; `None` when
+/// unknown), and why.
+pub fn choose(config: Option<&str>) -> (Machine, String) {
+    let Some(config) = config else {
+        return (Machine::Pc, "the kernel's configuration is unknown: pc boots any kernel".into());
+    };
+    let missing: Vec<&str> = MICROVM_NEEDS.iter().copied().filter(|o| !built_in(config, o)).collect();
+    if missing.is_empty() {
+        (Machine::Microvm, "the kernel has virtio-MMIO, the UARTs and ACPI built in".into())
+    } else {
+        (Machine::Pc, format!("the kernel lacks {} built in, which microvm needs", missing.join(", ")))
+    }
+}
+
+fn built_in(config: &str, option: &str) -> bool {
+    config.lines().any(|l| l.strip_prefix(option).and_then(|rest| rest.strip_prefix('=')) == Some("y"))
+}
+
+/// The configuration `kernel` was built with, when the project built it: the `config`
+/// file beside it, or, for an app dir's `vmlinuz` (a link or a copy), beside the kernel
+/// its `appliance.json` names.
+pub fn kernel_config(kernel: &Path, app_dir: &Path) -> Option<String> {
+    let beside = |k: &Path| -> Option<String> {
+        let real = k.canonicalize().ok()?;
+        std::fs::read_to_string(real.parent()?.join("config")).ok()
+    };
+    if let Some(text) = beside(kernel) {
+        return Some(text);
+    }
+    let same_file = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    if !same_file(kernel, &app_dir.join("vmlinuz")) {
+        return None;
+    }
+    let json = std::fs::read_to_string(app_dir.join("appliance.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+    let named = Path::new(value.get("kernel")?.as_str()?);
+    // The app dir's kernel must still be that one (same size), not a replaced vmlinuz.
+    let len = |p: &Path| std::fs::metadata(p).ok().map(|m| m.len());
+    (len(named) == len(kernel)).then(|| beside(named)).flatten()
+}
+
+/// Kernel words for `machine` under `accel`, each with its reason. `tsc_khz` is the
+/// host's TSC frequency (see `host_tsc_khz`).
+pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>) -> Vec<String> {
+    let mut words = vec![
+        // The kernel checks that the IO-APIC delivers the PIT's timer interrupt by waiting
+        // for ticks; under TCG on a loaded host that check can fail and panic ("IO-APIC +
+        // timer doesn't work"). QEMU's interrupt routing is known to work.
+        "no_timer_check".to_string(),
+        // Grace periods of RCU expedited until the kernel starts /init, normal after.
+        // Under TCG a normal grace period during the boot costs hundreds of milliseconds
+        // (waiting for ticks); later, expedited ones would disturb the application.
+        "rcupdate.rcu_expedited=1".to_string(),
+        "rcupdate.rcu_normal_after_boot=1".to_string(),
+    ];
+    if machine == Machine::Microvm {
+        // No PCI bus to look for (the kernel would print "PCI: Fatal: No config space
+        // access function found"): every device is on MMIO.
+        words.push("pci=off".to_string());
+    }
+    if let (Machine::Microvm, Accel::Tcg, Some(khz)) = (machine, accel, tsc_khz) {
+        // See the module's comment: no TSC calibration, which can hang on microvm.
+        words.push(format!("tsc_early_khz={khz}"));
+        // The TSC is the only clock there; nothing to watch it against.
+        words.push("tsc=reliable".to_string());
+    }
+    words
+}
+
+/// The host's TSC frequency in kHz, measured against the monotonic clock over a few
+/// milliseconds (the best of three, which a preemption in between cannot spoil). `None`
+/// when the CPU has no invariant TSC or this is not x86-64.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    // Without a constant, non-stop TSC the guest's clock would drift with the host's
+    // frequency scaling.
+    if !["constant_tsc", "nonstop_tsc"].iter().all(|f| flags.split_whitespace().any(|x| x == *f)) {
+        return None;
+    }
+    let mut best: Option<(u64, Duration)> = None;
+    for _ in 0..3 {
+        let (ticks, spent, window) = measure(Duration::from_millis(8))?;
+        // The sample whose clock reads took least time around the window is the truest.
+        if best.is_none_or(|(_, w)| window < w) {
+            best = Some((ticks * 1_000_000 / u64::try_from(spent.as_nanos()).ok()?.max(1), window));
+        }
+    }
+    best.map(|(khz, _)| khz)
+}
+
+/// TSC ticks over about `span`, the time they took, and how long the bracketing reads
+/// took (the uncertainty).
+#[cfg(target_arch = "x86_64")]
+fn measure(span: Duration) -> Option<(u64, Duration, Duration)> {
+    // Reading the TSC is one instruction with no crate around it; `_rdtsc` is safe to
+    // call on every x86-64 CPU (the instruction is part of the base architecture).
+    let tsc = || {
+        // SAFETY: rdtsc has no preconditions on x86-64 and touches no memory.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    };
+    let t0 = Instant::now();
+    let c0 = tsc();
+    let t0b = Instant::now();
+    while t0.elapsed() < span {
+        std::hint::spin_loop();
+    }
+    let t1 = Instant::now();
+    let c1 = tsc();
+    let t1b = Instant::now();
+    let spent = t1.duration_since(t0);
+    Some((c1.checked_sub(c0)?, spent, (t0b - t0) + (t1b - t1)))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure(_span: Duration) -> Option<(u64, Duration, Duration)> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "CONFIG_VIRTIO_MMIO=y\nCONFIG_SERIAL_8250=y\nCONFIG_ACPI=y\nCONFIG_ACPI_BUTTON=y\n";
+
+    #[test]
+    fn microvm_only_for_kernels_with_its_drivers_built_in() {
+        assert_eq!(choose(Some(OURS)).0, Machine::Microvm);
+        assert_eq!(choose(None).0, Machine::Pc);
+        let debian = OURS.replace("CONFIG_VIRTIO_MMIO=y", "CONFIG_VIRTIO_MMIO=m");
+        let (m, why) = choose(Some(&debian));
+        assert_eq!(m, Machine::Pc);
+        assert!(why.contains("CONFIG_VIRTIO_MMIO"), "{why}");
+        let (m, why) = choose(Some("CONFIG_SERIAL_8250=y\n# CONFIG_ACPI is not set\n"));
+        assert_eq!(m, Machine::Pc);
+        assert!(why.contains("CONFIG_VIRTIO_MMIO, CONFIG_ACPI, CONFIG_ACPI_BUTTON"), "{why}");
+        // A prefix of another option is not that option.
+        assert_eq!(choose(Some(&OURS.replace("CONFIG_ACPI=y\n", "CONFIG_ACPI_X=y\n"))).0, Machine::Pc);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in [Machine::Pc, Machine::Microvm] {
+            assert_eq!(Machine::from_name(m.name()), Some(m));
+        }
+        assert_eq!(Machine::from_name("q35"), None);
+    }
+
+    #[test]
+    fn the_tsc_frequency_goes_to_microvm_under_tcg_only() {
+        let with = |m, a| kernel_params(m, a, Some(2_300_000));
+        assert!(with(Machine::Microvm, Accel::Tcg).contains(&"tsc_early_khz=2300000".to_string()));
+        assert!(!with(Machine::Pc, Accel::Tcg).iter().any(|w| w.starts_with("tsc")));
+        assert!(!with(Machine::Microvm, Accel::Kvm).iter().any(|w| w.starts_with("tsc")));
+        assert!(with(Machine::Pc, Accel::Kvm).contains(&"no_timer_check".to_string()));
+    }
+
+    #[test]
+    fn config_is_found_beside_the_kernel_or_through_appliance_json() {
+        let tmp = tempfile::tempdir().unwrap();
+        let built = tmp.path().join("build");
+        std::fs::create_dir(&built).unwrap();
+        std::fs::write(built.join("bzImage"), b"kernel").unwrap();
+        std::fs::write(built.join("config"), OURS).unwrap();
+        assert_eq!(kernel_config(&built.join("bzImage"), tmp.path()).as_deref(), Some(OURS));
+        let app = tmp.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("vmlinuz"), b"kernel").unwrap();
+        let json = serde_json::json!({ "kernel": built.join("bzImage") }).to_string();
+        std::fs::write(app.join("appliance.json"), json).unwrap();
+        assert_eq!(kernel_config(&app.join("vmlinuz"), &app).as_deref(), Some(OURS));
+        // A vmlinuz replaced by another kernel is not the one appliance.json names.
+        std::fs::write(app.join("vmlinuz"), b"another kernel").unwrap();
+        assert_eq!(kernel_config(&app.join("vmlinuz"), &app), None);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_host_tsc_frequency_is_measured_when_the_tsc_is_invariant() {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap();
+        let invariant = ["constant_tsc", "nonstop_tsc"].iter().all(|f| flags.split_whitespace().any(|x| x == *f));
+        let khz = host_tsc_khz();
+        assert_eq!(khz.is_some(), invariant, "{khz:?}");
+        if let Some(khz) = khz {
+            assert!((100_000..20_000_000).contains(&khz), "{khz} kHz");
+        }
+    }
+}

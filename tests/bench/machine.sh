@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Boot-time benchmark of the machine choice: images/hello on the project's kernel, booted
+# on `pc` as before and on `microvm` as `appliance run` now chooses, in the same run on the
+# same machine; Debian's cloud kernel for the init's share; and hundreds of microvm boots
+# that count hangs. It prints figures against the targets; it is not a test, so a missed
+# target does not fail it (a build that fails does). Every boot has a time bound.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: tests/bench/machine.sh [-h] [--no-build]
+
+  1. BENCH_RUNS boots each, alternating, of images/hello on the project's kernel:
+     - "before": `--machine pc` with RCU grace periods left normal during the boot
+       (rcupdate.rcu_expedited=0), as `appliance run` booted before it chose machines;
+     - "now": what `appliance run` does by default (microvm for this kernel);
+     guest time from kernel start to /init (the status record's `init` event), from
+     /init to the start of /app/run, and the wall time of `appliance run`.
+  2. BENCH_RUNS boots of images/hello on Debian's cloud kernel (pc): /init -> /app/run.
+  3. BENCH_HANG_RUNS boots on microvm with a bound of BENCH_HANG_TIMEOUT s each: how many
+     did not end with hello's status 0 (hangs, panics), and the slowest.
+  4. With BENCH_VNG=1: `vng --exec true` (virtme-ng) on the host's kernel, when `vng` is
+     installed (pip install virtme-ng), next to `appliance run` of the same kernel.
+
+Targets (TCG): kernel start -> /init <= 400 ms and wall <= 1.0 s on the project's kernel;
+/init -> /app/run <= 20 ms on Debian's cloud kernel; no hang in BENCH_HANG_RUNS boots.
+
+Options:
+  -h, --help   this text
+  --no-build   use target/release and the cached kernel instead of building them
+
+Environment:
+  BENCH_RUNS          timed boots per design (default 7)
+  BENCH_HANG_RUNS     boots of the hang count (default 200; 0 skips it)
+  BENCH_HANG_TIMEOUT  seconds before one of them counts as hung (default 30)
+  BENCH_TIMEOUT       seconds before a timed boot is killed and the benchmark fails (default 120)
+  BENCH_SERIES        series of the project's kernel (default 6.1)
+  BENCH_VNG           1 to compare with virtme-ng's `vng --exec` (default 0)
+
+Progress goes to stderr, the table to stdout. Temporary files live in a mktemp directory
+removed on exit.
+EOF
+}
+
+bench=machine.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_args "$@"
+((${#bench_rest[@]} == 0)) || { say "unknown argument: ${bench_rest[0]} (see -h)"; exit 2; }
+
+runs=${BENCH_RUNS:-7}
+hang_runs=${BENCH_HANG_RUNS:-200}
+hang_timeout=${BENCH_HANG_TIMEOUT:-30}
+timeout=${BENCH_TIMEOUT:-120}
+series=${BENCH_SERIES:-6.1}
+bench_positive "BENCH_RUNS=$runs" "BENCH_HANG_TIMEOUT=$hang_timeout" "BENCH_TIMEOUT=$timeout"
+[[ $hang_runs == 0 ]] || bench_positive "BENCH_HANG_RUNS=$hang_runs"
+
+readonly K2I_TARGET_US=400000 WALL_TARGET_US=1000000 I2R_TARGET_US=20000
+# What made boots on pc slow before, cancelled again for the "before" column.
+readonly BEFORE=(--machine pc -- rcupdate.rcu_expedited=0 rcupdate.rcu_normal_after_boot=0)
+
+bench_tmp
+bench_build
+((build)) && say "appliance kernel build --series $series (cached after the first build)"
+kernel=$("$appliance" kernel build --series "$series")
+say "building images/hello on the project's kernel and on Debian's"
+"$appliance" build -q --kernel "$kernel" -o "$tmp/ours" images/hello > /dev/null
+"$appliance" build -q -o "$tmp/debian" images/hello > /dev/null
+
+# t_us of the first status event of kind $2 (and phase $3) in file $1, or nothing.
+event_t_us() {
+    local line
+    [[ -f $1 ]] || return 0
+    while IFS= read -r line; do
+        [[ $line == *\"event\":\"$2\"* ]] || continue
+        [[ -z ${3-} || $line == *\"phase\":\"$3\"* ]] || continue
+        if [[ $line =~ \"t_us\":([0-9]+) ]]; then
+            echo "${BASH_REMATCH[1]}"
+            return
+        fi
+    done < "$1"
+}
+
+# boot NAME APPDIR [ARGS...]: one timed run; appends to NAME_{k2i,i2r,wall}.
+boot() {
+    local name=$1 dir=$2
+    shift 2
+    local status=$tmp/$name.status.jsonl log=$tmp/$name.console.log
+    local start=$EPOCHREALTIME rc=0
+    "$appliance" run "$dir" --accel tcg --timeout "$timeout" --status "$status" "$@" \
+        < /dev/null > "$log" 2>&1 || rc=$?
+    local end=$EPOCHREALTIME t_init t_run
+    t_init=$(event_t_us "$status" init)
+    t_run=$(event_t_us "$status" phase_start run)
+    if ((rc != 0)) || [[ -z $t_init || -z $t_run ]]; then
+        say "$name: appliance run exited with $rc; init=${t_init:-missing}, run=${t_run:-missing}. Console:"
+        tail -n 30 "$log" >&2
+        exit 1
+    fi
+    eval "${name}_k2i+=($t_init) ${name}_i2r+=($((t_run - t_init))) ${name}_wall+=($((${end/./} - ${start/./})))"
+}
+
+before_k2i=() before_i2r=() before_wall=() now_k2i=() now_i2r=() now_wall=()
+debian_k2i=() debian_i2r=() debian_wall=()
+for ((i = 1; i <= runs; i++)); do
+    say "run $i/$runs: before (pc)"
+    boot before "$tmp/ours" "${BEFORE[@]}"
+    say "run $i/$runs: now ($("$appliance" run "$tmp/ours" --accel tcg --dry-run | grep -o 'microvm\|-machine pc' | head -n 1))"
+    boot now "$tmp/ours"
+    say "run $i/$runs: Debian's cloud kernel"
+    boot debian "$tmp/debian"
+done
+
+# --- hangs --------------------------------------------------------------------------------------
+failed=0 slowest=0
+for ((i = 1; i <= hang_runs; i++)); do
+    ((i % 20 == 1)) && say "hang count: boot $i/$hang_runs"
+    start=$EPOCHREALTIME rc=0
+    "$appliance" run "$tmp/ours" --accel tcg --timeout "$hang_timeout" --stop-grace 5 \
+        < /dev/null > "$tmp/hang.log" 2>&1 || rc=$?
+    us=$((${EPOCHREALTIME/./} - ${start/./}))
+    ((us > slowest)) && slowest=$us
+    if ((rc != 0)); then
+        failed=$((failed + 1))
+        cp "$tmp/hang.log" "$tmp/hang-$i.log"
+        say "boot $i ended with $rc (124: not done in ${hang_timeout} s):"
+        tail -n 15 "$tmp/hang.log" >&2
+    fi
+done
+
+# --- virtme-ng ----------------------------------------------------------------------------------
+vng_wall="" vng_ours_wall="" vng_kernel=""
+if [[ ${BENCH_VNG:-0} == 1 ]]; then
+    if command -v vng > /dev/null; then
+        vng_kernel=/boot/vmlinuz-$(uname -r)
+        say "vng --exec true on $vng_kernel"
+        start=$EPOCHREALTIME
+        timeout 300 vng --run "$vng_kernel" --disable-kvm --exec true < /dev/null > "$tmp/vng.log" 2>&1 ||
+            { say "vng failed:"; tail -n 20 "$tmp/vng.log" >&2; }
+        vng_wall=$((${EPOCHREALTIME/./} - ${start/./}))
+        start=$EPOCHREALTIME
+        "$appliance" run "$tmp/debian" --kernel "$vng_kernel" --accel tcg --timeout "$timeout" \
+            < /dev/null > "$tmp/vng-ours.log" 2>&1 || say "appliance run on $vng_kernel failed"
+        vng_ours_wall=$((${EPOCHREALTIME/./} - ${start/./}))
+    else
+        say "BENCH_VNG=1 but vng is not installed (pip install virtme-ng): skipping the comparison"
+    fi
+fi
+
+# --- the table ----------------------------------------------------------------------------------
+stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
+    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    print m, v[1], v[NR] }'; }
+ms() { read -r m lo hi <<< "$(stats "$@")"; awk -v a="$m" -v b="$lo" -v c="$hi" 'BEGIN { printf "%.0f ms (%.0f-%.0f)", a / 1e3, b / 1e3, c / 1e3 }'; }
+secs() { read -r m lo hi <<< "$(stats "$@")"; awk -v a="$m" -v b="$lo" -v c="$hi" 'BEGIN { printf "%.2f s (%.2f-%.2f)", a / 1e6, b / 1e6, c / 1e6 }'; }
+median() { stats "$@" | cut -d' ' -f1; }
+verdict() { if awk "BEGIN { exit !($1) }" < /dev/null; then echo "met"; else echo "NOT MET"; fi; }
+row() { printf '%-28s | %-24s | %-24s | %-24s | %s\n' "$@"; }
+
+printf '\nBoot benchmark: images/hello, %s boots each, alternating; TCG; QEMU %s\n' "$runs" \
+    "$(qemu-system-x86_64 --version | head -n 1 | sed 's/.*version \([^ ]*\).*/\1/')"
+printf 'median (min-max); guest times are CLOCK_BOOTTIME from the status record\n\n'
+row "" "before: pc, $series" "now: default, $series" "Debian cloud (pc)" "target / result"
+row "kernel start -> /init" "$(ms "${before_k2i[@]}")" "$(ms "${now_k2i[@]}")" "$(ms "${debian_k2i[@]}")" \
+    "<= 400 ms: $(verdict "$(median "${now_k2i[@]}") <= $K2I_TARGET_US")"
+row "/init -> start of /app/run" "$(ms "${before_i2r[@]}")" "$(ms "${now_i2r[@]}")" "$(ms "${debian_i2r[@]}")" \
+    "<= 20 ms on Debian's: $(verdict "$(median "${debian_i2r[@]}") <= $I2R_TARGET_US")"
+row "appliance run, wall" "$(secs "${before_wall[@]}")" "$(secs "${now_wall[@]}")" "$(secs "${debian_wall[@]}")" \
+    "<= 1.0 s: $(verdict "$(median "${now_wall[@]}") <= $WALL_TARGET_US")"
+echo
+if ((hang_runs > 0)); then
+    printf 'hangs: %d of %d boots on the default machine did not end with status 0 within %d s (slowest %.2f s): %s\n' \
+        "$failed" "$hang_runs" "$hang_timeout" "$(awk -v a="$slowest" 'BEGIN { print a / 1e6 }')" \
+        "$(verdict "$failed == 0")"
+fi
+if [[ -n $vng_wall ]]; then
+    printf 'vng --exec true on %s: %.2f s; appliance run images/hello on the same kernel: %.2f s (%.1fx)\n' \
+        "$vng_kernel" "$(awk -v a="$vng_wall" 'BEGIN { print a / 1e6 }')" \
+        "$(awk -v a="$vng_ours_wall" 'BEGIN { print a / 1e6 }')" \
+        "$(awk -v a="$vng_wall" -v b="$vng_ours_wall" 'BEGIN { print a / b }')"
+fi
