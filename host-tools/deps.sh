@@ -18,6 +18,8 @@
 #   - qemu-utils (qemu-img), ovmf (UEFI firmware), systemd-boot-efi (the EFI stub of a
 #     unified kernel image), binutils (objcopy): `appliance image` writes and converts
 #     disk images, `appliance run DISK` boots them (tests/image.rs)
+#   - pxelinux, syslinux-common: `appliance netboot` copies PXELINUX into boot trees;
+#     ipxe-qemu: the boot ROMs of QEMU's NICs, which tests/netboot.rs boots from
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -52,6 +54,9 @@ appliance_install_deps() {
     [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
     [ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || missing+=(systemd-boot-efi)
     command -v objcopy >/dev/null || missing+=(binutils)
+    [ -e /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
+    [ -e /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
+    [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || missing+=(ipxe-qemu)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

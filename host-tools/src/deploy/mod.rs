@@ -8,4 +8,5 @@
 
 pub mod cmdline;
 pub mod disk;
+pub mod netboot;
 pub mod uki;
