@@ -17,6 +17,11 @@
 #     temporary policy-rc.d forbids it (a host sshd on port 22 would not disturb the
 #     tests, which forward free loopback ports, but a CI machine needs no open port).
 #   - mmdebstrap: `appliance root create` makes reference roots with it (tests/root.rs)
+#   - qemu-utils (qemu-img), ovmf (UEFI firmware), systemd-boot-efi (the EFI stub of a
+#     unified kernel image), binutils (objcopy): `appliance image` writes and converts
+#     disk images, `appliance run DISK` boots them (tests/image.rs)
+#   - pxelinux, syslinux-common: `appliance netboot` copies PXELINUX into boot trees;
+#     ipxe-qemu: the boot ROMs of QEMU's NICs, which tests/netboot.rs boots from
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -47,6 +52,13 @@ appliance_install_deps() {
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     { [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null; } || missing+=(dropbear-bin)
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    command -v qemu-img >/dev/null || missing+=(qemu-utils)
+    [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)
+    [ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || missing+=(systemd-boot-efi)
+    command -v objcopy >/dev/null || missing+=(binutils)
+    [ -e /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
+    [ -e /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
+    [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || missing+=(ipxe-qemu)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cmds::join_cmds;
 use crate::results::{DEFAULT_RESULTS_DIR, ResultsTo};
-use crate::value::{End, IpCidr, LogLevel, MacAddr};
+use crate::value::{End, IpCidr, LogLevel, MacAddr, StatusPort};
 use crate::words::join_words;
 
 /// The application directory and its files, fixed by the protocol.
@@ -78,6 +78,8 @@ pub struct Config {
     /// instead of reaching the later ones (see `docs/protocol.md`, "Carrying variables").
     /// Inverted so that the default, carrying them as the original did, is `false`.
     pub no_carry_env: bool,
+    /// `appStatus`: the port of the status record.
+    pub status_port: StatusPort,
 }
 
 impl Config {

@@ -43,7 +43,9 @@ pub use render::{check_len, render_param};
 pub use results::{
     DEFAULT_RESULTS_DIR, NFS_REQUEST_LIMIT_S, NFS_TIMEOUTS, ResultsTo, is_valid_results_dir, is_valid_run_id,
 };
-pub use value::{DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, is_valid_module, is_valid_node};
+pub use value::{
+    DEFAULT_PREFIX, End, IpCidr, LogLevel, MacAddr, STATUS_PORT_NAME, StatusPort, is_valid_module, is_valid_node,
+};
 pub use words::{Words, join_words, quote_word, split_words};
 
 /// The longest command line the kernel takes: x86's `COMMAND_LINE_SIZE` is 2048 including

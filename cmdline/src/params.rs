@@ -265,6 +265,14 @@ pub(crate) const PARAMS: &[Param] = &[
         check: |_| valid(),
         render: |c| c.no_carry_env.then(|| Rendered::Value("0".to_owned())),
     },
+    Param {
+        key: "appStatus",
+        reset: |c| c.status_port = Default::default(),
+        bare: None,
+        parse: |c, v| v.parse().map(|p| c.status_port = p),
+        check: |_| valid(),
+        render: |c| (c.status_port != Default::default()).then(|| Rendered::Value(c.status_port.to_string())),
+    },
 ];
 
 /// Every parameter name, in the order of the table. `appCmd` is the original's alias of

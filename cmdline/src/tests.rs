@@ -313,7 +313,7 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1 appRunTimeout=600 appCarryEnv=0",
+         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -342,10 +342,11 @@ fn every_parameter() {
         run_id: Some("run-1".into()),
         run_timeout: Some(600),
         no_carry_env: true,
+        status_port: StatusPort::Serial(0),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 22);
+    assert_eq!(KNOWN_KEYS.len(), 23);
 }
 
 #[test]
@@ -517,18 +518,23 @@ fn arb_config() -> impl Strategy<Value = Config> {
     let run_id = prop::option::of("[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}");
     let results_dir = prop::option::of("/[A-Za-z0-9/._-]{0,20}");
     let run_timeout = prop::option::of(1u32..);
-    let extra = (run_timeout, any::<bool>());
+    let status_port =
+        prop_oneof![(0u8..=31).prop_map(StatusPort::Serial), Just(StatusPort::Virtio), Just(StatusPort::None)];
+    let extra = (run_timeout, any::<bool>(), status_port);
     (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir, extra).prop_map(
-        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, (run_timeout, no_carry_env))| Config {
-            gateway,
-            dhcp: dhcp && c.ip.is_none(),
-            net_down,
-            results_to,
-            run_id,
-            results_dir,
-            run_timeout,
-            no_carry_env,
-            ..c
+        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, (run_timeout, no_carry_env, status_port))| {
+            Config {
+                gateway,
+                dhcp: dhcp && c.ip.is_none(),
+                net_down,
+                results_to,
+                run_id,
+                results_dir,
+                run_timeout,
+                no_carry_env,
+                status_port,
+                ..c
+            }
         },
     )
 }

@@ -83,6 +83,74 @@ impl FromStr for End {
     }
 }
 
+/// Where the init writes the status record (`appStatus`).
+/// Written and read as on the command line (`ttyS1`, `virtio`, `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatusPort {
+    /// A serial port, `/dev/ttyS<N>`: the second one by default, the first on a machine
+    /// with one serial line (where the record shares the console with the phases' output).
+    Serial(u8),
+    /// A virtio-serial port named [`STATUS_PORT_NAME`].
+    Virtio,
+    /// No record at all.
+    None,
+}
+
+/// The name of the virtio-serial port of `appStatus=virtio`.
+pub const STATUS_PORT_NAME: &str = "appliance.status";
+
+/// The serial ports `appStatus` accepts: as many as the kernel's 8250 driver registers by
+/// default at most (`CONFIG_SERIAL_8250_RUNTIME_UARTS` is 4 in Debian's kernels, 32 the
+/// driver's maximum).
+const MAX_SERIAL: u8 = 31;
+
+const STATUS_EXPECTED: &str = "ttyS0 to ttyS31, virtio or none";
+
+impl Default for StatusPort {
+    fn default() -> Self {
+        StatusPort::Serial(1)
+    }
+}
+
+impl StatusPort {
+    /// The device the record is written to; `None` for [`StatusPort::None`] and for
+    /// [`StatusPort::Virtio`], which the init finds by its name.
+    pub fn serial_device(self) -> Option<String> {
+        match self {
+            StatusPort::Serial(n) => Some(alloc::format!("/dev/ttyS{n}")),
+            StatusPort::Virtio | StatusPort::None => None,
+        }
+    }
+}
+
+impl fmt::Display for StatusPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StatusPort::Serial(n) => write!(f, "ttyS{n}"),
+            StatusPort::Virtio => f.write_str("virtio"),
+            StatusPort::None => f.write_str("none"),
+        }
+    }
+}
+
+impl FromStr for StatusPort {
+    type Err = Error;
+
+    /// `ttyS<N>` (digits only, no leading zero), `virtio`, `none`; case-sensitive like the
+    /// device names.
+    fn from_str(s: &str) -> Result<StatusPort, Error> {
+        let serial = s.strip_prefix("ttyS").filter(|n| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'))
+        });
+        match (s, serial.and_then(|n| n.parse::<u8>().ok())) {
+            ("virtio", _) => Ok(StatusPort::Virtio),
+            ("none", _) => Ok(StatusPort::None),
+            (_, Some(n)) if n <= MAX_SERIAL => Ok(StatusPort::Serial(n)),
+            _ => Err(invalid("appStatus", s, STATUS_EXPECTED)),
+        }
+    }
+}
+
 /// The init's log level (`appLog`); the init's default is `info`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -228,6 +296,7 @@ macro_rules! serde_as_string {
 
 serde_as_string!(MacAddr);
 serde_as_string!(IpCidr);
+serde_as_string!(StatusPort);
 
 /// `appNode`: 1 to 64 (the kernel's HOST_NAME_MAX) of `A-Z a-z 0-9 - _ .`.
 pub fn is_valid_node(s: &str) -> bool {
@@ -257,6 +326,27 @@ pub fn is_valid_module(name: &str) -> bool {
 mod tests {
     use super::*;
     use alloc::format;
+
+    #[test]
+    fn status_ports_parse_and_print_back() {
+        for (text, port) in [
+            ("ttyS0", StatusPort::Serial(0)),
+            ("ttyS1", StatusPort::Serial(1)),
+            ("ttyS31", StatusPort::Serial(31)),
+            ("virtio", StatusPort::Virtio),
+            ("none", StatusPort::None),
+        ] {
+            assert_eq!(text.parse::<StatusPort>().unwrap(), port, "{text}");
+            assert_eq!(port.to_string(), text);
+        }
+        for bad in ["", "ttyS", "ttyS32", "ttyS01", "ttyS+1", "ttyS1 ", "tty1", "hvc0", "Virtio", "NONE", "ttyS256"] {
+            let e = bad.parse::<StatusPort>().unwrap_err();
+            assert!(format!("{e}").contains("ttyS0 to ttyS31, virtio or none"), "{bad}: {e}");
+        }
+        assert_eq!(StatusPort::default(), StatusPort::Serial(1));
+        assert_eq!(StatusPort::Serial(0).serial_device().as_deref(), Some("/dev/ttyS0"));
+        assert_eq!(StatusPort::Virtio.serial_device(), None);
+    }
 
     #[test]
     fn end_parses_case_insensitively_with_bash_alias() {

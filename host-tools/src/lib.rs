@@ -12,7 +12,9 @@
 //! - [`image`]: the manifest, host files into an archive, and the builder of an app dir,
 //!   with the SSH server half;
 //! - [`vm`]: QEMU, a running VM, QMP and stop, the status record, the SSH client half,
-//!   results and their NFS server.
+//!   results and their NFS server;
+//! - [`deploy`]: an app dir beyond `appliance run`: its kernel command line, unified kernel
+//!   images and bootable disk images.
 //!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
 //! the exceptions are [`trace`] chrooting into a reference root other than `/`, making
@@ -20,6 +22,7 @@
 //! server of [`vm::nfs`].
 
 pub mod archive;
+pub mod deploy;
 pub mod host;
 pub mod image;
 pub mod kernel;

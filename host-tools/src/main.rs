@@ -39,6 +39,8 @@ struct Cli {
 enum Command {
     Build(commands::build::Args),
     Run(commands::run::Args),
+    Image(commands::image::Args),
+    Netboot(commands::netboot::Args),
     Stop(commands::stop::Args),
     Ssh(commands::ssh::Args),
     Kernel(commands::kernel::Args),
@@ -64,6 +66,8 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Image(args) => commands::image::run(args),
+        Command::Netboot(args) => commands::netboot::run(args),
         Command::Stop(args) => commands::stop::run(args),
         Command::Ssh(args) => commands::ssh::run(args),
         Command::Kernel(args) => commands::kernel::run(args),

@@ -10,9 +10,11 @@ extern crate alloc;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use appliance_cmdline::modules::{BUILTIN_FILE, DEP_FILE, NIC_MODULES, ORDER_FILE, parse_builtin, parse_dep};
+use appliance_cmdline::modules::{
+    BUILTIN_FILE, DEP_FILE, NIC_MODULES, ORDER_FILE, PORT_MODULES, parse_builtin, parse_dep,
+};
 use appliance_cmdline::status::{Event, STATUS_VERSION};
-use appliance_cmdline::{APP_DIR, Config, End};
+use appliance_cmdline::{APP_DIR, Config, End, STATUS_PORT_NAME, StatusPort};
 use appliance_init::console::Describe;
 use appliance_init::plan::{self, AppPaths, ImageFacts};
 use appliance_init::rt::Args;
@@ -27,8 +29,9 @@ use rustix::system::RebootCommand;
 appliance_init::entry!(main);
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The second serial port carries the status record to the host.
-const STATUS_PORT: &str = "/dev/ttyS1";
+/// How long `appStatus=virtio` waits for the host to announce the port: as long as the
+/// results step waits for its own.
+const STATUS_PORT_WAIT: core::time::Duration = core::time::Duration::from_secs(10);
 
 fn main(args: Args) -> ! {
     if rustix::process::getpid().is_init() { pid1() } else { supervise(&args) }
@@ -40,7 +43,7 @@ fn pid1() -> ! {
     let t_init = t_us();
     set_up_system();
     let parsed = read_command_line();
-    let status = open_status(t_init);
+    let status = open_status(t_init, parsed.config.status_port);
     report_diagnostics(&parsed.diagnostics, &status);
     let config = parsed.config;
     // After the status port opens, so that a module that fails is reported there too;
@@ -90,12 +93,42 @@ fn read_command_line() -> appliance_cmdline::Parsed {
     parsed
 }
 
-/// The status port, which starts with the `init` event (`t_init`: when PID 1 started).
-fn open_status(t_init: u64) -> StatusWriter {
-    let status = StatusWriter::open(STATUS_PORT);
-    log::debug!("status port open");
+/// The status port `appStatus` names (the second serial port by default), which starts
+/// with the `init` event (`t_init`: when PID 1 started). A port that cannot be opened is an
+/// error on the console, and the appliance runs without a record.
+fn open_status(t_init: u64, port: StatusPort) -> StatusWriter {
+    let status = match port {
+        StatusPort::Serial(_) => {
+            let path = port.serial_device().unwrap_or_default();
+            // The console's own line (a machine with one serial port) keeps the console's
+            // settings: raw mode would take the carriage returns from its output too.
+            let shared = path == console_tty();
+            StatusWriter::open(&path, !shared)
+        }
+        StatusPort::Virtio => open_virtio_status(),
+        StatusPort::None => StatusWriter::none(),
+    };
+    log::debug!("status port {port} open");
     status.emit(&Event::Init { t_us: t_init, version: String::from(VERSION), v: STATUS_VERSION });
     status
+}
+
+/// `appStatus=virtio`: the virtio-serial port named `appliance.status`, with its drivers
+/// loaded first when the image packs them as modules.
+fn open_virtio_status() -> StatusWriter {
+    for failure in modules::load_wanted(PORT_MODULES) {
+        log::error!("{failure}");
+    }
+    match results::find_port(STATUS_PORT_NAME, STATUS_PORT_WAIT) {
+        Ok(path) => StatusWriter::open(&path, false),
+        Err(e) => {
+            log::error!(
+                "status port: no virtio-serial port named {STATUS_PORT_NAME} ({}): no status record",
+                Describe(e)
+            );
+            StatusWriter::none()
+        }
+    }
 }
 
 /// The command line's problems, on the console and in the status record.
@@ -391,7 +424,7 @@ fn supervise(args: &Args) -> ! {
             sys::exit(126)
         }
     };
-    let status = status_path.as_deref().map(StatusWriter::open).unwrap_or_else(StatusWriter::none);
+    let status = status_path.as_deref().map(|p| StatusWriter::open(p, true)).unwrap_or_else(StatusWriter::none);
     status.emit(&Event::Init { t_us: t_us(), version: String::from(VERSION), v: STATUS_VERSION });
     let result = match mode {
         cli::Mode::Command { argv, .. } => {

@@ -33,12 +33,14 @@ pub struct StatusWriter {
 
 impl StatusWriter {
     /// Opens `path` for the record (a serial port, or a file in supervisor mode).
-    /// Non-blocking: a port that does not send must not hold the appliance.
-    pub fn open(path: &str) -> StatusWriter {
+    /// Non-blocking: a port that does not send must not hold the appliance. `raw`: a
+    /// terminal is put in raw mode (no `\r\n` translation, no echo); not the console's.
+    pub fn open(path: &str, raw: bool) -> StatusWriter {
         let flags =
             OFlags::WRONLY | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::CREATE | OFlags::APPEND | OFlags::NONBLOCK;
         let fd = rustix::fs::open(path, flags, Mode::from_raw_mode(0o644)).ok();
         if let Some(fd) = &fd
+            && raw
             && rustix::termios::isatty(fd)
             && let Ok(mut t) = rustix::termios::tcgetattr(fd)
         {

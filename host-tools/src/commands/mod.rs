@@ -3,7 +3,9 @@
 
 pub mod build;
 pub mod cpio;
+pub mod image;
 pub mod kernel;
+pub mod netboot;
 pub mod root;
 pub mod run;
 pub mod ssh;

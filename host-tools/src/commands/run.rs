@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use appliance_cmdline::{End, check_len, render_param};
+use appliance_cmdline::{End, render_param};
 use appliance_host::kernel::kbuild;
 use appliance_host::vm::machine::{self, Machine};
 use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
@@ -15,8 +15,10 @@ use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
 /// TARGET is an app dir in the original layout (vmlinuz, initrd, cmdline; symlinks
-/// are fine) or an image (a directory with appliance.toml, or a name under ./images/),
-/// which is built into out/<name> first. The kernel command line is: console=ttyS0
+/// are fine), an image (a directory with appliance.toml, or a name under ./images/),
+/// which is built into out/<name> first, or a disk image written by `appliance image`
+/// (any format qemu-img reads), booted under UEFI firmware (OVMF) with the command line
+/// it holds. The kernel command line is: console=ttyS0
 /// panic=-1 [quiet], the app dir's cmdline, the options below, then EXTRA words; for a
 /// parameter given twice the last one wins.
 ///
@@ -132,6 +134,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    if Path::new(&args.target).is_file() {
+        return run_disk(args, tmp.path());
+    }
     let app_dir = app_dir(&args.target)?;
     let kernel = match &args.kernel {
         Some(k) => kernel_file(k, args.dry_run)?,
@@ -160,11 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         other => other,
     };
-    let (accel, why) = match args.accel.as_str() {
-        "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
-        "tcg" => (Accel::Tcg, "--accel tcg".to_string()),
-        _ => qemu::detect_accel(),
-    };
+    let (accel, why) = accel(&args);
     log::debug!("accelerator {}: {why}", accel.as_str());
     let (machine, why) = match Machine::from_name(&args.machine) {
         Some(m) => (m, format!("--machine {}", args.machine)),
@@ -176,7 +178,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let machine_words = machine::kernel_params(machine, accel, tsc_khz);
     let results_words = results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default();
     let append = kernel_cmdline(&args, &app_dir, &machine_words, results_words)?;
-    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
     let status_file = args.status.clone().unwrap_or_else(|| tmp.path().join("status.jsonl"));
     let spec = VmSpec {
         qemu: if args.dry_run {
@@ -198,13 +199,108 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // A short path: Unix socket paths are limited to 107 bytes.
         qmp: (!args.dry_run).then(|| tmp.path().join("qmp.sock")),
         extra: args.qemu_args.clone(),
+        disk: None,
     };
+    let mut spec = spec;
+    status_on_virtio(&mut spec);
+    boot(spec, &args, &app_dir, results, ssh_port)
+}
+
+/// `appStatus=virtio` on the command line: the record comes over a virtio-serial port
+/// into the status file (QEMU's second serial port, which the guest leaves silent then,
+/// writes to the same file).
+fn status_on_virtio(spec: &mut VmSpec) {
+    let parsed = appliance_cmdline::parse(spec.append.as_bytes());
+    if parsed.config.status_port == appliance_cmdline::StatusPort::Virtio {
+        spec.ports.push(qemu::PortToFile {
+            name: appliance_cmdline::STATUS_PORT_NAME.into(),
+            path: spec.status_file.clone(),
+        });
+    }
+}
+
+/// A disk image under UEFI firmware: the command line is the one it holds, so the options
+/// that would change it are refused.
+fn run_disk(args: Args, tmp: &Path) -> anyhow::Result<ExitCode> {
+    let disk = PathBuf::from(&args.target);
+    let changes_cmdline = [
+        ("--end", args.end.is_some()),
+        ("--debug", args.debug),
+        ("--cmds", args.cmds.is_some()),
+        ("--args", args.app_args.is_some()),
+        ("--results", args.results.is_some()),
+        ("--ssh", args.ssh.is_some()),
+        ("--kernel", args.kernel.is_some()),
+        ("--kernel-log", args.kernel_log),
+        ("kernel words after --", !args.extra.is_empty()),
+    ];
+    if let Some((option, _)) = changes_cmdline.iter().find(|(_, given)| *given) {
+        bail!(
+            "{option} changes the kernel command line, which a disk image holds: pass it to `appliance image` \
+             (its EXTRA words) and boot the new image"
+        );
+    }
+    if args.machine == "microvm" {
+        bail!("--machine microvm cannot boot a disk image (UEFI firmware and the disk need PCI): leave --machine out");
+    }
+    let format = appliance_host::deploy::disk::probe_format(&disk)?;
+    let (accel, why) = accel(&args);
+    log::debug!("accelerator {}: {why}", accel.as_str());
+    let firmware = if args.dry_run {
+        qemu::Ovmf { code: qemu::OVMF_CODE.into(), vars: tmp.join("OVMF_VARS.fd") }
+    } else {
+        qemu::ovmf_for_run(tmp).map_err(anyhow::Error::msg)?
+    };
+    let spec = VmSpec {
+        qemu: if args.dry_run {
+            qemu::find_qemu().unwrap_or_else(|_| "qemu-system-x86_64".into())
+        } else {
+            qemu::find_qemu().map_err(anyhow::Error::msg)?
+        },
+        kernel: PathBuf::new(),
+        initrd: PathBuf::new(),
+        // Unknown here (it is inside the disk): console input waits for the init.
+        append: String::new(),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        accel,
+        // OVMF and the disk's controller are PCI devices.
+        machine: qemu::Machine::Pc,
+        status_file: args.status.clone().unwrap_or_else(|| tmp.join("status.jsonl")),
+        net: None,
+        shares: vec![],
+        ports: vec![],
+        qmp: (!args.dry_run).then(|| tmp.join("qmp.sock")),
+        extra: args.qemu_args.clone(),
+        disk: Some(qemu::DiskBoot { image: disk, format, firmware }),
+    };
+    // The run record goes beside nothing the user owns: a disk is not a directory.
+    boot(spec, &args, tmp, None, None)
+}
+
+fn accel(args: &Args) -> (Accel, String) {
+    match args.accel.as_str() {
+        "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
+        "tcg" => (Accel::Tcg, "--accel tcg".to_string()),
+        _ => qemu::detect_accel(),
+    }
+}
+
+/// Boots `spec` (or prints its command line for --dry-run), bounded by --timeout, stopped
+/// gracefully on a signal, and reports how it ended.
+fn boot(
+    spec: VmSpec,
+    args: &Args,
+    app_dir: &Path,
+    results: Option<Results>,
+    ssh_port: Option<u16>,
+) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         println!("{}", qemu::shell_line(&spec.qemu, &qemu::argv(&spec)));
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    running::claim(&app_dir)?;
+    running::claim(app_dir)?;
     if let Some(port) = ssh_port {
         eprintln!(
             "appliance: ssh: 127.0.0.1:{port} forwards to the guest's port 22: `appliance ssh {}`",
@@ -217,7 +313,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let signals = stop::catch_stop_signals().context("cannot set up signal handling")?;
     let qmp = spec.qmp.clone().unwrap_or_default();
     let grace = Duration::from_secs(args.stop_grace);
-    let mut watch = stop::GracefulStop::new(signals, &app_dir, &qmp, ssh_port, grace);
+    let mut watch = stop::GracefulStop::new(signals, app_dir, &qmp, ssh_port, grace);
     let report = vm::run_watched(&spec, timeout, &mut watch)?;
     drop(watch);
     for line in &report.garbled {
@@ -423,7 +519,7 @@ fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// The app dir for TARGET, building an image first.
-fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(target);
     if path.join("initrd").exists() || path.join("vmlinuz").exists() {
         return Ok(path.to_path_buf());
@@ -435,37 +531,31 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// console/panic/quiet, the machine's words, the app dir's cmdline, the options, the
-/// results parameters, the extra words.
+/// results parameters, the extra words ([`appliance_host::deploy::cmdline::kernel_line`]).
 fn kernel_cmdline(args: &Args, app_dir: &Path, machine: &[String], results: &[String]) -> anyhow::Result<String> {
-    let mut words: Vec<String> = qemu::base_kernel_params(args.kernel_log).into_iter().map(String::from).collect();
-    words.extend(machine.iter().cloned());
+    let mut before = machine.to_vec();
     if args.ssh.is_some() {
         // QEMU user networking's guest address; before the app dir's cmdline and the
         // extra words, so an appIp there wins (the last one does).
-        words.push(format!("appIp={GUEST_IP}"));
+        before.push(format!("appIp={GUEST_IP}"));
     }
-    let file = app_dir.join("cmdline");
-    if file.exists() {
-        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        words.extend(text.split('\n').map(str::trim).filter(|l| !l.is_empty()).map(String::from));
-    }
+    let mut after = Vec::new();
     if let Some(end) = &args.end {
         let end: End = end.parse()?;
-        words.push(render_param("appEnd", end.as_str())?);
+        after.push(render_param("appEnd", end.as_str())?);
     }
     if args.debug {
-        words.push("appDebug".to_string());
+        after.push("appDebug".to_string());
     }
     if let Some(cmds) = &args.cmds {
-        words.push(render_param("appCmds", cmds)?);
+        after.push(render_param("appCmds", cmds)?);
     }
     if let Some(a) = &args.app_args {
-        words.push(render_param("appArgs", a)?);
+        after.push(render_param("appArgs", a)?);
     }
-    words.extend(results.iter().cloned());
-    words.extend(args.extra.iter().cloned());
-    let line = words.join(" ");
-    check_len(&line)?;
+    after.extend(results.iter().cloned());
+    after.extend(args.extra.iter().cloned());
+    let line = appliance_host::deploy::cmdline::kernel_line(app_dir, args.kernel_log, &before, &after)?;
     // Problems the init will report too; say so before booting, and boot anyway (the
     // init falls back to the defaults and reports them).
     for d in appliance_cmdline::parse(line.as_bytes()).diagnostics {

@@ -3,6 +3,7 @@
 
 pub mod fs_error;
 pub mod glob;
+pub mod http;
 pub mod net;
 pub mod process;
 pub mod size;

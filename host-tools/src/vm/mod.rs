@@ -249,11 +249,17 @@ pub fn read_status(path: &std::path::Path) -> (Vec<Event>, Vec<String>) {
     parse_status(&text)
 }
 
-/// Parses status lines, keeping the ones that do not parse apart.
+/// The start of every line of the record.
+const RECORD_START: &str = "{\"event\":";
+
+/// Parses status lines, keeping the ones that do not parse apart. Text without a record
+/// line's start is not the record's and is skipped: UEFI firmware writes its messages to
+/// every serial port, and `appStatus=ttyS0` shares the port with the console.
 pub fn parse_status(text: &str) -> (Vec<Event>, Vec<String>) {
     let mut events = Vec::new();
     let mut garbled = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let lines = text.lines().filter_map(|l| l.find(RECORD_START).map(|at| l[at..].trim()));
+    for line in lines {
         match Event::from_line(line) {
             Ok(e) => events.push(e),
             Err(_) => garbled.push(line.to_string()),
@@ -332,6 +338,7 @@ mod tests {
             ports: vec![],
             qmp: None,
             extra: vec![],
+            disk: None,
         }
     }
 
@@ -409,6 +416,21 @@ mod tests {
             "appliance: run status 0, poweroff; kernel→/init 1200 ms, /init→run 4 ms, run 100 ms, wall 2.50 s"
         );
         assert!(matches!(r.events[2], Event::PhaseEnd { exit: Exit::Code(0), .. }));
+    }
+
+    /// Firmware messages on the status port (OVMF writes to every serial port) were
+    /// reported as unreadable status lines.
+    #[test]
+    fn text_around_the_record_is_not_the_records() {
+        let (events, garbled) = parse_status(concat!(
+            "\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 \"UEFI Misc Device\"\n",
+            "{\"event\":\"init\",\"t_us\":1,\"version\":\"0.1.0\",\"v\":1}\n",
+            "[    2.6] a console line\n",
+            "\x1b[0m{\"event\":\"end\",\"t_us\":2,\"action\":\"poweroff\",\"status\":0}\r\n",
+            "{\"event\":\"end\",\"t_u"
+        ));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(garbled, ["{\"event\":\"end\",\"t_u"]);
     }
 
     /// A VM killed after a stop it did not complete is not reported as a crash.

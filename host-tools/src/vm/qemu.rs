@@ -86,6 +86,62 @@ pub struct VmSpec {
     pub qmp: Option<PathBuf>,
     /// Extra QEMU arguments, appended last.
     pub extra: Vec<String>,
+    /// Boot this disk under UEFI firmware instead of `kernel`, `initrd` and `append`
+    /// (which then only say what the disk holds).
+    pub disk: Option<DiskBoot>,
+}
+
+/// A disk image booted by UEFI firmware (OVMF), as a machine without a kernel given boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskBoot {
+    pub image: PathBuf,
+    /// `qemu-img`'s name of its format (`raw`, `qcow2`, `vmdk`, ...).
+    pub format: String,
+    pub firmware: Ovmf,
+}
+
+/// The firmware's code, and the run's own copy of its variable store (the firmware writes
+/// to it, so never the shared template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+/// Debian's `ovmf`: the 4 MiB build without Secure Boot, and its empty variable store.
+/// The 4 MiB build has room for more variables than the 2 MiB one, and without SMM it runs
+/// on the `pc` machine.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Copies the firmware's variable template into `dir` for one run; says what to install
+/// when the firmware is missing.
+pub fn ovmf_for_run(dir: &Path) -> Result<Ovmf, String> {
+    let (code, template) = (PathBuf::from(OVMF_CODE), Path::new(OVMF_VARS));
+    if !code.exists() || !template.exists() {
+        return Err(format!(
+            "no UEFI firmware at {OVMF_CODE}: install it (Debian/Ubuntu: `sudo apt-get install ovmf`)"
+        ));
+    }
+    let vars = dir.join("OVMF_VARS.fd");
+    std::fs::copy(template, &vars).map_err(|e| format!("cannot copy {OVMF_VARS} to {}: {e}", vars.display()))?;
+    Ok(Ovmf { code, vars })
+}
+
+/// The firmware and the disk, for [`argv`].
+fn disk_args(disk: &DiskBoot) -> Vec<String> {
+    let quote = |p: &Path| p.display().to_string().replace(',', ",,");
+    vec![
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={}", quote(&disk.firmware.code)),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", quote(&disk.firmware.vars)),
+        // virtio-blk: OVMF drives it, and so do both kernels. snapshot=on: nothing the
+        // guest writes reaches the image, which stays as it was built (and a streamOptimized
+        // vmdk is not writable anyway).
+        "-drive".into(),
+        format!("if=virtio,format={},snapshot=on,file={}", disk.format, quote(&disk.image)),
+    ]
 }
 
 /// QEMU's user-mode network (slirp): no privileges, no host configuration. The guest is
@@ -185,9 +241,16 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     // A reboot ends the run instead of booting the appliance again (and a kernel panic,
     // with panic=-1, ends it too).
     push(&["-no-reboot"]);
-    push(&["-kernel", &spec.kernel.display().to_string()]);
-    push(&["-initrd", &spec.initrd.display().to_string()]);
-    push(&["-append", &spec.append]);
+    match &spec.disk {
+        Some(disk) => a.extend(disk_args(disk)),
+        None => {
+            let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+            push(&["-kernel", &spec.kernel.display().to_string()]);
+            push(&["-initrd", &spec.initrd.display().to_string()]);
+            push(&["-append", &spec.append]);
+        }
+    }
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     if let Some(net) = &spec.net {
         // virtio-net: the fastest NIC QEMU emulates, and the one both kernels drive
         // (built into ours, the virtio_net module in Debian's). Forwards listen on the
@@ -275,7 +338,29 @@ mod tests {
             ports: vec![],
             qmp: None,
             extra: vec!["-nic".into(), "user".into()],
+            disk: None,
         }
+    }
+
+    #[test]
+    fn a_disk_boots_under_the_firmware_instead_of_a_kernel() {
+        let mut s = spec(Accel::Tcg);
+        s.disk = Some(DiskBoot {
+            image: "/d/a,b.qcow2".into(),
+            format: "qcow2".into(),
+            firmware: Ovmf { code: "/fw/code.fd".into(), vars: "/run/vars.fd".into() },
+        });
+        let a = argv(&s);
+        assert!(after(&a, "-kernel").is_empty() && after(&a, "-append").is_empty());
+        assert_eq!(
+            after(&a, "-drive"),
+            [
+                "if=pflash,format=raw,unit=0,readonly=on,file=/fw/code.fd",
+                "if=pflash,format=raw,unit=1,file=/run/vars.fd",
+                "if=virtio,format=qcow2,snapshot=on,file=/d/a,,b.qcow2"
+            ]
+        );
+        assert_eq!(after(&a, "-serial"), ["chardev:console", "file:/tmp/s.jsonl"]);
     }
 
     fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
