@@ -101,11 +101,6 @@ pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>) -> Ve
         // for ticks; under TCG on a loaded host that check can fail and panic ("IO-APIC +
         // timer doesn't work"). QEMU's interrupt routing is known to work.
         "no_timer_check".to_string(),
-        // Grace periods of RCU expedited until the kernel starts /init, normal after.
-        // Under TCG a normal grace period during the boot costs hundreds of milliseconds
-        // (waiting for ticks); later, expedited ones would disturb the application.
-        "rcupdate.rcu_expedited=1".to_string(),
-        "rcupdate.rcu_normal_after_boot=1".to_string(),
     ];
     if machine == Machine::Microvm {
         // No PCI bus to look for (the kernel would print "PCI: Fatal: No config space
