@@ -15,6 +15,9 @@
 #     temporary policy-rc.d forbids it (a host sshd on port 22 would not disturb the
 #     tests, which forward free loopback ports, but a CI machine needs no open port).
 #   - mmdebstrap: `appliance root create` makes reference roots with it (tests/root.rs)
+#   - docker-registry: the reference OCI registry ("distribution"); tests/publish.rs and
+#     tests/bench/publish.sh start their own on a free port of 127.0.0.1 (a system
+#     instance the package starts is stopped, as nfs-ganesha's is)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -45,6 +48,9 @@ appliance_install_deps() {
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     { [ -x /usr/sbin/dropbear ] && command -v dropbearkey >/dev/null; } || missing+=(dropbear-bin)
     command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+    local registry=()
+    [ -x /usr/bin/docker-registry ] || registry=(docker-registry)
+    missing+=("${registry[@]}")
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)
@@ -74,6 +80,11 @@ appliance_install_deps() {
             && systemctl is-active --quiet nfs-ganesha 2>/dev/null; then
             # Installing starts a system server on port 2049; appliance starts its own.
             appliance_need_root systemctl disable --now nfs-ganesha || true
+        fi
+        if [ ${#registry[@]} -gt 0 ] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet docker-registry 2>/dev/null; then
+            # Installing starts a system registry on port 5000; the tests start their own.
+            appliance_need_root systemctl disable --now docker-registry || true
         fi
         if [ ${#kernel_source[@]} -gt 0 ] && apt-cache show "${kernel_source[@]}" >/dev/null 2>&1; then
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \

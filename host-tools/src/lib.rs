@@ -23,6 +23,7 @@ pub mod archive;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod publish;
 pub mod rootfs;
 pub mod trace;
 pub mod vm;

@@ -4,8 +4,12 @@
 pub mod build;
 pub mod cpio;
 pub mod kernel;
+pub mod keys;
+pub mod publish;
+pub mod pull;
 pub mod root;
 pub mod run;
 pub mod ssh;
 pub mod stop;
 pub mod trace;
+pub mod update;

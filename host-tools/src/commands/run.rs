@@ -8,14 +8,17 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, check_len, render_param};
 use appliance_host::kernel::kbuild;
+use appliance_host::publish;
 use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
 use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
 /// TARGET is an app dir in the original layout (vmlinuz, initrd, cmdline; symlinks
-/// are fine) or an image (a directory with appliance.toml, or a name under ./images/),
-/// which is built into out/<name> first. The kernel command line is: console=ttyS0
+/// are fine), an image (a directory with appliance.toml, or a name under ./images/),
+/// which is built into out/<name> first, or REGISTRY/REPO:VERSION, pulled first as
+/// `appliance pull` does (into ~/.cache/appliance/pulled; the root key pinned by an
+/// earlier pull, or APPLIANCE_ROOT_KEY). The kernel command line is: console=ttyS0
 /// panic=-1 [quiet], the app dir's cmdline, the options below, then EXTRA words; for a
 /// parameter given twice the last one wins.
 ///
@@ -406,6 +409,9 @@ fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
 /// The app dir for TARGET, building an image first.
 fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(target);
+    if !path.exists() && publish::reference::looks_like_reference(target) {
+        return pulled(target);
+    }
     if path.join("initrd").exists() || path.join("vmlinuz").exists() {
         return Ok(path.to_path_buf());
     }
@@ -413,6 +419,22 @@ fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
         return super::build::build_image(target, None, None, None, None);
     }
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
+}
+
+/// Pulls REGISTRY/REPO:VERSION into the pull cache (nothing is downloaded when the cached
+/// copy is that version already) and returns the app dir.
+fn pulled(target: &str) -> anyhow::Result<PathBuf> {
+    let reference = publish::Reference::parse(target)?;
+    let Some(version) = &reference.version else {
+        bail!("{target}: say which version to run (REGISTRY/REPO:VERSION)");
+    };
+    let out = publish::default_pull_cache()?.join(&reference.registry).join(&reference.repository).join(version);
+    let options = publish::PullOptions {
+        root_pin: std::env::var_os("APPLIANCE_ROOT_KEY").map(PathBuf::from),
+        ..Default::default()
+    };
+    publish::pull(&reference, &out, &options, &super::publish::reporter())?;
+    Ok(out)
 }
 
 /// console/panic/quiet, the app dir's cmdline, the options, the results parameters, the
