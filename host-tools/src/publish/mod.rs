@@ -143,8 +143,9 @@ pub fn quiet() -> Reporter {
     Arc::new(|_| {})
 }
 
-/// Runs `future` to completion on a current-thread runtime made for it.
-pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+/// Runs `future` to completion on a current-thread runtime made for it (also for callers
+/// of [`registry::Registry`]'s async functions, such as the tests).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -654,7 +655,7 @@ async fn download(
             if tuf::is_content_mismatch(e) {
                 Error::BlobChanged { reference: at.clone(), file: file.clone(), digest: digest.clone() }
             } else {
-                Error::Download { reference: at.clone(), file: file.clone(), reason: chain(e) }
+                Error::Download { reference: at.clone(), file: file.clone(), reason: e.to_string() }
             }
         };
         let mut stream = match trusted.repository.read_target(&target_name).await {
@@ -681,17 +682,6 @@ async fn download(
     json.push('\n');
     fs::write(&origin_path, json).map_err(io_error("write", &origin_path))?;
     Ok((Some(staging), Pulled { reference: at, version, downloaded, files }))
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
 }
 
 /// Whether `path` holds exactly `target`'s bytes.

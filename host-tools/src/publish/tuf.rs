@@ -470,6 +470,9 @@ pub fn is_content_mismatch(err: &(dyn std::error::Error + 'static)) -> bool {
         {
             return true;
         }
+        if e.downcast_ref::<oci_client::errors::DigestError>().is_some() {
+            return true;
+        }
         if let Some(oci_client::errors::OciDistributionError::DigestError(_)) =
             e.downcast_ref::<oci_client::errors::OciDistributionError>()
         {
