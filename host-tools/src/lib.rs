@@ -12,7 +12,9 @@
 //! - [`image`]: the manifest, host files into an archive, and the builder of an app dir,
 //!   with the SSH server half;
 //! - [`vm`]: QEMU, a running VM, QMP and stop, the status record, the SSH client half,
-//!   results and their NFS server.
+//!   results and their NFS server;
+//! - [`publish`] (imports only [`host`]): app dirs published to an OCI registry with
+//!   signed TUF metadata, pulled, verified and updated.
 //!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
 //! the exceptions are [`trace`] chrooting into a reference root other than `/`, making

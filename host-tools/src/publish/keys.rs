@@ -119,7 +119,7 @@ pub fn init(dir: &Path, root_expires: jiff::Timestamp) -> Result<Initialised, Er
         if passphrase.is_some() {
             encrypted.push(role);
         }
-        written.push((role, path.clone(), hex(&id)));
+        written.push((role, path.clone(), hex::encode(&id)));
         keys.insert(id.clone(), key);
         roles.insert(role, RoleKeys { keyids: vec![id], threshold: NonZeroU64::MIN, _extra: HashMap::new() });
         if role == RoleType::Root {
@@ -140,8 +140,8 @@ pub fn init(dir: &Path, root_expires: jiff::Timestamp) -> Result<Initialised, Er
     let root_key = root.keys[&root.roles[&RoleType::Root].keyids[0]].clone();
     let sources: Vec<Box<dyn KeySource>> = vec![Box::new(root_source.expect("the root key is made first"))];
     let holder = KeyHolder::Root(root.clone());
-    let signed =
-        super::block_on(SignedRole::new(root, &holder, &sources, &rng)).map_err(|e| Error::Sign(e.to_string()))?;
+    let signed = super::runtime::block_on(SignedRole::new(root, &holder, &sources, &rng))
+        .map_err(|e| Error::Sign(e.to_string()))?;
     let root_metadata = dir.join(ROOT_METADATA);
     fs::write(&root_metadata, signed.buffer()).map_err(io_error("write", &root_metadata))?;
     let root_public_key = dir.join(ROOT_PUBLIC_KEY);
@@ -175,10 +175,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io_error("create", path))?;
     file.write_all(bytes).map_err(io_error("write", path))?;
     file.sync_all().map_err(io_error("write", path))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A private key read from its file and decrypted: what tough signs with.

@@ -6,6 +6,7 @@
 //! - [`keys`]: the four roles' keys and the root metadata;
 //! - [`registry`]: the artifacts in the registry (oci-client), credentials;
 //! - [`tuf`]: signing and verifying the metadata (tough), and what its refusals mean;
+//! - [`runtime`]: the current-thread runtime they run on;
 //! - this module: the operations, and app dirs written atomically.
 //!
 //! tough and oci-client are async; each operation runs on a current-thread tokio runtime
@@ -15,6 +16,7 @@
 pub mod keys;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod tuf;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +34,7 @@ pub use reference::Reference;
 use registry::{
     APP_ARTIFACT_TYPE, APP_FILE_MEDIA_TYPE, METADATA_ARTIFACT_TYPE, METADATA_MEDIA_TYPE, METADATA_TAG, Registry,
 };
+pub use runtime::block_on;
 use tuf::{Lifetimes, RegistryTransport};
 
 /// The files of an app dir that are published, and whether one must be there.
@@ -143,16 +146,6 @@ pub fn quiet() -> Reporter {
     Arc::new(|_| {})
 }
 
-/// Runs `future` to completion on a current-thread runtime made for it (also for callers
-/// of [`registry::Registry`]'s async functions, such as the tests).
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread tokio runtime starts")
-        .block_on(future)
-}
-
 /// How `appliance publish` signs.
 pub struct PublishOptions {
     /// The directory `appliance keys init` made.
@@ -227,7 +220,7 @@ pub fn publish(
                 Error::Io(FsError { action: "read", path: path.clone(), source: std::io::Error::other(e) })
             })?;
             target.custom.insert("file".into(), (*name).into());
-            let digest = format!("sha256:{}", keys::hex(&target.hashes.sha256));
+            let digest = format!("sha256:{}", hex::encode(&target.hashes.sha256));
             let size = target.length;
             if registry.has_blob(repository, &digest).await? {
                 report(Event::Reused { file: (*name).to_owned(), bytes: size });
@@ -615,7 +608,8 @@ async fn download(
         let Some(target) = signed.get(&file) else {
             return Err(Error::UnsignedFile { reference: at, file });
         };
-        if layer.digest != format!("sha256:{}", keys::hex(&target.hashes.sha256)) || layer.size as u64 != target.length
+        if layer.digest != format!("sha256:{}", hex::encode(&target.hashes.sha256))
+            || layer.size as u64 != target.length
         {
             return Err(Error::BlobChanged { reference: at, file, digest: layer.digest.clone() });
         }

@@ -261,7 +261,7 @@ fn is_not_found(e: &OciDistributionError) -> bool {
 /// `sha256:HEX` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     use sha2::Digest;
-    format!("sha256:{}", super::keys::hex(&sha2::Sha256::digest(data)))
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
 }
 
 /// A layer: a blob with its file name.

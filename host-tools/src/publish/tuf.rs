@@ -344,7 +344,7 @@ pub async fn anchor_from_pin(
         .metadata_file(name)
         .await
         .ok_or_else(|| Error::NoRootInRegistry { repo: repo.to_owned(), name: name.to_owned() })?;
-    let not_pinned = || Error::NotPinnedRoot { repo: repo.to_owned(), key_id: super::keys::hex(&key_id) };
+    let not_pinned = || Error::NotPinnedRoot { repo: repo.to_owned(), key_id: hex::encode(&key_id) };
     let root: Signed<Root> = serde_json::from_slice(&first).map_err(|_| not_pinned())?;
     // The pinned key alone, as the root role's only key: does it vouch for this file?
     let mut pinned = root.signed.clone();
@@ -434,9 +434,7 @@ async fn explain(
             let trusted_root = std::fs::read(datastore.join("root.json")).unwrap_or_else(|_| anchor.to_vec());
             let trusted_ids: Vec<String> = serde_json::from_slice::<Signed<Root>>(&trusted_root)
                 .ok()
-                .and_then(|r| {
-                    r.signed.roles.get(&role).map(|k| k.keyids.iter().map(|id| super::keys::hex(id)).collect())
-                })
+                .and_then(|r| r.signed.roles.get(&role).map(|k| k.keyids.iter().map(hex::encode).collect()))
                 .unwrap_or_default();
             let served = transport.metadata_file(&role_file(role, transport)).await.unwrap_or_default();
             let signers: Vec<String> = serde_json::from_slice::<serde_json::Value>(&served)
