@@ -301,6 +301,13 @@ fn two_versions_publish_pull_list_update_and_roll_back() {
     same_files(hello(), &app);
     same_files(&v2, &previous);
 
+    // A directory that is not an app dir is never replaced.
+    let precious = w.path("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "mine").unwrap();
+    let before = snapshot(&precious);
+    assert_refused(&w.pull("1.1", &precious, &[]), "is not an app dir", &precious, &before);
+
     // Without a version: the newest, into a new dir.
     let newest = w.path("newest");
     assert!(w.pull("", &newest, &[]).status.success());

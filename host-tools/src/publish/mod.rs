@@ -114,6 +114,8 @@ pub enum Error {
     Older { dir: PathBuf, installed: String, newest: String },
     #[error("{}: no previous version to roll back to ({} does not exist)", dir.display(), previous.display())]
     NoPrevious { dir: PathBuf, previous: PathBuf },
+    #[error("{} exists and is not an app dir (no vmlinuz, initrd or {ORIGIN_FILE}): refusing to replace it", dir.display())]
+    NotReplaceable { dir: PathBuf },
     #[error("cannot find the state directory: set XDG_STATE_HOME or HOME")]
     NoStateDir,
 }
@@ -484,6 +486,13 @@ pub struct Pulled {
 /// one) to `out`, atomically: `out` is replaced as a whole once every file has matched
 /// its signed hash and length, and left as it was on any failure.
 pub fn pull(reference: &Reference, out: &Path, options: &PullOptions, report: &Reporter) -> Result<Pulled, Error> {
+    // The whole of `out` is replaced: it must be an app dir (or empty), not any directory.
+    if let Ok(mut entries) = fs::read_dir(out)
+        && entries.next().is_some()
+        && !["vmlinuz", "initrd", ORIGIN_FILE].iter().any(|f| out.join(f).exists())
+    {
+        return Err(Error::NotReplaceable { dir: out.to_owned() });
+    }
     block_on(async {
         let trusted = trust(reference, options).await?;
         let (staging, pulled) =
