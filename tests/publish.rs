@@ -540,6 +540,19 @@ fn metadata_signed_by_the_wrong_key_is_refused() {
     }
     let before = snapshot(&app);
     assert_refused(&w.pull("1.1", &app, &[]), "signed by the wrong key", &app, &before);
+    // Pinning their key on a later pull does not replace the root trusted since the first.
+    let theirs_pub = theirs.join("root.pub");
+    let o = w
+        .cmd()
+        .arg("pull")
+        .arg(w.reference("1.1"))
+        .arg("-o")
+        .arg(&app)
+        .arg("--root-key")
+        .arg(&theirs_pub)
+        .output()
+        .unwrap();
+    assert_refused(&o, "is not the root key trusted for this repository", &app, &before);
     // A client pinning our root key on its first pull refuses it too.
     let o = w
         .cmd()

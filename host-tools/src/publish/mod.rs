@@ -409,8 +409,8 @@ async fn trust(reference: &Reference, options: &PullOptions) -> Result<Trusted, 
             if let Some(pin) = &pin
                 && !tuf::pin_matches(pin, &root)
             {
-                let key_id = options.root_pin.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                return Err(tuf::Error::PinConflict { repo, key_id }.into());
+                let pin = options.root_pin.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(tuf::Error::PinConflict { repo, pin }.into());
             }
             root
         }
@@ -439,7 +439,11 @@ pub fn list(reference: &Reference, options: &PullOptions) -> Result<Vec<Offered>
         let mut offered: Vec<Offered> = trusted
             .versions()
             .into_iter()
-            .map(|(version, files)| Offered { version, files: files.into_iter().map(|(f, t)| (f, t.length)).collect() })
+            .map(|(version, files)| {
+                let mut files: Vec<(String, u64)> = files.into_iter().map(|(f, t)| (f, t.length)).collect();
+                files.sort();
+                Offered { version, files }
+            })
             .collect();
         offered.sort_by(|a, b| reference::compare_versions(&a.version, &b.version));
         Ok(offered)

@@ -63,9 +63,10 @@ pub enum Error {
     )]
     NotPinnedRoot { repo: String, key_id: String },
     #[error(
-        "{repo}: the pinned root key {key_id} is not the root key trusted for this repository since its first pull"
+        "{repo}: the pinned root {pin} is not the root key trusted for this repository since its first pull: \
+         wrong key; refusing it"
     )]
-    PinConflict { repo: String, key_id: String },
+    PinConflict { repo: String, pin: String },
     #[error("{path}: not a TUF key (root.pub) or root metadata (root.json): {reason}")]
     BadPin { path: String, reason: String },
     #[error("{repo}: the registry has no {name} in its metadata artifact")]
