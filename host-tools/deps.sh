@@ -22,6 +22,9 @@
 #     disk images, `appliance run DISK` boots them (tests/image.rs)
 #   - pxelinux, syslinux-common: `appliance netboot` copies PXELINUX into boot trees;
 #     ipxe-qemu: the boot ROMs of QEMU's NICs, which tests/netboot.rs boots from
+#   - docker-registry: the reference OCI registry ("distribution"); tests/publish.rs and
+#     tests/bench/publish.sh start their own on a free port of 127.0.0.1 (a system
+#     instance the package starts is stopped, as nfs-ganesha's is)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -59,6 +62,9 @@ appliance_install_deps() {
     [ -e /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
     [ -e /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
     [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || missing+=(ipxe-qemu)
+    local registry=()
+    [ -x /usr/bin/docker-registry ] || registry=(docker-registry)
+    missing+=("${registry[@]}")
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)
@@ -88,6 +94,11 @@ appliance_install_deps() {
             && systemctl is-active --quiet nfs-ganesha 2>/dev/null; then
             # Installing starts a system server on port 2049; appliance starts its own.
             appliance_need_root systemctl disable --now nfs-ganesha || true
+        fi
+        if [ ${#registry[@]} -gt 0 ] && command -v systemctl >/dev/null \
+            && systemctl is-active --quiet docker-registry 2>/dev/null; then
+            # Installing starts a system registry on port 5000; the tests start their own.
+            appliance_need_root systemctl disable --now docker-registry || true
         fi
         if [ ${#kernel_source[@]} -gt 0 ] && apt-cache show "${kernel_source[@]}" >/dev/null 2>&1; then
             appliance_need_root env DEBIAN_FRONTEND=noninteractive \

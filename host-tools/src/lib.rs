@@ -15,6 +15,8 @@
 //!   results and their NFS server;
 //! - [`deploy`]: an app dir beyond `appliance run`: its kernel command line, unified kernel
 //!   images and bootable disk images.
+//! - [`publish`] (imports only [`host`]): app dirs published to an OCI registry with
+//!   signed TUF metadata, pulled, verified and updated.
 //!
 //! Nothing in this crate runs as root or needs privileges, not even for device nodes;
 //! the exceptions are [`trace`] chrooting into a reference root other than `/`, making
@@ -26,6 +28,7 @@ pub mod deploy;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod publish;
 pub mod rootfs;
 pub mod trace;
 pub mod vm;

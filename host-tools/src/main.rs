@@ -47,6 +47,10 @@ enum Command {
     Cpio(commands::cpio::Args),
     Trace(commands::trace::Args),
     Root(commands::root::Args),
+    Keys(commands::keys::Args),
+    Publish(commands::publish::Args),
+    Pull(commands::pull::Args),
+    Update(commands::update::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,5 +78,9 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Cpio(args) => commands::cpio::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Root(args) => commands::root::run(args),
+        Command::Keys(args) => commands::keys::run(args),
+        Command::Publish(args) => commands::publish::run(args),
+        Command::Pull(args) => commands::pull::run(args),
+        Command::Update(args) => commands::update::run(args),
     }
 }

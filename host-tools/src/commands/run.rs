@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use appliance_cmdline::{End, render_param};
 use appliance_host::kernel::kbuild;
+use appliance_host::publish;
 use appliance_host::vm::machine::{self, Machine};
 use appliance_host::vm::qemu::{self, Accel, PortForward, UserNet, VmSpec};
 use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
@@ -16,9 +17,11 @@ use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 ///
 /// TARGET is an app dir in the original layout (vmlinuz, initrd, cmdline; symlinks
 /// are fine), an image (a directory with appliance.toml, or a name under ./images/),
-/// which is built into out/<name> first, or a disk image written by `appliance image`
-/// (any format qemu-img reads), booted under UEFI firmware (OVMF) with the command line
-/// it holds. The kernel command line is: console=ttyS0
+/// which is built into out/<name> first, a disk image written by `appliance image` (any
+/// format qemu-img reads), booted under UEFI firmware (OVMF) with the command line it
+/// holds, or REGISTRY/REPO:VERSION, pulled first as `appliance pull` does (into
+/// ~/.cache/appliance/pulled; the root key pinned by an earlier pull, or
+/// APPLIANCE_ROOT_KEY). The kernel command line is: console=ttyS0
 /// panic=-1 [quiet], the app dir's cmdline, the options below, then EXTRA words; for a
 /// parameter given twice the last one wins.
 ///
@@ -521,6 +524,9 @@ fn kernel_file(kernel: &Path, dry_run: bool) -> anyhow::Result<PathBuf> {
 /// The app dir for TARGET, building an image first.
 pub(crate) fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(target);
+    if !path.exists() && publish::reference::looks_like_reference(target) {
+        return pulled(target);
+    }
     if path.join("initrd").exists() || path.join("vmlinuz").exists() {
         return Ok(path.to_path_buf());
     }
@@ -528,6 +534,22 @@ pub(crate) fn app_dir(target: &str) -> anyhow::Result<PathBuf> {
         return super::build::build_image(target, None, None, None, None);
     }
     bail!("{target} is neither an app dir (vmlinuz, initrd, cmdline) nor an image (appliance.toml)")
+}
+
+/// Pulls REGISTRY/REPO:VERSION into the pull cache (nothing is downloaded when the cached
+/// copy is that version already) and returns the app dir.
+fn pulled(target: &str) -> anyhow::Result<PathBuf> {
+    let reference = publish::Reference::parse(target)?;
+    let Some(version) = &reference.version else {
+        bail!("{target}: say which version to run (REGISTRY/REPO:VERSION)");
+    };
+    let out = publish::default_pull_cache()?.join(&reference.registry).join(&reference.repository).join(version);
+    let options = publish::PullOptions {
+        root_pin: std::env::var_os("APPLIANCE_ROOT_KEY").map(PathBuf::from),
+        ..Default::default()
+    };
+    publish::pull(&reference, &out, &options, &super::publish::reporter())?;
+    Ok(out)
 }
 
 /// console/panic/quiet, the machine's words, the app dir's cmdline, the options, the
