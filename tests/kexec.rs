@@ -100,3 +100,53 @@ fn a_corrupted_initrd_is_refused_and_the_booting_appliance_halts_with_the_reason
     assert_eq!(ends(&b), [("poweroff".to_string(), 0)], "{}", b.console);
     assert_eq!(b.events.iter().filter(|e| matches!(e, Event::Init { .. })).count(), 1);
 }
+
+/// The kexec topic's options, checked against Debian's cloud kernel (which both kernels of
+/// the tests above are) without a compile: the kernel that boots the appliances has them.
+#[test]
+fn debians_cloud_kernel_has_what_the_kexec_fragment_asks_for() {
+    let boot = appliance_host::kernel::default_cache_dir().unwrap().join("kernels/debian-cloud/boot");
+    let config = std::fs::read_dir(&boot)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("config-"))
+        .unwrap_or_else(|| panic!("no config-* in {}: `appliance build hello` fetches the kernel", boot.display()));
+    let o = appliance_tests::appliance()
+        .args(["kernel", "check"])
+        .arg(&config)
+        .args(["--no-base", "-f", "kexec"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("all 3 requested options kept (kexec.config)"), "{stdout}");
+}
+
+/// The kexec topic over the project's 6.1 base, configured from Debian's source as a build
+/// would (tinyconfig, fragments, olddefconfig) without compiling: no option is lost.
+#[test]
+fn the_kexec_fragment_survives_olddefconfig_on_the_projects_6_1_kernel() {
+    const SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+    // It waits for the kernel cache's lock while another build runs: bounded, and killed
+    // past the bound.
+    let limit = std::time::Duration::from_secs(900);
+    let mut child = appliance_tests::appliance()
+        .args(["kernel", "check", "--series", "6.1", "-f", "kexec", "--source", SOURCE])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("appliance kernel check did not end within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("requested options kept") && stdout.contains("kexec.config"), "{stdout}");
+}
