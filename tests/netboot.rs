@@ -134,3 +134,91 @@ fn ipxe_over_http_from_netboot_serve_boots_the_appliance_and_power_cycles_nodes(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `appliance netboot --serve/--tftp` started on loopback with free ports; the addresses
+/// it prints, read within a bound: HTTP's and TFTP's ports.
+/// The receiver gets the rest of its log, line by line.
+fn serve_tree(
+    app: &Path,
+    tree: &Path,
+    servers: &[&str],
+) -> (KillOnDrop, Option<u16>, Option<u16>, mpsc::Receiver<String>) {
+    let mut command = appliance();
+    command.arg("netboot").arg(app).arg("-o").arg(tree);
+    for server in servers {
+        command.args([*server, "127.0.0.1:0"]);
+    }
+    let mut server =
+        KillOnDrop(command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let stderr = server.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let port = |line: &str, scheme: &str| {
+        line.split(scheme).nth(1).and_then(|rest| rest.split(['/', ' ']).next()?.rsplit(':').next()?.parse().ok())
+    };
+    let (mut http, mut tftp) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (servers.contains(&"--serve") && http.is_none()) || (servers.contains(&"--tftp") && tftp.is_none()) {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the servers' addresses");
+        http = http.or_else(|| port(&line, "on http://"));
+        tftp = tftp.or_else(|| port(&line, "on tftp://"));
+    }
+    (server, http, tftp, rx)
+}
+
+/// curl's TFTP client against `netboot --tftp`: every file of the tree arrives whole, with
+/// the default 512-byte blocks and with a negotiated block size; a missing file and a path
+/// out of the tree are refused.
+#[test]
+fn netboot_tftp_server_sends_the_trees_files_to_a_tftp_client() {
+    let (tmp, app) = hello();
+    let tree = tmp.path().join("tree");
+    let (_server, _, tftp, _log) = serve_tree(&app, &tree, &["--tftp"]);
+    let tftp = tftp.unwrap();
+    let fetch = |name: &str, extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "120"])
+            .args(extra)
+            .arg(format!("tftp://127.0.0.1:{tftp}/{name}"))
+            .output()
+            .expect("curl runs")
+    };
+    for (name, extra) in
+        [("pxelinux.cfg/default", &[][..]), ("pxelinux.0", &[]), ("initrd", &["--tftp-blksize", "1468"][..])]
+    {
+        let o = fetch(name, extra);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout == std::fs::read(tree.join(name)).unwrap(), "{name} differs");
+    }
+    for name in ["no-such-file", "../app/initrd"] {
+        let o = fetch(name, &[]);
+        assert!(!o.status.success(), "{name} was sent");
+    }
+}
+
+/// A VM with no kernel boots the appliance over our TFTP server: iPXE (QEMU's NIC ROM)
+/// chains from an HTTP script to `boot.ipxe` over TFTP, which loads the kernel and the
+/// initrd over TFTP too, relative to its own URL. (QEMU's user network cannot point PXE's
+/// own TFTP at another server, so iPXE does the TFTP part.)
+#[test]
+fn ipxe_boots_the_appliance_over_netboot_tftp_server() {
+    let (tmp, app) = hello();
+    let tree = tmp.path().join("tree");
+    let (_server, http, tftp, log) = serve_tree(&app, &tree, &["--serve", "--tftp"]);
+    std::fs::write(tree.join("tftp.ipxe"), format!("#!ipxe\nchain tftp://10.0.2.2:{}/boot.ipxe\n", tftp.unwrap()))
+        .unwrap();
+    let nic = format!("user,model=virtio-net-pci,bootfile=http://10.0.2.2:{}/tftp.ipxe", http.unwrap());
+    let (console, events) = netboot_vm(&nic, tmp.path());
+    assert!(console.contains("arg[4]=appliance"), "{console}");
+    assert_eq!(end(&events), Some(("poweroff".into(), 0)), "{console}");
+    // The server's log says the kernel and the initrd went over TFTP, in full (iPXE's own
+    // messages are on the VGA console, which the VM does not have).
+    let sent: Vec<String> = log.try_iter().filter(|l| l.contains("tftp: ") && l.ends_with(" sent")).collect();
+    for file in ["boot.ipxe", "vmlinuz", "initrd"] {
+        assert!(sent.iter().any(|l| l.ends_with(&format!("tftp: {file} sent"))), "{file} not over TFTP: {sent:?}");
+    }
+}

@@ -9,6 +9,7 @@ use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::cmds::join_cmds;
+use crate::kexec::KexecFrom;
 use crate::results::{DEFAULT_RESULTS_DIR, ResultsTo};
 use crate::value::{End, IpCidr, LogLevel, MacAddr, StatusPort};
 use crate::words::join_words;
@@ -80,6 +81,8 @@ pub struct Config {
     pub no_carry_env: bool,
     /// `appStatus`: the port of the status record.
     pub status_port: StatusPort,
+    /// `appKexec`: the app dir `appEnd=kexec` fetches and boots.
+    pub kexec: Option<KexecFrom>,
 }
 
 impl Config {
@@ -131,6 +134,7 @@ impl Config {
             ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
             ("APP_RUNID", self.run_id.clone()),
             ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
+            ("APP_KEXEC", self.kexec.as_ref().map(|k| k.to_string())),
         ];
         for (k, v) in optional {
             if let Some(v) = v {

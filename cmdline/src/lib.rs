@@ -7,7 +7,7 @@
 //! every problem ([`parse`], lenient, for PID 1) or the first one ([`parse_strict`], for
 //! host tools), compute the `APP_*` environment of the phases ([`Config::env`]), render a
 //! config back to words the kernel keeps as one word each ([`Config::render`]), define the
-//! status record ([`status`]) and the lists of kernel modules an image packs ([`modules`]),
+//! status record ([`status`]), what `appEnd=kexec` fetches and checks ([`kexec`]) and the lists of kernel modules an image packs ([`modules`]),
 //! and find the known name closest to a mistyped one ([`suggest`]).
 //!
 //! It does not: touch the system (no I/O, no syscalls: the init reads `/proc/cmdline`,
@@ -23,6 +23,7 @@ extern crate alloc;
 mod cmds;
 mod config;
 mod error;
+pub mod kexec;
 mod params;
 mod parse;
 mod render;

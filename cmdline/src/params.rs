@@ -273,6 +273,7 @@ pub(crate) const PARAMS: &[Param] = &[
         check: |_| valid(),
         render: |c| (c.status_port != Default::default()).then(|| Rendered::Value(c.status_port.to_string())),
     },
+    typed!("appKexec", kexec),
 ];
 
 /// Every parameter name, in the order of the table. `appCmd` is the original's alias of

@@ -89,6 +89,26 @@ pub fn parse_strict(bytes: &[u8]) -> Result<Config, Error> {
     }
 }
 
+/// Each word of a command line up to `--`: its key (the text before `=`, quotes removed)
+/// and the word as written, quotes kept, so that it can be passed on unchanged.
+pub(crate) fn raw_words(bytes: &[u8]) -> Vec<(String, String)> {
+    let line = match bytes.iter().position(|&b| b == 0) {
+        Some(nul) => bytes.get(..nul).unwrap_or_default(),
+        None => bytes,
+    };
+    let line = trim_end(line);
+    let mut out = Vec::new();
+    for word in tokenize(line) {
+        if !word.unclosed && word.text == b"--" {
+            break;
+        }
+        let key = word.text.split(|&b| b == b'=').next().unwrap_or_default();
+        let raw = line.get(word.start..word.end).unwrap_or_default();
+        out.push((String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(raw).into_owned()));
+    }
+    out
+}
+
 fn trim_end(mut line: &[u8]) -> &[u8] {
     while let [rest @ .., last] = line {
         if !is_space(*last) {
@@ -150,7 +170,7 @@ fn tokenize(line: &[u8]) -> Vec<Word> {
 
 /// `app` + an upper-case letter, or a known key in another case: a word meant for us.
 /// (Not every `app...`: `apparmor=` is a kernel parameter.)
-fn looks_like_ours(key: &[u8]) -> bool {
+pub(crate) fn looks_like_ours(key: &[u8]) -> bool {
     (key.starts_with(b"app") && key.get(3).is_some_and(u8::is_ascii_uppercase))
         || KNOWN_KEYS.iter().any(|k| k.as_bytes().eq_ignore_ascii_case(key))
 }

@@ -105,6 +105,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// `appEnd=kexec` fetched and checked the next app dir (`from`, `appKexec`), and loaded
+    /// its kernel: `bytes` fetched in `fetch_us`. `ok` is false, with `error`, when a fetch,
+    /// a sum or the load failed: the init then powers off as for `halt`. When `ok`, the
+    /// `end` event that follows has the action `kexec`, and the next appliance's record
+    /// follows on the same port, from its own `init` event.
+    Kexec {
+        t_us: u64,
+        ok: bool,
+        from: String,
+        bytes: u64,
+        fetch_us: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The end action is about to happen. `status` is the run phase's status (the
     /// appliance's result); `action` is what the init does now.
     End { t_us: u64, action: String, status: i32 },
@@ -141,6 +155,7 @@ impl Event {
             | Event::Network { t_us, .. }
             | Event::RunTraffic { t_us, .. }
             | Event::Results { t_us, .. }
+            | Event::Kexec { t_us, .. }
             | Event::End { t_us, .. } => *t_us,
         }
     }
@@ -216,6 +231,14 @@ mod tests {
                 copy_us: 2,
                 umount_us: 3,
                 error: Some("cannot mount: timed out".to_string()),
+            },
+            Event::Kexec {
+                t_us: 9,
+                ok: false,
+                from: "http://10.0.2.2:8000/app/".to_string(),
+                bytes: 100,
+                fetch_us: 5,
+                error: Some("initrd: SHA-256 is 00, SHA256SUMS says 01".to_string()),
             },
         ];
         for e in events {

@@ -10,6 +10,7 @@ use core::net::Ipv4Addr;
 
 use proptest::prelude::*;
 
+use crate::kexec::KexecFrom;
 use crate::*;
 
 fn parsed(line: &str) -> Parsed {
@@ -125,7 +126,7 @@ fn unknown_end_is_reported_and_halts() {
     assert_eq!(p.diagnostics.len(), 1);
     assert_eq!(
         p.diagnostics[0].to_string(),
-        "appEnd: `wait` is not one of halt, poweroff, reboot, shell (alias bash), sshd"
+        "appEnd: `wait` is not one of halt, poweroff, reboot, shell (alias bash), sshd, kexec"
     );
 }
 
@@ -313,7 +314,7 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0",
+         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0 appKexec=http://10.0.2.2:8000/app/",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -343,10 +344,11 @@ fn every_parameter() {
         run_timeout: Some(600),
         no_carry_env: true,
         status_port: StatusPort::Serial(0),
+        kexec: Some(KexecFrom::Http { addr: Ipv4Addr::new(10, 0, 2, 2), port: 8000, path: "/app/".into() }),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 23);
+    assert_eq!(KNOWN_KEYS.len(), 24);
 }
 
 #[test]
@@ -407,7 +409,7 @@ fn strict_returns_the_first_diagnostic() {
         Err(Error::InvalidValue {
             param: "appEnd".into(),
             value: "x".into(),
-            expected: "one of halt, poweroff, reboot, shell (alias bash), sshd",
+            expected: "one of halt, poweroff, reboot, shell (alias bash), sshd, kexec",
         })
     );
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
 
-pub(crate) const END_EXPECTED: &str = "one of halt, poweroff, reboot, shell (alias bash), sshd";
+pub(crate) const END_EXPECTED: &str = "one of halt, poweroff, reboot, shell (alias bash), sshd, kexec";
 pub(crate) const LOG_EXPECTED: &str = "one of error, warn, info, debug, trace";
 pub(crate) const BOOL_EXPECTED: &str = "a boolean (1, yes, true, on or 0, no, false, off)";
 pub(crate) const MAC_EXPECTED: &str = "a MAC address (expected aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff)";
@@ -44,11 +44,14 @@ pub enum End {
     Shell,
     /// Start sshd, then a console shell, then power off.
     Sshd,
+    /// Fetch the app dir `appKexec` names, check it, and boot its kernel with kexec; power
+    /// off (as `halt`) when any of that fails.
+    Kexec,
 }
 
 impl End {
     /// Every value, in documentation order.
-    pub const ALL: [End; 5] = [End::Halt, End::Poweroff, End::Reboot, End::Shell, End::Sshd];
+    pub const ALL: [End; 6] = [End::Halt, End::Poweroff, End::Reboot, End::Shell, End::Sshd, End::Kexec];
 
     /// The command-line and environment spelling.
     pub fn as_str(self) -> &'static str {
@@ -58,6 +61,7 @@ impl End {
             End::Reboot => "reboot",
             End::Shell => "shell",
             End::Sshd => "sshd",
+            End::Kexec => "kexec",
         }
     }
 }
@@ -358,7 +362,10 @@ mod tests {
             assert_eq!(e.to_string().parse(), Ok(e));
         }
         let err = "wait".parse::<End>().unwrap_err();
-        assert_eq!(err.to_string(), "appEnd: `wait` is not one of halt, poweroff, reboot, shell (alias bash), sshd");
+        assert_eq!(
+            err.to_string(),
+            "appEnd: `wait` is not one of halt, poweroff, reboot, shell (alias bash), sshd, kexec"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! virtio-serial port, at the very end ([`results`]); it does not switch roots.
 //! `appEnd=sshd` supervises an SSH server ([`sshd`]); the power button ([`power`]),
 //! SIGTERM and Ctrl-Alt-Del shut it down cleanly. What shell-script phases export reaches
-//! the later phases ([`exports`]), as when the original sourced them.
+//! the later phases ([`exports`]), as when the original sourced them. `appEnd=kexec` fetches,
+//! checks and loads the next appliance's kernel ([`kexec`]).
 #![cfg_attr(not(test), no_std)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -26,6 +27,7 @@ pub mod console;
 pub mod cpio;
 pub mod dhcp;
 pub mod exports;
+pub mod kexec;
 pub mod logger;
 pub mod mem;
 pub mod modules;

@@ -22,7 +22,8 @@ use appliance_init::sequence::{self, Context, Outcome};
 use appliance_init::status::{StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
-    cli, console, exports, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd, sys, watch,
+    cli, console, exports, kexec, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd,
+    sys, watch,
 };
 use rustix::system::RebootCommand;
 
@@ -62,7 +63,12 @@ fn pid1() -> ! {
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
     // After postrun, before the end action: the network is quiet until here.
     results::step(&config, &mut control, &status);
-    let end = if outcome.interrupted { End::Poweroff } else { config.end };
+    let end = match (outcome.interrupted, config.end) {
+        (true, _) => End::Poweroff,
+        // Last, after the results: the next kernel is loaded, or the end is `halt`.
+        (false, End::Kexec) => kexec::step(&config, &mut control, &status),
+        (false, end) => end,
+    };
     end_session(&mut sup, end, &image, &mut ctx);
     shut_down(&mut sup, end, outcome.run_status, &status)
 }
@@ -147,7 +153,8 @@ fn load_modules(config: &Config, status: &StatusWriter) {
     let dir = modules::dir();
     let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
     let order = read(ORDER_FILE).unwrap_or_default();
-    let uses_network = config.ip.is_some() || config.dhcp || results::needs_network(config);
+    let uses_network =
+        config.ip.is_some() || config.dhcp || results::needs_network(config) || kexec::needs_network(config);
     let wanted = if uses_network { NIC_MODULES } else { &[] };
     if order.trim().is_empty() && config.modules.is_empty() && wanted.is_empty() {
         return;
@@ -275,17 +282,18 @@ fn end_session(sup: &mut Supervisor, end: End, image: &ImageFacts, ctx: &mut Con
     match end {
         End::Sshd => end_sshd(sup, image, ctx),
         End::Shell => end_shell(sup, image, ctx),
-        End::Halt | End::Poweroff | End::Reboot => {}
+        End::Halt | End::Poweroff | End::Reboot | End::Kexec => {}
     }
 }
 
 /// Stops what is left, records the end, and powers off or reboots as `end` says.
 fn shut_down(sup: &mut Supervisor, end: End, run_status: i32, status: &StatusWriter) -> ! {
-    let action = match end {
-        End::Reboot => RebootCommand::Restart,
-        _ => RebootCommand::PowerOff,
+    let (action, action_name) = match end {
+        End::Reboot => (RebootCommand::Restart, "reboot"),
+        // The kernel kexec_file_load loaded starts instead of the firmware.
+        End::Kexec => (RebootCommand::Kexec, "kexec"),
+        _ => (RebootCommand::PowerOff, "poweroff"),
     };
-    let action_name = if action == RebootCommand::Restart { "reboot" } else { "poweroff" };
     log::info!("{action_name} (run status {run_status})");
     shutdown::terminate_all(sup, shutdown::GRACE);
     status.emit(&Event::End { t_us: t_us(), action: String::from(action_name), status: run_status });

@@ -315,3 +315,17 @@ pub fn bind_to_device(fd: BorrowedFd<'_>, name: &str) -> Result<(), Errno> {
         .map(drop)
         .map_err(errno)
 }
+
+/// kexec_file_load(2): loads the kernel in `kernel` with the initrd in `initrd` and the
+/// command line `cmdline` as the kernel to run at `reboot(LINUX_REBOOT_CMD_KEXEC)`. The
+/// kernel reads both files itself (from their start), and checks the kernel's signature
+/// when it is configured to.
+pub fn kexec_file_load(kernel: BorrowedFd<'_>, initrd: BorrowedFd<'_>, cmdline: &str) -> Result<(), Errno> {
+    let cmdline = CString::new(cmdline).map_err(|_| Errno::INVAL)?;
+    // The length counts the terminating NUL.
+    let len = cmdline.as_bytes_with_nul().len();
+    let (kernel, initrd) = (rustix::fd::AsRawFd::as_raw_fd(&kernel), rustix::fd::AsRawFd::as_raw_fd(&initrd));
+    // SAFETY: the descriptors are plain integers; the command line is a NUL-terminated
+    // string of `len` bytes that lives across the call, which only reads it; no flags.
+    unsafe { syscall!(Sysno::kexec_file_load, kernel, initrd, len, cmdline.as_ptr(), 0) }.map(drop).map_err(errno)
+}

@@ -43,7 +43,7 @@ struct FragmentOptions {
     #[arg(long, value_name = "SERIES")]
     series: Option<String>,
 
-    /// A fragment on top of base.config: a built-in topic (net, debug, bench, modules)
+    /// A fragment on top of base.config: a built-in topic (net, debug, bench, modules, kexec)
     /// or a file (repeatable; later ones win)
     #[arg(short, long = "fragment", value_name = "NAME|FILE")]
     fragments: Vec<String>,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use appliance_host::deploy::{cmdline, netboot};
 use appliance_host::host::http::HttpServer;
+use appliance_host::host::tftp::TftpServer;
 
 /// Write an app dir as a network boot tree (PXELINUX and iPXE), and optionally serve it.
 ///
@@ -16,8 +17,10 @@ use appliance_host::host::http::HttpServer;
 /// (boot file pxelinux.0) or HTTP server (iPXE: chain http://SERVER/boot.ipxe).
 ///
 /// With --serve ADDR the tree is served over HTTP on ADDR (iPXE's boot file is then
-/// http://ADDR/boot.ipxe) until SIGINT or SIGTERM. TFTP is left to the lab's server (or
-/// QEMU's built-in one: -nic user,tftp=DIR,bootfile=pxelinux.0).
+/// http://ADDR/boot.ipxe), and with --tftp ADDR over TFTP (read-only, with the blksize
+/// and tsize options; PXE's boot file is pxelinux.0), until SIGINT or SIGTERM. Point the
+/// lab's DHCP server at them (next-server and filename), or use QEMU's built-in TFTP
+/// (-nic user,tftp=DIR,bootfile=pxelinux.0).
 ///
 /// With --power-cycle CMD, CMD runs with `sh -c` once per --node (NODE in its environment),
 /// after the tree is written and served, as `ipmitool -H $NODE ... chassis power cycle`.
@@ -34,6 +37,11 @@ pub struct Args {
     /// Serve the tree over HTTP on this address (e.g. 192.168.1.2:8080; port 0 picks one)
     #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
+
+    /// Serve the tree over TFTP on this address (e.g. 192.168.1.2:69, which needs root or
+    /// CAP_NET_BIND_SERVICE; port 0 picks one)
+    #[arg(long, value_name = "ADDR")]
+    tftp: Option<String>,
 
     /// Command that power-cycles a node, run with `sh -c` and NODE set, once per --node
     #[arg(long, value_name = "CMD", requires = "nodes")]
@@ -61,19 +69,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         netboot::PXELINUX_FILE,
         netboot::IPXE_SCRIPT
     );
-    let Some(addr) = &args.serve else {
+    if args.serve.is_none() && args.tftp.is_none() {
         power_cycle(&args)?;
         return Ok(ExitCode::SUCCESS);
-    };
+    }
     let signals = appliance_host::vm::stop::catch_stop_signals().context("cannot set up signal handling")?;
-    let server = HttpServer::start(&args.output, addr, |path, status| log::info!("http: {path} {status}"))?;
-    // The line tests and scripts read the address from.
-    eprintln!(
-        "appliance: serving {dir} on http://{}/ : point iPXE at http://{}/{}",
-        server.addr(),
-        server.addr(),
-        netboot::IPXE_SCRIPT
-    );
+    let http = match &args.serve {
+        Some(addr) => {
+            let server = HttpServer::start(&args.output, addr, |path, status| log::info!("http: {path} {status}"))?;
+            // The line tests and scripts read the address from.
+            eprintln!(
+                "appliance: serving {dir} on http://{}/ : point iPXE at http://{}/{}",
+                server.addr(),
+                server.addr(),
+                netboot::IPXE_SCRIPT
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    let tftp = match &args.tftp {
+        Some(addr) => {
+            let server = TftpServer::start(&args.output, addr, |file, sent| {
+                log::info!("tftp: {file} {}", if sent { "sent" } else { "not sent" })
+            })?;
+            eprintln!(
+                "appliance: serving {dir} on tftp://{}/ : point PXE at next-server {} filename {}",
+                server.addr(),
+                server.addr().ip(),
+                netboot::PXELINUX_FILE
+            );
+            Some(server)
+        }
+        None => None,
+    };
     power_cycle(&args)?;
     loop {
         if let Ok(Some(sig)) = signals.read_signal() {
@@ -82,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(server);
+    drop((http, tftp));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,7 +44,7 @@ pub struct Args {
     target: String,
 
     /// What the init does after postrun (appEnd)
-    #[arg(long, value_name = "ACTION", value_parser = ["halt", "poweroff", "reboot", "shell", "bash", "sshd"])]
+    #[arg(long, value_name = "ACTION", value_parser = ["halt", "poweroff", "reboot", "shell", "bash", "sshd", "kexec"])]
     end: Option<String>,
 
     /// Stop at a console shell before prerun (appDebug)

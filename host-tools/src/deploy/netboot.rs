@@ -7,7 +7,9 @@
 //! - `boot.ipxe`: an iPXE script, for iPXE (chained, or the firmware of QEMU's NICs),
 //!   which fetches the kernel and the initrd relative to the script's own URL, over HTTP
 //!   or TFTP;
-//! - `vmlinuz`, `initrd`, and `cmdline` (the line, for the record).
+//! - `vmlinuz`, `initrd`, and `cmdline` (the line, for the record), with their
+//!   `SHA256SUMS`: the tree is also an app dir a running appliance can kexec into
+//!   (`appEnd=kexec appKexec=http://SERVER/`).
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +88,7 @@ pub fn write_tree(app_dir: &Path, cmdline: &str, dir: &Path) -> Result<(), Netbo
     write("pxelinux.cfg/default", &pxelinux_config(cmdline))?;
     write(IPXE_SCRIPT, &script)?;
     write("cmdline", &format!("{cmdline}\n"))?;
+    crate::image::sums::write_sums(dir)?;
     Ok(())
 }
 

@@ -7,3 +7,4 @@ pub mod http;
 pub mod net;
 pub mod process;
 pub mod size;
+pub mod tftp;

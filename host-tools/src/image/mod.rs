@@ -1,6 +1,6 @@
 //! The image builder: turns an image directory (`appliance.toml`, `app/`) into an app
-//! dir that boots: `initrd`, `vmlinuz`, `cmdline`, and `appliance.json` recording how
-//! it was built.
+//! dir that boots: `initrd`, `vmlinuz`, `cmdline`, `SHA256SUMS` of the three ([`sums`]),
+//! and `appliance.json` recording how it was built.
 //!
 //! The initramfs holds `/init` (our static `appliance-init`), the directories the init
 //! mounts over or writes to, `/dev/console` and `/dev/null` (the kernel opens the
@@ -16,6 +16,7 @@ pub mod checkout;
 pub mod files;
 pub mod manifest;
 pub mod ssh;
+pub mod sums;
 
 use crate::host::fs_error::{FsError, io_error};
 use crate::host::size::human_size;
@@ -338,6 +339,9 @@ pub fn build(image_dir: &Path, out_dir: &Path, options: &BuildOptions) -> Result
     );
     let cmdline = out_dir.join("cmdline");
     fs::write(&cmdline, format!("{}\n", manifest.cmdline)).map_err(io_error("write", &cmdline))?;
+    // After the three files are final: an appliance checks them against it before it
+    // kexecs into this app dir.
+    sums::write_sums(out_dir)?;
     let ssh_host_key_alias = match &ssh_host_key {
         Some(key) => {
             let alias = ssh::host_key_alias(&name);

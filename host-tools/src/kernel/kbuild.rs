@@ -58,12 +58,13 @@ const STEPS_FILE: &str = ".appliance-steps";
 const TAIL_LINES: usize = 25;
 
 /// The built-in topic fragments: `kernel-configs/<name>.config`.
-const TOPICS: [(&str, &str); 5] = [
+const TOPICS: [(&str, &str); 6] = [
     ("base", include_str!("../../../kernel-configs/base.config")),
     ("net", include_str!("../../../kernel-configs/net.config")),
     ("debug", include_str!("../../../kernel-configs/debug.config")),
     ("bench", include_str!("../../../kernel-configs/bench.config")),
     ("modules", include_str!("../../../kernel-configs/modules.config")),
+    ("kexec", include_str!("../../../kernel-configs/kexec.config")),
 ];
 
 /// Per-series adjustments: `kernel-configs/series/<series>/<topic>.config`.
@@ -1210,6 +1211,18 @@ mod tests {
         }
     }
 
+    /// `appEnd=kexec` needs kexec_file_load and what it depends on; base.config stays
+    /// without them (its kernels' cache keys do not change).
+    #[test]
+    fn kexec_topic_has_kexec_file_load_and_its_dependencies() {
+        let kexec = Config::parse(topic("kexec").unwrap(), "kexec").unwrap();
+        for name in ["KEXEC_FILE", "CRYPTO", "CRYPTO_SHA256"] {
+            assert_eq!(kexec.get(name).map(ToString::to_string).as_deref(), Some("y"), "{name}");
+        }
+        let base = Config::parse(topic("base").unwrap(), "base").unwrap();
+        assert!(base.get("KEXEC_FILE").is_none());
+    }
+
     #[test]
     fn base_has_what_the_init_needs() {
         let base = Config::parse(topic("base").unwrap(), "base").unwrap();
@@ -1267,7 +1280,7 @@ mod tests {
         );
         assert_eq!(names("6.12", &[FragmentArg::from("net.config")], false), ["net.config"]);
         let err = fragments("6.1", &[FragmentArg::from("no-such-topic")], true).unwrap_err();
-        assert!(err.to_string().contains("neither a built-in one (base, net, debug, bench, modules)"), "{err}");
+        assert!(err.to_string().contains("neither a built-in one (base, net, debug, bench, modules, kexec)"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let mine = dir.path().join("mine.config");
