@@ -2,8 +2,9 @@
 //! fetches `images/hello` over HTTP from the project's server on the host's loopback
 //! (10.0.2.2 through QEMU's user network), checks it against its `SHA256SUMS`, and kexecs
 //! into it: hello's output, exit status and status record come back through the same QEMU.
-//! A corrupted initrd is refused, and the booting appliance halts saying why. Both kernels
-//! are Debian's cloud kernel (CONFIG_KEXEC_FILE=y), the default of images.
+//! The same from an NFS export (nfs-ganesha on the loopback, as for results). A corrupted
+//! initrd is refused, and the booting appliance halts saying why. Both kernels are
+//! Debian's cloud kernel (CONFIG_KEXEC_FILE=y), the default of images.
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +80,25 @@ fn a_running_appliance_kexecs_into_hello_fetched_over_http_and_hellos_status_com
     assert_eq!(inits, 2, "{:?}", b.events);
     assert_eq!(ends(&b), [("kexec".to_string(), 0), ("poweroff".to_string(), 3)], "{}", b.console);
     assert_eq!(b.code, 3, "{}", b.stderr);
+}
+
+/// The same handover from an NFS export: the booting appliance mounts it with the results
+/// step's options (nfs-ganesha on the host's loopback, reached as 10.0.2.2), loading the
+/// NFS modules of Debian's kernel first, reads and checks the files, and kexecs.
+#[test]
+fn a_running_appliance_kexecs_into_hello_read_from_an_nfs_export() {
+    let (_tmp, boot_dir, served) = appliances("appArgs='from the export exit=4'\n");
+    let mut server = appliance_host::vm::nfs::NfsServer::start(&served).unwrap();
+    let from = format!("appKexec={}", appliance_host::vm::nfs::guest_param(server.port()));
+    let b = boot(&boot_dir, &["--qemu-arg", "-nic", "--qemu-arg", "user,model=virtio-net-pci", "--", &from]);
+    server.stop();
+    let (ok, bytes, error) = kexec_event(&b);
+    assert!(ok && error.is_none(), "{error:?}\n{}", b.console);
+    assert!(bytes > std::fs::metadata(served.join("initrd")).unwrap().len(), "{bytes}");
+    b.assert_console("arg[1]=from");
+    b.assert_console("arg[4]=exit=4");
+    assert_eq!(ends(&b), [("kexec".to_string(), 0), ("poweroff".to_string(), 4)], "{}", b.console);
+    assert_eq!(b.code, 4, "{}", b.stderr);
 }
 
 #[test]

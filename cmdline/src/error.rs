@@ -33,11 +33,11 @@ pub enum Error {
     #[error("{param}: `{value}` is not {expected}")]
     InvalidValue { param: String, value: String, expected: &'static str },
 
-    /// An NFS mount option in `appResultsTo` that would let a dead server hang the results
-    /// step: `hard`, or `timeo`/`retrans` under which a request could take longer than
-    /// [`crate::NFS_REQUEST_LIMIT_S`] to fail.
-    #[error("appResultsTo: `{option}` would let a dead NFS server hang the appliance: {why}")]
-    UnboundedNfs { option: String, why: String },
+    /// An NFS mount option in `appResultsTo` (or `appKexec`) that would let a dead server
+    /// hang the appliance: `hard`, or `timeo`/`retrans` under which a request could take
+    /// longer than [`crate::NFS_REQUEST_LIMIT_S`] to fail.
+    #[error("{param}: `{option}` would let a dead NFS server hang the appliance: {why}")]
+    UnboundedNfs { param: &'static str, option: String, why: String },
 
     /// A parameter other than `appDebug` given without `=value`.
     #[error("{param}: missing value (expected `{param}=VALUE`)")]

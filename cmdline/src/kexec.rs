@@ -5,8 +5,10 @@
 //! `appliance build` writes beside them, and refuses any file whose sum is not the listed
 //! one. The next kernel's command line is [`next_cmdline`].
 //!
-//! Only HTTP: an NFS or 9p source would reuse the results step's mounts, but neither can
-//! be tested here with Debian's cloud kernel (no 9p; NFS needs root on the host).
+//! `appKexec=nfs:ADDRESS:/PATH[,OPTIONS]` and `appKexec=9p:TAG[,OPTIONS]` name the app
+//! dir as an NFS export (or a directory in one) or a virtio 9p share whose top holds the
+//! files: the init mounts it as the results step mounts its destination (the same syntax,
+//! the same bounded NFS timeouts), reads the files, and unmounts it.
 
 use alloc::borrow::ToOwned;
 use alloc::string::{String, ToString};
@@ -18,9 +20,10 @@ use core::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::Error;
+use crate::results::ResultsTo;
 
-pub(crate) const KEXEC_EXPECTED: &str =
-    "an app dir URL (expected http://ADDRESS[:PORT]/PATH/ with an IPv4 address, e.g. http://10.0.2.2:8000/app/)";
+pub(crate) const KEXEC_EXPECTED: &str = "an app dir (expected http://ADDRESS[:PORT]/PATH/ with an IPv4 address, \
+     e.g. http://10.0.2.2:8000/app/, or nfs:ADDRESS:/PATH[,OPTIONS], or 9p:TAG[,OPTIONS])";
 
 /// The files of an app dir the init fetches, in the order it fetches them.
 pub const KEXEC_FILES: [&str; 3] = ["vmlinuz", "initrd", "cmdline"];
@@ -34,13 +37,16 @@ pub const SUMS_FILE: &str = "SHA256SUMS";
 pub enum KexecFrom {
     /// An HTTP server: its address and port, and the app dir's path, ending in `/`.
     Http { addr: Ipv4Addr, port: u16, path: String },
+    /// An NFS export (or a directory in one) or a 9p share, with the files at its top.
+    Mount(ResultsTo),
 }
 
 impl KexecFrom {
-    /// The path of one file of the app dir on the server.
+    /// The path of one file of the app dir on the server, or in the mounted file system.
     pub fn file_path(&self, name: &str) -> String {
         match self {
             KexecFrom::Http { path, .. } => alloc::format!("{path}{name}"),
+            KexecFrom::Mount(_) => alloc::format!("/{name}"),
         }
     }
 }
@@ -50,6 +56,7 @@ impl fmt::Display for KexecFrom {
         match self {
             KexecFrom::Http { addr, port: 80, path } => write!(f, "http://{addr}{path}"),
             KexecFrom::Http { addr, port, path } => write!(f, "http://{addr}:{port}{path}"),
+            KexecFrom::Mount(to) => write!(f, "{to}"),
         }
     }
 }
@@ -70,6 +77,16 @@ impl FromStr for KexecFrom {
     fn from_str(s: &str) -> Result<KexecFrom, Error> {
         let err =
             || Error::InvalidValue { param: "appKexec".to_owned(), value: s.to_owned(), expected: KEXEC_EXPECTED };
+        if s.starts_with("nfs:") || s.starts_with("9p:") {
+            // The results destination's syntax and checks; its errors name appKexec.
+            return match ResultsTo::from_str(s) {
+                Ok(to @ (ResultsTo::Nfs { .. } | ResultsTo::NineP { .. })) => Ok(KexecFrom::Mount(to)),
+                Err(Error::UnboundedNfs { option, why, .. }) => {
+                    Err(Error::UnboundedNfs { param: "appKexec", option, why })
+                }
+                _ => Err(err()),
+            };
+        }
         let rest = s.strip_prefix("http://").ok_or_else(err)?;
         let (host, path) = match rest.find('/') {
             Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..).unwrap_or_default()),
@@ -225,7 +242,11 @@ mod tests {
             "http://10.0.2.2/../etc/",
             "http://10.0.2.2/a b/",
             "http://10.0.2.2/a?x/",
-            "nfs:10.0.2.2:/app",
+            "nfs:server:/app",
+            "nfs:10.0.2.2:app",
+            "9p:a:b",
+            "serial:appliance.results",
+            "nfs:10.0.2.2:/app,hard",
         ];
         for text in bad {
             let e = text.parse::<KexecFrom>().unwrap_err();
@@ -233,6 +254,19 @@ mod tests {
         }
         let from: KexecFrom = "http://10.0.2.2:8000/app/".parse().unwrap();
         assert_eq!(from.file_path("initrd"), "/app/initrd");
+    }
+
+    #[test]
+    fn mounted_sources_take_the_results_syntax() {
+        for text in ["nfs:10.0.2.2:/srv/apps/hello", "nfs:10.0.2.2:/,port=2049", "9p:apps", "9p:apps,cache=loose"] {
+            let from: KexecFrom = text.parse().unwrap();
+            assert!(matches!(from, KexecFrom::Mount(_)), "{text}");
+            assert_eq!(from.to_string(), text);
+            assert_eq!(from.file_path("vmlinuz"), "/vmlinuz");
+        }
+        // The bound on a dead server holds for kexec too, and says so.
+        let e = "nfs:10.0.2.2:/app,timeo=60000".parse::<KexecFrom>().unwrap_err();
+        assert!(e.to_string().starts_with("appKexec: `timeo=60000`"), "{e}");
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl ResultsTo {
     /// which a request fails within [`NFS_REQUEST_LIMIT_S`].
     pub fn check_bounded(&self) -> Result<(), Error> {
         let ResultsTo::Nfs { options, .. } = self else { return Ok(()) };
-        let unbounded = |option: &str, why: String| Error::UnboundedNfs { option: option.to_string(), why };
+        let unbounded =
+            |option: &str, why: String| Error::UnboundedNfs { param: "appResultsTo", option: option.to_string(), why };
         let (mut timeo, mut retrans, mut udp) = (NFS_TIMEO, NFS_RETRANS, false);
         // The option named when the combination is too long: the last of the two given.
         let mut last = "";

@@ -21,6 +21,7 @@ use alloc::vec::Vec;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
+use appliance_cmdline::ResultsTo;
 use appliance_cmdline::kexec::{KEXEC_FILES, KexecFrom, SUMS_FILE, SumsError, hex, next_cmdline, parse_sums, sum_of};
 use appliance_cmdline::status::Event;
 use appliance_cmdline::{Config, End, MAX_CMDLINE_LEN};
@@ -74,6 +75,8 @@ pub enum KexecError {
     CmdlineTooLong { len: usize },
     #[error("cannot hold {name} in memory: {}", Describe(*.errno))]
     Memory { name: &'static str, errno: Errno },
+    #[error("cannot mount {what}: {}{hint}", Describe(*.errno))]
+    Mount { what: String, errno: Errno, hint: &'static str },
     #[error("kexec_file_load refused the kernel: {}{}", Describe(*.errno), load_hint(*.errno))]
     Load { errno: Errno },
 }
@@ -166,20 +169,65 @@ fn connect(addr: Ipv4Addr, port: u16) -> Result<OwnedFd, KexecError> {
     Err(KexecError::Connect { addr, port, errno: last })
 }
 
-/// GETs `path` from the server of `from`, handing the body to `sink` as it arrives; at
-/// most `limit` bytes. Returns the body's length.
+/// Where an NFS export or a 9p share that `appKexec` names is mounted while it is read.
+pub const MOUNT_POINT: &str = "/run/appliance/kexec";
+
+/// Reads the app dir's file `name` from where `from` is (over HTTP, or in the file system
+/// mounted on [`MOUNT_POINT`]), handing it to `sink` as it arrives; at most `limit` bytes.
+/// Returns its length.
 pub fn get(
     from: &KexecFrom,
     name: &str,
     limit: u64,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), KexecError>,
 ) -> Result<u64, KexecError> {
-    let KexecFrom::Http { addr, port, .. } = from;
-    let path = from.file_path(name);
+    match from {
+        KexecFrom::Http { addr, port, .. } => get_http(*addr, *port, &from.file_path(name), limit, sink),
+        KexecFrom::Mount(_) => read_file(&format!("{MOUNT_POINT}{}", from.file_path(name)), limit, sink),
+    }
+}
+
+/// Reads the file at `path` in chunks into `sink`; at most `limit` bytes.
+pub fn read_file(
+    path: &str,
+    limit: u64,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), KexecError>,
+) -> Result<u64, KexecError> {
+    let transfer = |errno| KexecError::Transfer { url: String::from(path), errno };
+    let fd =
+        rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .map_err(transfer)?;
+    let mut buf = alloc::vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = match rustix::io::read(&fd, buf.as_mut_slice()) {
+            Err(Errno::INTR) => continue,
+            other => other.map_err(transfer)?,
+        };
+        if n == 0 {
+            return Ok(got);
+        }
+        got = got.saturating_add(n as u64);
+        if got > limit {
+            return Err(KexecError::TooLarge { url: String::from(path), limit });
+        }
+        sink(buf.get(..n).unwrap_or_default())?;
+    }
+}
+
+/// GETs `path` from `addr:port`, handing the body to `sink` as it arrives; at most
+/// `limit` bytes. Returns the body's length.
+fn get_http(
+    addr: Ipv4Addr,
+    port: u16,
+    path: &str,
+    limit: u64,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), KexecError>,
+) -> Result<u64, KexecError> {
     let url = format!("http://{addr}:{port}{path}");
     let transfer = |errno| KexecError::Transfer { url: url.clone(), errno };
-    let sock = connect(*addr, *port)?;
-    crate::console::write_all(sock.as_fd(), request(&path, &format!("{addr}:{port}")).as_bytes()).map_err(transfer)?;
+    let sock = connect(addr, port)?;
+    crate::console::write_all(sock.as_fd(), request(path, &format!("{addr}:{port}")).as_bytes()).map_err(transfer)?;
     let mut buf = alloc::vec![0u8; 64 * 1024];
     // The head, and whatever of the body came with it.
     let mut received: Vec<u8> = Vec::new();
@@ -294,9 +342,16 @@ pub fn fetch(from: &KexecFrom, current: &[u8], fetched: &mut Fetched) -> Result<
     Ok(Next { kernel, initrd, cmdline })
 }
 
-/// Whether the end action will use the network.
+/// Whether the end action will use the network (HTTP, NFS; a 9p share needs none).
 pub fn needs_network(config: &Config) -> bool {
-    config.end == End::Kexec && config.kexec.is_some()
+    config.end == End::Kexec && config.kexec.as_ref().is_some_and(uses_network)
+}
+
+fn uses_network(from: &KexecFrom) -> bool {
+    match from {
+        KexecFrom::Http { .. } => true,
+        KexecFrom::Mount(to) => crate::results::nfs_server(to).is_some(),
+    }
 }
 
 /// The whole step for `appEnd=kexec`: the network (configured now if the boot did not),
@@ -330,6 +385,22 @@ pub fn step(config: &Config, control: &mut Option<Control>, status: &StatusWrite
     if result.is_ok() { End::Kexec } else { End::Halt }
 }
 
+/// Mounts the NFS export or 9p share `to` on [`MOUNT_POINT`], with the drivers it needs
+/// loaded first (as the results step does), and the results step's mount options.
+fn mount_source(to: &ResultsTo) -> Result<(), KexecError> {
+    for failure in crate::modules::load_wanted(crate::results::drivers(to)) {
+        // The mount fails next, and says what is missing.
+        log::error!("{failure}");
+    }
+    let args = crate::results::mount_args(to).ok_or(KexecError::NoSource)?;
+    let _ = rustix::fs::mkdir(MOUNT_POINT, rustix::fs::Mode::from_raw_mode(0o755));
+    crate::results::mount_on(&args, MOUNT_POINT).map_err(|errno| KexecError::Mount {
+        what: format!("{to} ({} -o {})", args.fstype, args.options),
+        errno,
+        hint: crate::results::mount_hint(to, errno),
+    })
+}
+
 fn load_next(
     config: &Config,
     control: &mut Option<Control>,
@@ -337,14 +408,23 @@ fn load_next(
     fetched: &mut Fetched,
 ) -> Result<(), KexecError> {
     let from = config.kexec.as_ref().ok_or(KexecError::NoSource)?;
-    if control.is_none() {
+    if control.is_none() && uses_network(from) {
         let c = net::bring_up(config).map_err(|e| KexecError::Network(format!("{e}")))?;
         log::info!("network: {} is {} ({}), for kexec", c.nic, c.addr, c.method);
         status.emit(&c.event());
         *control = Some(c);
     }
     let current = crate::read_bytes("/proc/cmdline").unwrap_or_default();
-    let next = fetch(from, &current, fetched)?;
+    let next = match from {
+        KexecFrom::Http { .. } => fetch(from, &current, fetched)?,
+        KexecFrom::Mount(to) => {
+            mount_source(to)?;
+            // The files are in memfds once fetched: the mount is not needed for the load.
+            let next = fetch(from, &current, fetched);
+            crate::results::unmount_bounded(MOUNT_POINT);
+            next?
+        }
+    };
     log::info!("kexec: next command line: {}", next.cmdline);
     crate::sys::kexec_file_load(next.kernel.as_fd(), next.initrd.as_fd(), &next.cmdline)
         .map_err(|errno| KexecError::Load { errno })
@@ -478,5 +558,34 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let e = get_small(&from(port), SUMS_FILE).err().unwrap();
         assert!(matches!(e, KexecError::Connect { errno: Errno::CONNREFUSED, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_file_of_a_mounted_source_is_read_whole_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("appliance-kexec-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("initrd");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        let path = file.to_str().unwrap();
+        let mut got = Vec::new();
+        let n = read_file(path, u64::MAX, &mut |chunk| {
+            got.extend_from_slice(chunk);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, got == data), (600_000, true));
+        let e = read_file(path, 1000, &mut |_| Ok(())).err().unwrap();
+        assert!(matches!(e, KexecError::TooLarge { limit: 1000, .. }), "{e}");
+        let e = read_file(dir.join("vmlinuz").to_str().unwrap(), u64::MAX, &mut |_| Ok(())).err().unwrap();
+        assert!(matches!(e, KexecError::Transfer { errno: Errno::NOENT, .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_http_and_nfs_sources_need_the_network() {
+        for (text, network) in [("http://10.0.2.2/app/", true), ("nfs:10.0.2.2:/app", true), ("9p:apps", false)] {
+            assert_eq!(uses_network(&text.parse().unwrap()), network, "{text}");
+        }
     }
 }

@@ -474,15 +474,20 @@ pub fn save(to: &ResultsTo, run_name: &str, sources: &[(&str, &str)]) -> Report 
         Err(e) => report.error = Some(format!("{e}")),
     }
     let t2 = now();
-    if let Err(e) = rustix::mount::unmount(MOUNT_POINT, rustix::mount::UnmountFlags::empty()) {
-        // Whatever was fsynced is on the server; a dead server must not keep us here.
-        log::warn!("results: cannot unmount {MOUNT_POINT}: {}; forcing it", Describe(e));
-        if rustix::mount::unmount(MOUNT_POINT, rustix::mount::UnmountFlags::FORCE).is_err() {
-            let _ = rustix::mount::unmount(MOUNT_POINT, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
+    // Whatever was fsynced is on the server; a dead server must not keep us here.
+    unmount_bounded(MOUNT_POINT);
     report.umount_us = us(now().saturating_sub(t2));
     report
+}
+
+/// Unmounts `target`; when that fails (a dead server), forces it, and detaches it last.
+pub fn unmount_bounded(target: &str) {
+    if let Err(e) = rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()) {
+        log::warn!("cannot unmount {target}: {}; forcing it", Describe(e));
+        if rustix::mount::unmount(target, rustix::mount::UnmountFlags::FORCE).is_err() {
+            let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
 }
 
 /// Writes `sources` (each `(path, name)`: a missing path is skipped) as one cpio stream to
@@ -593,12 +598,17 @@ pub fn mount_hint(to: &ResultsTo, e: Errno) -> &'static str {
     }
 }
 
-/// mount(2) with text options, as mount(8) passes them.
+/// mount(2) on [`MOUNT_POINT`] with text options, as mount(8) passes them.
 fn mount(args: &MountArgs) -> Result<(), Errno> {
+    mount_on(args, MOUNT_POINT)
+}
+
+/// mount(2) of `args` on `target`, nosuid and nodev.
+pub fn mount_on(args: &MountArgs, target: &str) -> Result<(), Errno> {
     let data = alloc::ffi::CString::new(args.options.as_str()).map_err(|_| Errno::INVAL)?;
     rustix::mount::mount(
         args.source.as_str(),
-        MOUNT_POINT,
+        target,
         args.fstype,
         rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
         data.as_c_str(),
