@@ -80,6 +80,14 @@ pub struct Config {
     pub no_carry_env: bool,
     /// `appStatus`: the port of the status record.
     pub status_port: StatusPort,
+    /// `appSegIp`: the address of the segment NIC, the Ethernet NIC beside the control
+    /// one that links the nodes of a run.
+    pub seg_ip: Option<IpCidr>,
+    /// `appPeers`: the nodes of the run and their segment addresses, `name=a.b.c.d,...`.
+    pub peers: Option<String>,
+    /// `appRendezvous`: the host's rendezvous server and the run's token,
+    /// `a.b.c.d:port/token`.
+    pub rendezvous: Option<String>,
 }
 
 impl Config {
@@ -131,6 +139,9 @@ impl Config {
             ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
             ("APP_RUNID", self.run_id.clone()),
             ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
+            ("APP_SEGIP", self.seg_ip.map(|ip| ip.to_string())),
+            ("APP_PEERS", self.peers.clone()),
+            ("APP_RENDEZVOUS", self.rendezvous.clone()),
         ];
         for (k, v) in optional {
             if let Some(v) = v {

@@ -31,6 +31,7 @@ mod value;
 mod words;
 
 pub mod modules;
+pub mod segment;
 pub mod status;
 pub mod suggest;
 
