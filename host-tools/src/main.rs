@@ -47,6 +47,7 @@ enum Command {
     Cpio(commands::cpio::Args),
     Trace(commands::trace::Args),
     Root(commands::root::Args),
+    Exp(commands::exp::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,5 +75,6 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Cpio(args) => commands::cpio::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Root(args) => commands::root::run(args),
+        Command::Exp(args) => commands::exp::run(args),
     }
 }
