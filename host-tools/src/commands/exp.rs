@@ -32,7 +32,9 @@ enum Command {
     Report(ReportArgs),
 }
 
-/// Summarise a batch (the latest, or BATCH): per parameter point, the count, mean,
+/// Summarise a batch: statistics per parameter point, and a plot.
+///
+/// For the batch (the latest, or BATCH): per parameter point, the count, mean,
 /// standard deviation, min and max of each metric and of the run time (of the runs that
 /// succeeded, per node role); with --plot, an SVG of that metric against --x, one line
 /// per value of --by, with error bars of one standard deviation over the repetitions.

@@ -405,7 +405,7 @@ fn run_nodes(jobs: Vec<NodeJob>, stop: &AtomicBool, rendezvous: &Rendezvous, tok
                         node: job.name.clone(),
                         status: "failed".into(),
                         exit: crate::vm::EXIT_NO_STATUS,
-                        reason: Some(e.to_string()),
+                        reason: Some(node::chain(&e)),
                         wall_s: 0.0,
                         phases_ms: BTreeMap::new(),
                         results_files: 0,

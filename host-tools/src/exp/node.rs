@@ -115,16 +115,30 @@ pub struct Outcome {
     pub rendezvous: BTreeMap<String, f64>,
 }
 
+/// Why a node could not be run at all (a node that ran and failed has an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
+    #[error("the kernel command line of node {node}")]
+    Cmdline {
+        node: String,
+        #[source]
+        source: crate::deploy::cmdline::CmdlineError,
+    },
+    #[error("cannot create a directory for the QMP socket")]
+    Socket(#[source] std::io::Error),
+}
+
 /// Boots `job` and waits for it; `None` when the batch was interrupted (`stop` set) before
 /// the node finished: such a node leaves no outcome and is run again by `--resume`.
-pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, vm::VmError> {
-    let sockets = tempfile::Builder::new()
-        .prefix("appliance-exp-")
-        .tempdir()
-        .map_err(|source| vm::VmError::Spawn { qemu: job.boot.qemu.clone(), source })?;
+pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, NodeError> {
+    // A short path: Unix socket paths are limited to 107 bytes, and a node's directory
+    // can be deep.
+    let sockets = tempfile::Builder::new().prefix("appliance-exp-").tempdir().map_err(NodeError::Socket)?;
     let qmp = sockets.path().join("qmp.sock");
     let stream = results::stream_file(&job.dir, RUN_ID);
-    let spec = spec(job, &qmp, &stream);
+    let spec = spec(job, &qmp, &stream)?;
     let mut watch =
         StopWatch { stop, qmp: qmp.clone(), grace: job.grace, deadline: None, killed: None, stopped: false };
     let report = vm::run_logged(&spec, Some(job.timeout), &mut watch, &job.dir.join("console.log"))?;
@@ -134,7 +148,7 @@ pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, vm::VmEr
     Ok(Some(outcome(job, &report, &stream)))
 }
 
-fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> VmSpec {
+fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> Result<VmSpec, NodeError> {
     let mut after = job.words.clone();
     after.push(format!("appRunId={RUN_ID}"));
     let mut shares = Vec::new();
@@ -149,11 +163,9 @@ fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> VmSpec {
             shares.push(qemu::Share9p { tag: results::NINEP_TAG.into(), path: job.dir.clone(), readonly: false });
         }
     }
-    // The app dir's cmdline was checked when it was built; a word that does not fit shows
-    // in the guest's own diagnostics.
     let append = crate::deploy::cmdline::kernel_line(&job.boot.app_dir, false, &job.boot.machine_words, &after)
-        .unwrap_or_else(|_| after.join(" "));
-    VmSpec {
+        .map_err(|source| NodeError::Cmdline { node: job.name.clone(), source })?;
+    Ok(VmSpec {
         qemu: job.boot.qemu.clone(),
         kernel: job.boot.kernel.clone(),
         initrd: job.boot.app_dir.join("initrd"),
@@ -169,7 +181,7 @@ fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> VmSpec {
         qmp: Some(qmp.to_path_buf()),
         extra: job.qemu_args.clone(),
         disk: None,
-    }
+    })
 }
 
 /// The words of a node: `appArgs`, `appCmds` and `appNode`, then the role's own.
@@ -249,15 +261,9 @@ fn save_results(job: &NodeJob, report: &vm::RunReport, stream: &Path) -> Result<
         return Err(format!("results not saved: {}", o.error.as_deref().unwrap_or("unknown error")));
     }
     let run_dir = match job.transport {
-        Transport::Serial => results::unpack_stream(stream, &job.dir, &o).map_err(|e| {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            format!("results not saved: {msg}")
-        })?,
+        Transport::Serial => {
+            results::unpack_stream(stream, &job.dir, &o).map_err(|e| format!("results not saved: {}", chain(&e)))?
+        }
         Transport::NineP => job.dir.join(RUN_ID),
     };
     let _ = std::fs::remove_file(stream);
@@ -371,4 +377,15 @@ impl Watch for StopWatch<'_> {
     fn kill_reason(&self) -> Option<String> {
         self.killed.clone()
     }
+}
+
+/// An error with its causes, on one line (for `outcome.json`'s reason).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
