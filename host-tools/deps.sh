@@ -22,6 +22,9 @@
 #     disk images, `appliance run DISK` boots them (tests/image.rs)
 #   - pxelinux, syslinux-common: `appliance netboot` copies PXELINUX into boot trees;
 #     ipxe-qemu: the boot ROMs of QEMU's NICs, which tests/netboot.rs boots from
+#   - slurmctld, slurmd, slurm-client, munge: tests/exp.rs starts a one-node Slurm cluster
+#     of its own (configuration in a temporary directory) for `appliance exp run --on
+#     slurm`; the services the packages would start are not started (policy-rc.d)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -59,6 +62,9 @@ appliance_install_deps() {
     [ -e /usr/lib/PXELINUX/pxelinux.0 ] || missing+=(pxelinux)
     [ -e /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || missing+=(syslinux-common)
     [ -e /usr/lib/ipxe/qemu/efi-virtio.rom ] || missing+=(ipxe-qemu)
+    { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && command -v sbatch >/dev/null; } \
+        || missing+=(slurmctld slurmd slurm-client)
+    [ -x /usr/sbin/munged ] || missing+=(munge)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

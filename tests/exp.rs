@@ -419,3 +419,158 @@ fn two_concurrent_2_node_runs_do_not_see_each_others_segments() {
     assert_echo_run(&batch, 1);
     assert_echo_run(&batch, 2);
 }
+
+/// A one-node Slurm cluster of this machine, for one test: munged, slurmctld and slurmd
+/// (as root) with their configuration, state and logs in a temporary directory; every
+/// job cancelled and every daemon killed when dropped.
+struct SlurmCluster {
+    dir: tempfile::TempDir,
+    daemons: Vec<Child>,
+}
+
+impl SlurmCluster {
+    fn start() -> SlurmCluster {
+        for program in ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"] {
+            assert!(
+                Path::new(program).exists(),
+                "{program} is missing: host-tools/deps.sh installs munge, slurmctld, slurmd and slurm-client"
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("slurm-test-").tempdir().expect("temp dir");
+        let d = dir.path();
+        for sub in ["state", "spool"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        // munged wants 1 KiB of key, readable by its user only.
+        let mut key = vec![0u8; 1024];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut key).unwrap();
+        std::fs::write(d.join("munge.key"), key).unwrap();
+        std::fs::set_permissions(d.join("munge.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let host = host.trim().split('.').next().unwrap().to_string();
+        // Ports of this test's own cluster, beside the packaged defaults (6817, 6818).
+        let conf = format!(
+            "ClusterName=appliancetest\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={}\nSlurmdPort={}\n\
+             AuthType=auth/munge\nAuthInfo=socket={d}/munge.sock\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\n\
+             StateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\n\
+             SlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\nJobCompType=jobcomp/none\nSchedulerType=sched/backfill\n\
+             SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nMpiDefault=none\nReturnToService=2\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 State=UNKNOWN\n\
+             PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
+            26817,
+            26818,
+            d = d.display()
+        );
+        std::fs::write(d.join("slurm.conf"), conf).unwrap();
+        let mut cluster = SlurmCluster { dir, daemons: Vec::new() };
+        let d = cluster.dir.path().to_path_buf();
+        let spawn = |cmd: &mut std::process::Command| {
+            cmd.env("SLURM_CONF", d.join("slurm.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("daemon starts")
+        };
+        let munged = spawn(std::process::Command::new("/usr/sbin/munged").arg("-F").arg("-f").args([
+            format!("--socket={}/munge.sock", d.display()),
+            format!("--key-file={}/munge.key", d.display()),
+            format!("--log-file={}/munged.log", d.display()),
+            format!("--pid-file={}/munged.pid", d.display()),
+            format!("--seed-file={}/munged.seed", d.display()),
+        ]));
+        cluster.daemons.push(munged);
+        wait_for("munged's socket", Duration::from_secs(30), || d.join("munge.sock").exists());
+        let conf = d.join("slurm.conf");
+        cluster.daemons.push(spawn(std::process::Command::new("/usr/sbin/slurmctld").arg("-D").arg("-f").arg(&conf)));
+        cluster.daemons.push(spawn(std::process::Command::new("/usr/sbin/slurmd").arg("-D").arg("-f").arg(&conf)));
+        wait_for("the node idle in sinfo", Duration::from_secs(60), || {
+            cluster
+                .command("sinfo")
+                .args(["-h", "-o", "%T"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+        });
+        cluster
+    }
+
+    /// A Slurm client command for this cluster.
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        c.env("SLURM_CONF", self.dir.path().join("slurm.conf"));
+        c
+    }
+}
+
+impl Drop for SlurmCluster {
+    fn drop(&mut self) {
+        let _ = self.command("scancel").args(["-u", "root"]).output();
+        // Daemons in reverse order: no node without its controller, no controller without munge.
+        for child in self.daemons.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_2x2_matrix_runs_through_a_one_node_slurm_cluster() {
+    let _serial = serial();
+    let cluster = SlurmCluster::start();
+    let e = experiment(
+        r#"timeout = 180
+repetitions = 2
+[matrix]
+word = ["alpha", "beta"]
+size = [1, 2]
+[[node]]
+image = "hello"
+args = "{word} metric=size={size}"
+memory = 192
+"#,
+    );
+    let dir = e.path().to_str().unwrap();
+    let conf = cluster.dir.path().join("slurm.conf");
+    let run = |args: &[&str]| {
+        let o = appliance().env("SLURM_CONF", &conf).arg("exp").args(args).output().expect("appliance runs");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["run", dir, "--on", "slurm", "--max-running", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("8 run(s) submitted as Slurm job array"), "{err}");
+    let batch = batch_dir(&out);
+    let script = std::fs::read_to_string(batch.join("slurm/job.sh")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-7%2") && script.contains("#SBATCH --time=9"), "{script}");
+    // Slurm's view while it runs: tasks queued or running.
+    let (code, status, err) = run(&["status", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("(slurm: PENDING)") || status.contains("(slurm: RUNNING)"), "{status}");
+    let mut last = String::new();
+    wait_for("every task of the array done", BATCH_TIMEOUT, || {
+        let (_, status, _) = run(&["status", dir]);
+        last = status;
+        last.contains("runs: 8 ok")
+    });
+    assert!(qemus_under(e.path()).is_empty(), "QEMU left: {:?}", qemus_under(e.path()));
+    for word in ["alpha", "beta"] {
+        for size in [1, 2] {
+            for rep in [1, 2] {
+                let node = batch.join(format!("size={size},word={word}/{rep}/app-1"));
+                let hello = std::fs::read_to_string(node.join("results/hello.txt")).expect("hello.txt came back");
+                assert!(hello.contains(&format!("arg[1]={word}")), "{hello}");
+                assert_eq!(read_json(&node.join("outcome.json"))["metrics"]["size"], size as f64);
+            }
+        }
+    }
+    let (header, rows) = csv(&batch);
+    assert_eq!(rows.len(), 8, "{last}");
+    assert!(rows.iter().all(|r| cell(&header, r, "status") == "ok"));
+    // Cancelling the (finished) array is refused by nobody and changes nothing.
+    let (code, _, err) = run(&["cancel", dir]);
+    assert_eq!(code, 0, "{err}");
+}

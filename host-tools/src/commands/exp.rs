@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use appliance_host::exp::batch::{self, Settings};
 use appliance_host::exp::definition::{self, Definition, HostCapacity};
 use appliance_host::exp::node::RoleBoot;
-use appliance_host::exp::{matrix, report, summary};
+use appliance_host::exp::{matrix, node, report, slurm, summary};
 use appliance_host::kernel::kbuild;
 
 /// Run experiments: one appliance booted over a grid of parameters, with repetitions.
@@ -30,6 +30,21 @@ enum Command {
     New(NewArgs),
     Run(RunArgs),
     Report(ReportArgs),
+    Status(BatchArgs),
+    Cancel(BatchArgs),
+}
+
+/// A batch of an experiment: with `status`, the state of each run from its directory and,
+/// for a batch on Slurm, from squeue/sacct; with `cancel`, cancel its Slurm job array.
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// The experiment directory
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+
+    /// The batch; default: the latest
+    #[arg(value_name = "BATCH")]
+    batch: Option<String>,
 }
 
 /// Summarise a batch: statistics per parameter point, and a plot.
@@ -97,6 +112,24 @@ struct RunArgs {
     /// Seconds a stopped VM gets to power off before QEMU is killed
     #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::vm::stop::DEFAULT_GRACE.as_secs())]
     stop_grace: u64,
+
+    /// Where the runs go: here, or one Slurm job array (a task per run, on the nodes
+    /// Slurm picks; DIR must be on a file system they share); `appliance exp status` and
+    /// `cancel` follow it
+    #[arg(long, value_name = "WHERE", default_value = "local", value_parser = ["local", "slurm"])]
+    on: String,
+
+    /// The Slurm partition
+    #[arg(long, value_name = "P", requires = "on")]
+    partition: Option<String>,
+
+    /// Slurm tasks at once (the array's %N); default: all
+    #[arg(long, value_name = "N")]
+    max_running: Option<u32>,
+
+    /// Run only task I of a batch submitted to Slurm (what each task of the array runs)
+    #[arg(long, value_name = "I", hide = true, requires = "resume")]
+    task: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -104,6 +137,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::New(a) => new(&a.dir),
         Command::Run(a) => run_batch(a),
         Command::Report(a) => report(a),
+        Command::Status(a) => status(a),
+        Command::Cancel(a) => cancel(a),
     }
 }
 
@@ -146,9 +181,21 @@ fn run_batch(args: RunArgs) -> anyhow::Result<ExitCode> {
     let def = load(&args.dir, args.max_vms)?;
     let filters = args.filter.iter().map(|f| matrix::parse_filter(f, &def.matrix)).collect::<Result<Vec<_>, _>>()?;
     let resume = args.resume.as_deref().map(|b| (!b.is_empty()).then_some(b));
-    let boots = role_boots(&args.dir, &def)?;
+    // A task of a Slurm array runs its one run, with the images built at submission.
+    let only = match (args.task, resume.flatten()) {
+        (Some(i), Some(batch)) => Some(slurm::task(&args.dir.join(batch::RUNS).join(batch), i)?),
+        (Some(_), None) => bail!("--task needs the batch: --resume BATCH"),
+        _ => None,
+    };
+    let boots = role_boots(&args.dir, &def, only.is_none())?;
     let vms_at_once = def.vms_at_once(HostCapacity::of_this_host());
-    let plan = batch::plan(&args.dir, &def, &filters, resume)?;
+    let plan = match batch::plan(&args.dir, &def, &filters, resume, only.as_ref().map(|t| (t.point.as_str(), t.rep))) {
+        Err(batch::BatchError::AllDone { .. }) if only.is_some() => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    };
+    if args.on == "slurm" {
+        return submit(&args, &def, &plan);
+    }
     log::info!(
         "batch {}: {} run(s) of {} VM(s) to do ({} already complete), {} VM(s) at once",
         plan.batch,
@@ -165,6 +212,10 @@ fn run_batch(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bar = Bar::new(plan.runs.len(), plan.complete);
     let report = batch::run(&def, &plan, &settings, bar.clone(), &mut poll)?;
     bar.bar.finish_and_clear();
+    if only.is_some() {
+        // Tasks run side by side: `status` and `report` write the batch's summary.
+        return Ok(if report.failed + report.interrupted > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
     let rows = summary::rows(&plan.dir);
     let csv = summary::write(&plan.dir, &rows)?;
     eprintln!(
@@ -186,6 +237,110 @@ fn run_batch(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `--on slurm`: the batch as one job array.
+fn submit(args: &RunArgs, def: &Definition, plan: &batch::Plan) -> anyhow::Result<ExitCode> {
+    if plan.runs.is_empty() {
+        bail!("no run to submit");
+    }
+    let exe = std::env::current_exe().context("cannot find the appliance executable")?;
+    let exp_dir = args.dir.canonicalize().with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    // The run's bound, the stop's grace, and a few minutes for the boot of the task itself.
+    let minutes = (def.timeout + args.stop_grace).div_ceil(60) + 5;
+    let cpus = def.nodes.iter().map(|r| r.cpus * r.count).sum();
+    let submit = slurm::Submit {
+        exe: &exe,
+        exp_dir: &exp_dir,
+        partition: args.partition.as_deref(),
+        max_running: args.max_running.unwrap_or(plan.runs.len() as u32),
+        minutes,
+        cpus_per_task: cpus,
+        grace_s: args.stop_grace,
+    };
+    let job = slurm::submit(plan, &submit)?;
+    eprintln!(
+        "appliance: batch {}: {} run(s) submitted as Slurm job array {job}; `appliance exp status {}` follows it",
+        plan.batch,
+        plan.runs.len(),
+        args.dir.display()
+    );
+    println!("{}", plan.dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The batch directory of `dir` named `batch`, or the latest.
+fn batch_dir(dir: &Path, batch: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
+    let runs = dir.join(batch::RUNS);
+    let name = match batch {
+        Some(b) => b.to_string(),
+        None => batch::latest_batch(&runs).with_context(|| format!("no batch in {}", runs.display()))?,
+    };
+    let path = runs.join(&name);
+    if !path.is_dir() {
+        bail!("no batch `{name}` in {} (batches: {})", runs.display(), batch::batches(&runs).join(", "));
+    }
+    Ok((name, path))
+}
+
+fn status(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    let (name, dir) = batch_dir(&args.dir, args.batch.as_deref())?;
+    let def = load(&args.dir, None)?;
+    let nodes = batch::node_names(&def);
+    let outcome = |point: &str, rep: u32| -> String {
+        let run = dir.join(point).join(rep.to_string());
+        let read = |n: &String| {
+            std::fs::read_to_string(run.join(n).join(node::OUTCOME))
+                .ok()
+                .and_then(|t| serde_json::from_str::<node::Outcome>(&t).ok())
+        };
+        let outcomes: Vec<Option<node::Outcome>> = nodes.iter().map(read).collect();
+        if outcomes.iter().all(Option::is_some) {
+            let bad = outcomes.iter().flatten().find(|o| o.status != "ok");
+            bad.map_or("ok".to_string(), |o| o.status.clone())
+        } else if run.exists() {
+            "started".to_string()
+        } else {
+            "not started".to_string()
+        }
+    };
+    let tasks = slurm::tasks(&dir);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    if tasks.is_empty() {
+        println!("batch {name} (local)");
+        for point in matrix::points(&def.matrix) {
+            for rep in 1..=def.repetitions {
+                let state = outcome(&point.dir_name(), rep);
+                println!("  {}/{rep}: {state}", point.dir_name());
+                *counts.entry(state).or_default() += 1;
+            }
+        }
+    } else {
+        let job = slurm::job(&dir, &name)?;
+        let states = slurm::states(&job)?;
+        println!("batch {name}: Slurm job array {job}");
+        for (i, t) in tasks.iter().enumerate() {
+            let run = outcome(&t.point, t.rep);
+            let queue = states.get(&i).map_or("-", String::as_str);
+            println!("  task {i} {}/{}: {run} (slurm: {queue})", t.point, t.rep);
+            *counts.entry(run).or_default() += 1;
+        }
+    }
+    let rows = summary::rows(&dir);
+    if !rows.is_empty() {
+        summary::write(&dir, &rows)?;
+    }
+    let line: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!("runs: {}", line.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cancel(args: BatchArgs) -> anyhow::Result<ExitCode> {
+    let (name, dir) = batch_dir(&args.dir, args.batch.as_deref())?;
+    let job = slurm::job(&dir, &name)?;
+    slurm::cancel(&job)?;
+    eprintln!("appliance: cancelled Slurm job array {job} (batch {name}); `--resume {name}` runs what is left");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -248,8 +403,9 @@ impl batch::Progress for Bar {
     }
 }
 
-/// Each role's app dir (its image built into DIR/apps/<role> first) and how it boots.
-fn role_boots(dir: &Path, def: &Definition) -> anyhow::Result<BTreeMap<String, RoleBoot>> {
+/// Each role's app dir (its image built into DIR/apps/<role> first, when `build`) and how
+/// it boots.
+fn role_boots(dir: &Path, def: &Definition, build: bool) -> anyhow::Result<BTreeMap<String, RoleBoot>> {
     let kernel = match &def.kernel {
         None => None,
         Some(k) => Some(kernel_file(dir, k)?),
@@ -258,6 +414,7 @@ fn role_boots(dir: &Path, def: &Definition) -> anyhow::Result<BTreeMap<String, R
     for role in &def.nodes {
         let app_dir = match (&role.image, &role.app) {
             (_, Some(app)) => dir.join(app),
+            (Some(_), None) if !build => dir.join("apps").join(&role.name),
             (Some(image), None) => {
                 // An image beside the definition, else one the build finds (./images/NAME).
                 let local = dir.join(image);

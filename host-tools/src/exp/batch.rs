@@ -75,12 +75,15 @@ pub struct Plan {
 }
 
 /// Plans a batch of `def` in the experiment directory `exp`: a new one, or with `resume`
-/// the named (or latest) one, whose complete runs are skipped.
+/// the named (or latest) one, whose complete runs are skipped. `only` (a point's directory
+/// name and a repetition) plans that one run and leaves the others alone, as a task of a
+/// Slurm array does while its siblings run.
 pub fn plan(
     exp: &Path,
     def: &Definition,
     filters: &[(String, String)],
     resume: Option<Option<&str>>,
+    only: Option<(&str, u32)>,
 ) -> Result<Plan, BatchError> {
     let runs_dir = exp.join(RUNS);
     let (batch, dir) = match resume {
@@ -105,6 +108,9 @@ pub fn plan(
     let mut complete = 0;
     for point in matrix::points(&def.matrix).into_iter().filter(|p| p.matches(filters)) {
         for rep in 1..=def.repetitions {
+            if only.is_some_and(|(p, r)| p != point.dir_name() || r != rep) {
+                continue;
+            }
             let run_dir = dir.join(point.dir_name()).join(rep.to_string());
             if run_dir.exists() {
                 if roles.iter().all(|n| run_dir.join(n).join(node::OUTCOME).exists()) {

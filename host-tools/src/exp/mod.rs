@@ -10,7 +10,8 @@
 //! - [`node`]: one VM of a run, over [`crate::vm`] (QEMU, graceful stop, results step);
 //! - [`summary`]: the rows of a batch, as CSV and JSON;
 //! - [`batch`]: run directories, resuming, and the scheduler that runs them N VMs at once;
-//! - [`report`]: statistics per point and a plot, from the summary's rows.
+//! - [`report`]: statistics per point and a plot, from the summary's rows;
+//! - [`slurm`]: a batch as one Slurm job array, its status and cancelling it.
 //!
 //! It does not build images (the CLI builds each role's image first) and runs nothing as
 //! root: the results come back over a virtio-serial stream or 9p, without a server.
@@ -22,4 +23,5 @@ pub mod network;
 pub mod node;
 pub mod rendezvous;
 pub mod report;
+pub mod slurm;
 pub mod summary;
