@@ -25,6 +25,9 @@
 #   - docker-registry: the reference OCI registry ("distribution"); tests/publish.rs and
 #     tests/bench/publish.sh start their own on a free port of 127.0.0.1 (a system
 #     instance the package starts is stopped, as nfs-ganesha's is)
+#   - slurmctld, slurmd, slurm-client, munge: tests/exp.rs starts a one-node Slurm cluster
+#     of its own (configuration in a temporary directory) for `appliance exp run --on
+#     slurm`; the services the packages would start are not started (policy-rc.d)
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -65,6 +68,9 @@ appliance_install_deps() {
     local registry=()
     [ -x /usr/bin/docker-registry ] || registry=(docker-registry)
     missing+=("${registry[@]}")
+    { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && command -v sbatch >/dev/null; } \
+        || missing+=(slurmctld slurmd slurm-client)
+    [ -x /usr/sbin/munged ] || missing+=(munge)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

@@ -83,6 +83,14 @@ pub struct Config {
     pub status_port: StatusPort,
     /// `appKexec`: the app dir `appEnd=kexec` fetches and boots.
     pub kexec: Option<KexecFrom>,
+    /// `appSegIp`: the address of the segment NIC, the Ethernet NIC beside the control
+    /// one that links the nodes of a run.
+    pub seg_ip: Option<IpCidr>,
+    /// `appPeers`: the nodes of the run and their segment addresses, `name=a.b.c.d,...`.
+    pub peers: Option<String>,
+    /// `appRendezvous`: the host's rendezvous server and the run's token,
+    /// `a.b.c.d:port/token`.
+    pub rendezvous: Option<String>,
 }
 
 impl Config {
@@ -135,6 +143,9 @@ impl Config {
             ("APP_RUNID", self.run_id.clone()),
             ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
             ("APP_KEXEC", self.kexec.as_ref().map(|k| k.to_string())),
+            ("APP_SEGIP", self.seg_ip.map(|ip| ip.to_string())),
+            ("APP_PEERS", self.peers.clone()),
+            ("APP_RENDEZVOUS", self.rendezvous.clone()),
         ];
         for (k, v) in optional {
             if let Some(v) = v {

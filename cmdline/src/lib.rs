@@ -32,6 +32,7 @@ mod value;
 mod words;
 
 pub mod modules;
+pub mod segment;
 pub mod status;
 pub mod suggest;
 

@@ -274,6 +274,17 @@ pub(crate) const PARAMS: &[Param] = &[
         render: |c| (c.status_port != Default::default()).then(|| Rendered::Value(c.status_port.to_string())),
     },
     typed!("appKexec", kexec),
+    Param {
+        key: "appSegIp",
+        parse: |c, v| {
+            v.parse::<IpCidr>()
+                .map(|ip| c.seg_ip = Some(ip))
+                .map_err(|_| invalid("appSegIp", v, crate::segment::SEG_IP_EXPECTED))
+        },
+        ..typed!("appSegIp", seg_ip)
+    },
+    text!("appPeers", peers, crate::segment::is_valid_peers, crate::segment::PEERS_EXPECTED),
+    text!("appRendezvous", rendezvous, crate::segment::is_valid_rendezvous, crate::segment::RENDEZVOUS_EXPECTED),
 ];
 
 /// Every parameter name, in the order of the table. `appCmd` is the original's alias of

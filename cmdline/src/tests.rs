@@ -314,7 +314,8 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0 appKexec=http://10.0.2.2:8000/app/",
+         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0 appKexec=http://10.0.2.2:8000/app/ \
+         appSegIp=10.77.0.2/24 appPeers=server-1=10.77.0.1,client-1=10.77.0.2 appRendezvous=10.0.2.2:4567/r1",
     );
     let want = Config {
         cmds: cmds(&["a", "b"]),
@@ -345,10 +346,13 @@ fn every_parameter() {
         no_carry_env: true,
         status_port: StatusPort::Serial(0),
         kexec: Some(KexecFrom::Http { addr: Ipv4Addr::new(10, 0, 2, 2), port: 8000, path: "/app/".into() }),
+        seg_ip: IpCidr::new(Ipv4Addr::new(10, 77, 0, 2), 24),
+        peers: Some("server-1=10.77.0.1,client-1=10.77.0.2".into()),
+        rendezvous: Some("10.0.2.2:4567/r1".into()),
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 24);
+    assert_eq!(KNOWN_KEYS.len(), 27);
 }
 
 #[test]

@@ -25,6 +25,7 @@
 
 pub mod archive;
 pub mod deploy;
+pub mod exp;
 pub mod host;
 pub mod image;
 pub mod kernel;

@@ -51,6 +51,7 @@ enum Command {
     Publish(commands::publish::Args),
     Pull(commands::pull::Args),
     Update(commands::update::Args),
+    Exp(commands::exp::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +83,6 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Publish(args) => commands::publish::run(args),
         Command::Pull(args) => commands::pull::run(args),
         Command::Update(args) => commands::update::run(args),
+        Command::Exp(args) => commands::exp::run(args),
     }
 }

@@ -37,6 +37,7 @@ pub mod nic;
 pub mod plan;
 pub mod power;
 pub mod procs;
+pub mod rendezvous;
 pub mod results;
 pub mod rt;
 pub mod sequence;

@@ -153,8 +153,11 @@ fn load_modules(config: &Config, status: &StatusWriter) {
     let dir = modules::dir();
     let read = |file: &str| read_to_string(&format!("{dir}/{file}"));
     let order = read(ORDER_FILE).unwrap_or_default();
-    let uses_network =
-        config.ip.is_some() || config.dhcp || results::needs_network(config) || kexec::needs_network(config);
+    let uses_network = config.ip.is_some()
+        || config.dhcp
+        || config.seg_ip.is_some()
+        || results::needs_network(config)
+        || kexec::needs_network(config);
     let wanted = if uses_network { NIC_MODULES } else { &[] };
     if order.trim().is_empty() && config.modules.is_empty() && wanted.is_empty() {
         return;
@@ -192,6 +195,17 @@ fn set_up_network(config: &Config, status: &StatusWriter) -> Option<nic::Control
         log::warn!("cannot bring up the loopback interface: {}", Describe(e));
     }
     let control = control_nic(config, status);
+    match net::bring_up_segment(config, control.as_ref().map(|c| c.nic.as_str())) {
+        Some(Ok(c)) => {
+            log::info!("segment: {} is {}", c.nic, c.addr);
+            status.emit(&c.event());
+        }
+        Some(Err(e)) => {
+            log::error!("segment: {e}");
+            status.error(format!("segment: {e}"));
+        }
+        None => {}
+    }
     log::debug!("network and hostname set");
     control
 }

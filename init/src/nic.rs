@@ -107,6 +107,15 @@ pub fn choose(nics: &[Nic], want: Option<MacAddr>) -> Result<&Nic, NetError> {
     found.ok_or_else(|| NetError::NoNic { mac: want, seen: nics.iter().map(|n| n.name.clone()).collect() })
 }
 
+/// The segment NIC (`appSegIp`): the Ethernet interface with the lowest index that is not
+/// the control NIC `control`.
+pub fn choose_segment<'a>(nics: &'a [Nic], control: Option<&str>) -> Result<&'a Nic, NetError> {
+    nics.iter()
+        .filter(|n| n.ethernet && Some(n.name.as_str()) != control)
+        .min_by_key(|n| n.ifindex)
+        .ok_or_else(|| NetError::NoNic { mac: None, seen: nics.iter().map(|n| n.name.clone()).collect() })
+}
+
 /// The variables that describe the control NIC to the phases: `APP_MYIP`, `APP_MYMAC`,
 /// and `APP_MYNODE` when `appNode` did not set it (the original's default: the MAC with
 /// `_` for `:`).
@@ -144,10 +153,19 @@ pub fn read_nics(root: &str) -> Vec<Nic> {
 
 /// Waits up to `timeout` for the control NIC to appear.
 pub fn find_nic(want: Option<MacAddr>, timeout: Duration) -> Result<Nic, NetError> {
+    wait_for_nic(timeout, |nics| choose(nics, want))
+}
+
+/// Waits up to `timeout` for the segment NIC ([`choose_segment`]) to appear.
+pub fn find_segment_nic(control: Option<&str>, timeout: Duration) -> Result<Nic, NetError> {
+    wait_for_nic(timeout, |nics| choose_segment(nics, control))
+}
+
+fn wait_for_nic(timeout: Duration, pick: impl Fn(&[Nic]) -> Result<&Nic, NetError>) -> Result<Nic, NetError> {
     let deadline = crate::supervisor::now().saturating_add(timeout);
     loop {
         let nics = read_nics(SYS_CLASS_NET);
-        match choose(&nics, want) {
+        match pick(&nics) {
             Ok(nic) => return Ok(nic.clone()),
             Err(e) if crate::supervisor::now() >= deadline => return Err(e),
             Err(_) => {
@@ -228,6 +246,16 @@ mod tests {
         assert_eq!(netmask(25), Ipv4Addr::new(255, 255, 255, 128));
         assert_eq!(netmask(32), Ipv4Addr::new(255, 255, 255, 255));
         assert_eq!(netmask(40), Ipv4Addr::new(255, 255, 255, 255));
+    }
+
+    #[test]
+    fn the_segment_nic_is_the_first_ethernet_one_that_is_not_the_control_nic() {
+        let lo = Nic { name: "lo".into(), ifindex: 1, mac: Some(MacAddr([0; 6])), ethernet: false };
+        let nics = vec![nic("eth1", 3, 2, true), lo, nic("eth0", 2, 1, true), nic("eth2", 4, 3, true)];
+        assert_eq!(choose_segment(&nics, Some("eth0")).unwrap().name, "eth1");
+        assert_eq!(choose_segment(&nics, Some("eth1")).unwrap().name, "eth0");
+        assert_eq!(choose_segment(&nics, None).unwrap().name, "eth0");
+        assert!(choose_segment(&nics[..2], Some("eth1")).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod cpio;
+pub mod exp;
 pub mod image;
 pub mod kernel;
 pub mod keys;

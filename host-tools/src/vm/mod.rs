@@ -195,6 +195,27 @@ pub fn run(spec: &VmSpec, timeout: Option<Duration>) -> Result<RunReport, VmErro
 /// [`run`], with `watch` told when QEMU starts, asked every tick whether to kill it, and
 /// asked to stop the guest when `timeout` runs out (killing QEMU only when it says so).
 pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Watch) -> Result<RunReport, VmError> {
+    run_with_console(spec, timeout, watch, None)
+}
+
+/// [`run_watched`] for a VM nobody watches: its console (and QEMU's messages) go to the
+/// file `console`, its input is empty. Several of these may run at once, one per thread
+/// (`appliance exp run`).
+pub fn run_logged(
+    spec: &VmSpec,
+    timeout: Option<Duration>,
+    watch: &mut dyn Watch,
+    console: &std::path::Path,
+) -> Result<RunReport, VmError> {
+    run_with_console(spec, timeout, watch, Some(console))
+}
+
+fn run_with_console(
+    spec: &VmSpec,
+    timeout: Option<Duration>,
+    watch: &mut dyn Watch,
+    log: Option<&std::path::Path>,
+) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
     let started = Instant::now();
     let mut command = Command::new(&spec.qemu);
@@ -204,9 +225,13 @@ pub fn run_watched(spec: &VmSpec, timeout: Option<Duration>, watch: &mut dyn Wat
     }
     crate::host::process::as_our_child(&mut command);
     // Console input from a pipe, a file or our terminal goes through us, held until the
-    // guest can take it.
-    let input = console::Input::of_stdin();
-    if input != console::Input::Qemu {
+    // guest can take it; a logged console has none.
+    let input = if log.is_some() { console::Input::Qemu } else { console::Input::of_stdin() };
+    if let Some(path) = log {
+        let file = std::fs::File::create(path).map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+        let err = file.try_clone().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;
+        command.stdin(std::process::Stdio::null()).stdout(file).stderr(err);
+    } else if input != console::Input::Qemu {
         command.stdin(std::process::Stdio::piped());
     }
     let mut child = command.spawn().map_err(|source| VmError::Spawn { qemu: spec.qemu.clone(), source })?;

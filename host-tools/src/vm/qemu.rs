@@ -297,7 +297,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
 }
 
 /// The QEMU device of virtio `kind` on `machine`: over PCI on pc, over MMIO on microvm.
-fn virtio(machine: Machine, kind: &str) -> String {
+pub fn virtio(machine: Machine, kind: &str) -> String {
     match machine {
         Machine::Pc => format!("virtio-{kind}-pci"),
         Machine::Microvm => format!("virtio-{kind}-device"),
