@@ -34,8 +34,8 @@ fn appliances(hello_cmdline: &str) -> (TempDir, PathBuf, PathBuf) {
 /// QEMU's user network, pointed at the server.
 fn kexec_from(boot_dir: &Path, dir: &Path) -> Boot {
     let server = HttpServer::start(dir, "127.0.0.1:0", |_, _| {}).unwrap();
-    let url = format!("appKexec=http://10.0.2.2:{}/", server.addr().port());
-    let b = boot(boot_dir, &["--qemu-arg", "-nic", "--qemu-arg", "user,model=virtio-net-pci", "--", &url]);
+    let url = format!("http://10.0.2.2:{}/", server.addr().port());
+    let b = boot(boot_dir, &["--qemu-arg", "-nic", "--qemu-arg", "user,model=virtio-net-pci", "--kexec", &url]);
     drop(server);
     b
 }

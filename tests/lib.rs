@@ -80,9 +80,9 @@ pub struct Boot {
 }
 
 impl Boot {
-    /// The `end` event's action and status.
+    /// The last `end` event's action and status: after a kexec, the appliance that ran last's.
     pub fn end(&self) -> Option<(String, i32)> {
-        self.events.iter().find_map(|e| match e {
+        self.events.iter().rev().find_map(|e| match e {
             Event::End { action, status, .. } => Some((action.clone(), *status)),
             _ => None,
         })

@@ -1,5 +1,6 @@
 //! `appliance netboot`: an app dir as a network boot tree, optionally served.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use appliance_host::deploy::{cmdline, netboot};
 use appliance_host::host::http::HttpServer;
+use appliance_host::host::proxy_dhcp::{self, BootFiles, ProxyDhcpServer};
 use appliance_host::host::tftp::TftpServer;
 
 /// Write an app dir as a network boot tree (PXELINUX and iPXE), and optionally serve it.
@@ -21,6 +23,14 @@ use appliance_host::host::tftp::TftpServer;
 /// and tsize options; PXE's boot file is pxelinux.0), until SIGINT or SIGTERM. Point the
 /// lab's DHCP server at them (next-server and filename), or use QEMU's built-in TFTP
 /// (-nic user,tftp=DIR,bootfile=pxelinux.0).
+///
+/// With --proxy-dhcp (and --tftp on this machine's address on the lab's segment), a
+/// ProxyDHCP server on UDP ports 67 and 4011 answers PXE clients' DHCPDISCOVER with the
+/// TFTP server and the boot file only, for a lab whose DHCP server cannot be changed: it
+/// keeps handing out the addresses. Boot files: pxelinux.0 for legacy BIOS; for x86-64
+/// UEFI, snponly.efi, ipxe.efi or appliance.efi if copied into DIR (else no answer); for
+/// iPXE, boot.ipxe (over HTTP with --serve). Ports 67 and 4011 need root or
+/// CAP_NET_BIND_SERVICE.
 ///
 /// With --power-cycle CMD, CMD runs with `sh -c` once per --node (NODE in its environment),
 /// after the tree is written and served, as `ipmitool -H $NODE ... chassis power cycle`.
@@ -42,6 +52,11 @@ pub struct Args {
     /// CAP_NET_BIND_SERVICE; port 0 picks one)
     #[arg(long, value_name = "ADDR")]
     tftp: Option<String>,
+
+    /// Answer PXE clients as a ProxyDHCP server (UDP 67 and 4011) on the --tftp address,
+    /// naming the TFTP server and the boot file; the lab's DHCP server gives the addresses
+    #[arg(long, requires = "tftp")]
+    proxy_dhcp: bool,
 
     /// Command that power-cycles a node, run with `sh -c` and NODE set, once per --node
     #[arg(long, value_name = "CMD", requires = "nodes")]
@@ -103,6 +118,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let proxy = match (&tftp, args.proxy_dhcp) {
+        (Some(tftp), true) => Some(start_proxy_dhcp(&args, tftp.addr(), http.as_ref().map(|h| h.addr()))?),
+        _ => None,
+    };
     power_cycle(&args)?;
     loop {
         if let Ok(Some(sig)) = signals.read_signal() {
@@ -111,8 +130,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop((http, tftp));
+    drop((proxy, http, tftp));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ProxyDHCP server, on the TFTP server's address.
+fn start_proxy_dhcp(args: &Args, tftp: SocketAddr, http: Option<SocketAddr>) -> anyhow::Result<ProxyDhcpServer> {
+    let IpAddr::V4(server) = tftp.ip() else { bail!(proxy_dhcp::ProxyDhcpError::NotIpv4(tftp.ip())) };
+    if tftp.port() != 69 {
+        // Firmware PXE asks port 69, whatever the offer says; iPXE would take a URL.
+        log::warn!("ProxyDHCP: the TFTP server is on port {}, but PXE firmware asks port 69", tftp.port());
+    }
+    let efi_x64 = netboot::efi_boot_file(&args.output).map(str::to_string);
+    if efi_x64.is_none() {
+        log::warn!(
+            "ProxyDHCP: no {} in {}: UEFI machines get no answer",
+            netboot::EFI_BOOT_FILES.join(" or "),
+            args.output.display()
+        );
+    }
+    let files = BootFiles {
+        bios: netboot::PXELINUX_FILE.to_string(),
+        efi_x64,
+        ipxe: match http {
+            Some(http) => format!("http://{http}/{}", netboot::IPXE_SCRIPT),
+            None => netboot::IPXE_SCRIPT.to_string(),
+        },
+    };
+    let config = proxy_dhcp::Config { server, dhcp_port: proxy_dhcp::DHCP_PORT, pxe_port: proxy_dhcp::PXE_PORT, files };
+    let proxy =
+        ProxyDhcpServer::start(config, |client, kind, file| log::info!("proxy-dhcp: {client} {kind:?} {file}"))?;
+    eprintln!(
+        "appliance: ProxyDHCP on {} and {}: PXE clients are sent to tftp://{server}/",
+        proxy.dhcp_addr(),
+        proxy.pxe_addr()
+    );
+    Ok(proxy)
 }
 
 fn power_cycle(args: &Args) -> anyhow::Result<()> {

@@ -43,9 +43,14 @@ pub struct Args {
     #[arg(value_name = "TARGET")]
     target: String,
 
-    /// What the init does after postrun (appEnd)
+    /// What the init does after postrun (appEnd); kexec takes the app dir at --kexec URL
     #[arg(long, value_name = "ACTION", value_parser = ["halt", "poweroff", "reboot", "shell", "bash", "sshd", "kexec"])]
     end: Option<String>,
+
+    /// The app dir to kexec into after postrun (appKexec; an http:// URL of a served app
+    /// dir or boot tree); implies --end kexec
+    #[arg(long, value_name = "URL")]
+    kexec: Option<String>,
 
     /// Stop at a console shell before prerun (appDebug)
     #[arg(long)]
@@ -562,9 +567,17 @@ fn kernel_cmdline(args: &Args, app_dir: &Path, machine: &[String], results: &[St
         before.push(format!("appIp={GUEST_IP}"));
     }
     let mut after = Vec::new();
-    if let Some(end) = &args.end {
+    let end = match (args.end.as_deref(), &args.kexec) {
+        (Some(end), Some(_)) if end != "kexec" => bail!("--kexec needs --end kexec, not --end {end}"),
+        (None, Some(_)) => Some("kexec"),
+        (end, _) => end,
+    };
+    if let Some(end) = end {
         let end: End = end.parse()?;
         after.push(render_param("appEnd", end.as_str())?);
+    }
+    if let Some(url) = &args.kexec {
+        after.push(render_param("appKexec", url)?);
     }
     if args.debug {
         after.push("appDebug".to_string());

@@ -21,6 +21,16 @@ pub const LDLINUX: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 /// The names in the tree.
 pub const PXELINUX_FILE: &str = "pxelinux.0";
 pub const IPXE_SCRIPT: &str = "boot.ipxe";
+/// What an x86-64 UEFI machine's PXE may load from the tree, in order of preference; the
+/// tree has none of them unless one is copied in: iPXE for UEFI (Debian's `ipxe`:
+/// `/usr/lib/ipxe/snponly.efi`, which drives the firmware's own NIC driver, or `ipxe.efi`),
+/// which then chains `boot.ipxe`; or a unified kernel image, booted by the firmware itself.
+pub const EFI_BOOT_FILES: [&str; 3] = ["snponly.efi", "ipxe.efi", "appliance.efi"];
+
+/// The first of [`EFI_BOOT_FILES`] in the tree `dir`.
+pub fn efi_boot_file(dir: &Path) -> Option<&'static str> {
+    EFI_BOOT_FILES.into_iter().find(|name| dir.join(name).is_file())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetbootError {

@@ -76,8 +76,16 @@ impl RunReport {
         if self.timed_out.is_some() { EXIT_TIMEOUT } else { self.end().map(|(_, s)| s).unwrap_or(EXIT_NO_STATUS) }
     }
 
+    /// The events of the last boot: from the last `init` event on. After `appEnd=kexec`
+    /// the record holds one boot per appliance, and the times of the one that ran last are
+    /// the ones that go with its `end`.
+    fn last_boot(&self) -> &[Event] {
+        let start = self.events.iter().rposition(|e| matches!(e, Event::Init { .. })).unwrap_or(0);
+        &self.events[start..]
+    }
+
     fn t(&self, pick: impl Fn(&Event) -> Option<u64>) -> Option<u64> {
-        self.events.iter().find_map(pick)
+        self.last_boot().iter().find_map(pick)
     }
 
     /// Guest microseconds from kernel start to /init.
@@ -459,6 +467,25 @@ mod tests {
     }
 
     /// A VM killed after a stop it did not complete is not reported as a crash.
+    #[test]
+    fn summary_after_a_kexec_has_the_last_boots_times() {
+        let (events, _) = parse_status(concat!(
+            "{\"event\":\"init\",\"t_us\":1200000,\"version\":\"0.1.0\",\"v\":1}\n",
+            "{\"event\":\"phase_start\",\"t_us\":1204000,\"phase\":\"run\"}\n",
+            "{\"event\":\"phase_end\",\"t_us\":1304000,\"phase\":\"run\",\"exit\":{\"code\":0},\"status\":0}\n",
+            "{\"event\":\"end\",\"t_us\":1305000,\"action\":\"kexec\",\"status\":0}\n",
+            "{\"event\":\"init\",\"t_us\":900000,\"version\":\"0.1.0\",\"v\":1}\n",
+            "{\"event\":\"phase_start\",\"t_us\":910000,\"phase\":\"run\"}\n",
+            "{\"event\":\"phase_end\",\"t_us\":930000,\"phase\":\"run\",\"exit\":{\"code\":3},\"status\":3}\n",
+            "{\"event\":\"end\",\"t_us\":931000,\"action\":\"poweroff\",\"status\":3}\n",
+        ));
+        let r = report(events, None);
+        assert_eq!(
+            r.summary(),
+            "appliance: run status 3, poweroff; kernel→/init 900 ms, /init→run 10 ms, run 20 ms, wall 2.50 s"
+        );
+    }
+
     #[test]
     fn summary_says_why_qemu_was_killed() {
         let crash = report(vec![], None);
