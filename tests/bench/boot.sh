@@ -114,19 +114,6 @@ hello_initrd_bytes=$(stat -c %s "$tmp/hello/initrd")
 bash_initrd_bytes=$(stat -c %s "$tmp/bash/initrd")
 
 # --- 2. and 3. boots ---------------------------------------------------------------------
-# t_us of the first status event of kind $2 (and phase $3) in file $1, or nothing.
-event_t_us() {
-    local line
-    [[ -f $1 ]] || return 0
-    while IFS= read -r line; do
-        [[ $line == *\"event\":\"$2\"* ]] || continue
-        [[ -z ${3-} || $line == *\"phase\":\"$3\"* ]] || continue
-        if [[ $line =~ \"t_us\":([0-9]+) ]]; then
-            echo "${BASH_REMATCH[1]}"
-            return
-        fi
-    done < "$1"
-}
 
 # boot NAME APPDIR [EXTRA KERNEL WORDS...]: one run; appends to NAME_{k2i,i2r,wall}.
 boot() {

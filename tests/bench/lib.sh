@@ -5,6 +5,7 @@
 #   bench_positive N=V...  each V must be a positive integer, else exit 2 naming N
 #   bench_build [host]     cargo build --release of the host CLI (and the init, unless `host`)
 #   bench_tmp              a mktemp directory in `tmp`, removed on exit
+#   event_t_us FILE KIND [PHASE]  t_us of the first status event of KIND (and PHASE)
 # It also sets `root` (the checkout's top, and the working directory) and `appliance`.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -49,4 +50,18 @@ bench_build() {
 bench_tmp() {
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/appliance-$bench.XXXXXX")
     trap 'rm -rf "$tmp"' EXIT
+}
+
+# t_us of the first status event of kind $2 (and phase $3) in file $1, or nothing.
+event_t_us() {
+    local line
+    [[ -f $1 ]] || return 0
+    while IFS= read -r line; do
+        [[ $line == *\"event\":\"$2\"* ]] || continue
+        [[ -z ${3-} || $line == *\"phase\":\"$3\"* ]] || continue
+        if [[ $line =~ \"t_us\":([0-9]+) ]]; then
+            echo "${BASH_REMATCH[1]}"
+            return
+        fi
+    done < "$1"
 }

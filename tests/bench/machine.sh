@@ -69,20 +69,6 @@ say "building images/hello on the project's kernel and on Debian's"
 "$appliance" build -q --kernel "$kernel" -o "$tmp/ours" images/hello > /dev/null
 "$appliance" build -q -o "$tmp/debian" images/hello > /dev/null
 
-# t_us of the first status event of kind $2 (and phase $3) in file $1, or nothing.
-event_t_us() {
-    local line
-    [[ -f $1 ]] || return 0
-    while IFS= read -r line; do
-        [[ $line == *\"event\":\"$2\"* ]] || continue
-        [[ -z ${3-} || $line == *\"phase\":\"$3\"* ]] || continue
-        if [[ $line =~ \"t_us\":([0-9]+) ]]; then
-            echo "${BASH_REMATCH[1]}"
-            return
-        fi
-    done < "$1"
-}
-
 # boot NAME APPDIR [ARGS...]: one timed run; appends to NAME_{k2i,i2r,wall}.
 boot() {
     local name=$1 dir=$2

@@ -6,6 +6,7 @@
 //! existing one. A run counts as complete when each of its nodes wrote its outcome;
 //! `--resume` moves an incomplete one aside (`<rep>.interrupted`) and runs it again.
 
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,13 +25,8 @@ pub const RUNS: &str = "runs";
 /// Errors of planning and running a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("no batch to resume in {}", dir.display())]
     NothingToResume { dir: PathBuf },
     #[error("no batch `{batch}` in {}", dir.display())]
@@ -44,7 +40,7 @@ pub enum BatchError {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BatchError + 'a {
-    move |source| BatchError::Io { action, path: path.to_path_buf(), source }
+    move |source| BatchError::Io(io_error(action, path)(source))
 }
 
 /// One run: a point of the matrix, one repetition of it.

@@ -6,6 +6,7 @@
 //! commands (sbatch, squeue, sacct, scancel) do the talking, with the cluster's
 //! configuration (`SLURM_CONF` or its default).
 
+use crate::host::fs_error::{FsError, io_error};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,13 +25,8 @@ pub enum SlurmError {
     },
     #[error("{program} failed: {stderr}")]
     Failed { program: &'static str, stderr: String },
-    #[error("cannot {action} {}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("batch {batch} was not submitted to Slurm (no {})", path.display())]
     NotSubmitted { batch: String, path: PathBuf },
     #[error("task {index} is not in {} ({count} task(s))", path.display())]
@@ -63,7 +59,7 @@ fn dir(batch_dir: &Path) -> PathBuf {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SlurmError + 'a {
-    move |source| SlurmError::Io { action, path: path.to_path_buf(), source }
+    move |source| SlurmError::Io(io_error(action, path)(source))
 }
 
 /// The sbatch script of `plan`'s runs.
@@ -115,11 +111,7 @@ pub fn submit(plan: &Plan, s: &Submit<'_>) -> Result<String, SlurmError> {
 pub fn task(batch_dir: &Path, index: usize) -> Result<Task, SlurmError> {
     let path = dir(batch_dir).join("tasks.json");
     let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-    let tasks: Vec<Task> = serde_json::from_str(&text).map_err(|e| SlurmError::Io {
-        action: "parse",
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    let tasks: Vec<Task> = serde_json::from_str(&text).map_err(|e| io("parse", &path)(std::io::Error::other(e)))?;
     let count = tasks.len();
     tasks.into_iter().nth(index).ok_or(SlurmError::NoTask { index, count, path })
 }

@@ -604,19 +604,25 @@ fn lock_cache(plan: &Plan, progress: &ProgressSink) -> Result<File, Error> {
     Ok(lock)
 }
 
-/// The build itself, under the cache's lock: configure, check, compile, install into
-/// `plan.result`.
-fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Result<Facts, Error> {
-    let started = Instant::now();
+/// The source tree (unpacked if needed, its version checked against the series) and the
+/// object directory, with a fresh `build.log` in it: what configuring starts from.
+fn configure_dirs(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, PathBuf, String), Error> {
     let tree = prepare_source(plan, progress)?;
     let version = checked_version(plan, &tree)?;
     let obj = plan.root.join("obj").join(plan.object_dir_name());
     fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
-    let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
-    // A fresh log per build.
-    File::create(&make.log).map_err(io_error("create", &make.log))?;
-
+    let log = obj.join("build.log");
+    File::create(&log).map_err(io_error("create", &log))?;
     progress.send(Progress::Stage(format!("configuring Linux {version}: {} + fragments", plan.base.name())));
+    Ok((tree, obj, version))
+}
+
+/// The build itself, under the cache's lock: configure, check, compile, install into
+/// `plan.result`.
+fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Result<Facts, Error> {
+    let started = Instant::now();
+    let (tree, obj, version) = configure_dirs(plan, progress)?;
+    let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
     let (resolved, report) = configure(plan, &make, progress)?;
     let modules = resolved.get("MODULES") == Some(&kconfig::Value::Yes);
     let steps = compile(plan, &make, jobs, modules, progress)?;
@@ -680,13 +686,8 @@ fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Confi
 pub fn resolve_only(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, Report), Error> {
     check_tools(&plan.source)?;
     let _lock = lock_cache(plan, progress)?;
-    let tree = prepare_source(plan, progress)?;
-    let version = checked_version(plan, &tree)?;
-    let obj = plan.root.join("obj").join(plan.object_dir_name());
-    fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
+    let (tree, obj, _) = configure_dirs(plan, progress)?;
     let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
-    File::create(&make.log).map_err(io_error("create", &make.log))?;
-    progress.send(Progress::Stage(format!("configuring Linux {version}: {} + fragments", plan.base.name())));
     let (_, report) = resolve(plan, &make, progress)?;
     Ok((obj.join(".config"), report))
 }
