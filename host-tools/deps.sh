@@ -28,6 +28,7 @@
 #   - slurmctld, slurmd, slurm-client, munge: tests/exp.rs starts a one-node Slurm cluster
 #     of its own (configuration in a temporary directory) for `appliance exp run --on
 #     slurm`; the services the packages would start are not started (policy-rc.d)
+#   - fonts-dejavu-core: the font `appliance exp report` draws its plots' text with
 #   - Rust >= 1.89 (rustup) when cargo is missing or older
 
 appliance_need_root() {
@@ -71,6 +72,7 @@ appliance_install_deps() {
     { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && command -v sbatch >/dev/null; } \
         || missing+=(slurmctld slurmd slurm-client)
     [ -x /usr/sbin/munged ] || missing+=(munge)
+    [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
     # Only Debian 12 has this one: elsewhere tests/kernel.rs says what is missing.
     local kernel_source=()
     [ -e /usr/src/linux-source-6.1.tar.xz ] || kernel_source=(linux-source-6.1)

@@ -203,6 +203,8 @@ memory = 192
     assert_eq!(cols[2..], ["2", "2.5000", "0.0000", "2.5000", "2.5000"], "{out}");
     let svg = std::fs::read_to_string(batch.join("plot-half.svg")).expect("the plot");
     assert!(svg.contains("word=alpha") && svg.contains("word=beta"), "{svg}");
+    let png = std::fs::read(batch.join("plot-half.png")).expect("the plot as PNG");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }
 
 #[test]

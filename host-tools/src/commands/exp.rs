@@ -361,8 +361,9 @@ fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     print!("{}", report::render(&report::by_point(&rows)));
     if let (Some(metric), Some(x)) = (&args.plot, &args.x) {
         let path = dir.join(format!("plot-{metric}.svg"));
-        report::plot(&rows, &report::PlotSpec { metric, x, by: args.by.as_deref() }, &path)?;
+        let png = report::plot(&rows, &report::PlotSpec { metric, x, by: args.by.as_deref() }, &path)?;
         println!("plot: {}", path.display());
+        println!("plot: {}", png.display());
     }
     Ok(ExitCode::SUCCESS)
 }

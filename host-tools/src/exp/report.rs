@@ -20,6 +20,8 @@ pub enum ReportError {
     NotNumeric { name: String, value: String },
     #[error("cannot draw {}: {message}", path.display())]
     Draw { path: std::path::PathBuf, message: String },
+    #[error("no font to draw the plot's text with (none of {}): apt-get install fonts-dejavu-core", PNG_FONTS.join(", "))]
+    NoFont,
 }
 
 /// Count, mean, sample standard deviation, min and max.
@@ -118,8 +120,43 @@ pub struct PlotSpec<'a> {
     pub by: Option<&'a str>,
 }
 
-/// Draws the plot into `path` (SVG).
-pub fn plot(rows: &[Row], spec: &PlotSpec<'_>, path: &Path) -> Result<(), ReportError> {
+/// TrueType fonts the PNG's text can be drawn with, the first that exists (Debian's
+/// fonts-dejavu-core and fonts-liberation).
+pub const PNG_FONTS: [&str; 2] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Registers the first of [`PNG_FONTS`] as plotters' "sans-serif", once; its path, or
+/// `None` when there is none (both backends measure the text with it).
+fn png_font() -> Option<&'static str> {
+    static FONT: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *FONT.get_or_init(|| {
+        let (path, bytes) = PNG_FONTS.iter().find_map(|p| std::fs::read(p).ok().map(|b| (*p, b)))?;
+        // plotters keeps the font for the program's life.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).ok()?;
+        Some(path)
+    })
+}
+
+/// Draws the plot into `path` (SVG) and beside it as PNG (`path` with `.png`), whose path
+/// it returns. Needs one of [`PNG_FONTS`] for the text.
+pub fn plot(rows: &[Row], spec: &PlotSpec<'_>, path: &Path) -> Result<std::path::PathBuf, ReportError> {
+    let points = plot_points(rows, spec)?;
+    png_font().ok_or(ReportError::NoFont)?;
+    let draw_err = |e: &dyn std::fmt::Display| ReportError::Draw { path: path.into(), message: e.to_string() };
+    draw(SVGBackend::new(path, (900, 600)).into_drawing_area(), &points, spec).map_err(|e| draw_err(&e))?;
+    let png = path.with_extension("png");
+    let png_err = |e: &dyn std::fmt::Display| ReportError::Draw { path: png.clone(), message: e.to_string() };
+    draw(BitMapBackend::new(&png, (900, 600)).into_drawing_area(), &points, spec).map_err(|e| png_err(&e))?;
+    Ok(png)
+}
+
+/// Each line's label and its points: x, and the statistics of the metric there.
+type Lines = Vec<(String, Vec<(f64, Stats)>)>;
+
+fn plot_points(rows: &[Row], spec: &PlotSpec<'_>) -> Result<Lines, ReportError> {
     let params: Vec<String> = rows.first().map(|r| r.params.keys().cloned().collect()).unwrap_or_default();
     for name in std::iter::once(spec.x).chain(spec.by) {
         if !params.iter().any(|p| p == name) {
@@ -151,10 +188,18 @@ pub fn plot(rows: &[Row], spec: &PlotSpec<'_>, path: &Path) -> Result<(), Report
             .unwrap_or_default();
         return Err(ReportError::NoMetric { metric: spec.metric.into(), hint });
     }
-    let points: Vec<(String, Vec<(f64, Stats)>)> = series
+    Ok(series
         .into_iter()
         .map(|(label, xs)| (label, xs.into_values().filter_map(|(x, v)| Stats::of(&v).map(|s| (x, s))).collect()))
-        .collect();
+        .collect())
+}
+
+/// The chart of `points` on `root`, whatever the backend.
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    points: &Lines,
+    spec: &PlotSpec<'_>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let all = points.iter().flat_map(|(_, p)| p.iter());
     let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
     for (x, s) in all {
@@ -166,39 +211,27 @@ pub fn plot(rows: &[Row], spec: &PlotSpec<'_>, path: &Path) -> Result<(), Report
         x0 -= 1.0;
         x1 += 1.0;
     }
-    let draw_err = |e: &dyn std::fmt::Display| ReportError::Draw { path: path.into(), message: e.to_string() };
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| draw_err(&e))?;
+    root.fill(&WHITE)?;
     let pad = (x1 - x0) * 0.05;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{} by {}", spec.metric, spec.x), ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0f64..(y1 * 1.1).max(1e-9))
-        .map_err(|e| draw_err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(spec.x)
-        .y_desc(format!("{} (mean ± 1 sd)", spec.metric))
-        .draw()
-        .map_err(|e| draw_err(&e))?;
+        .build_cartesian_2d((x0 - pad)..(x1 + pad), 0f64..(y1 * 1.1).max(1e-9))?;
+    chart.configure_mesh().x_desc(spec.x).y_desc(format!("{} (mean ± 1 sd)", spec.metric)).draw()?;
     for (i, (label, pts)) in points.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|(x, s)| (*x, s.mean)), color.stroke_width(2)))
-            .map_err(|e| draw_err(&e))?
+            .draw_series(LineSeries::new(pts.iter().map(|(x, s)| (*x, s.mean)), color.stroke_width(2)))?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|(x, s)| {
-                ErrorBar::new_vertical(*x, s.mean - s.stddev, s.mean, s.mean + s.stddev, color.filled(), 8)
-            }))
-            .map_err(|e| draw_err(&e))?;
+        chart.draw_series(pts.iter().map(|(x, s)| {
+            ErrorBar::new_vertical(*x, s.mean - s.stddev, s.mean, s.mean + s.stddev, color.filled(), 8)
+        }))?;
     }
-    chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| draw_err(&e))?;
-    root.present().map_err(|e| draw_err(&e))?;
-    Ok(())
+    chart.configure_series_labels().border_style(BLACK).draw()?;
+    root.present()
 }
 
 #[cfg(test)]
@@ -247,9 +280,14 @@ mod tests {
         assert!(table.contains("client wall_s"), "{table}");
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("p.svg");
-        plot(&rows, &PlotSpec { metric: "rtt_us", x: "size", by: Some("mode") }, &svg).unwrap();
+        let png = plot(&rows, &PlotSpec { metric: "rtt_us", x: "size", by: Some("mode") }, &svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(text.starts_with("<svg") && text.contains("mode=a") && text.contains("mode=b"), "{text}");
+        // The same plot as PNG beside it.
+        assert_eq!(png, dir.path().join("p.png"));
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 5000, "{} bytes", bytes.len());
         let e = plot(&rows, &PlotSpec { metric: "rtt", x: "size", by: None }, &svg).unwrap_err();
         assert!(e.to_string().contains("no run has the metric `rtt`"), "{e}");
         let e = plot(&rows, &PlotSpec { metric: "rtt_us", x: "mode", by: None }, &svg).unwrap_err();
