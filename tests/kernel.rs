@@ -223,10 +223,21 @@ fn an_unchanged_build_is_a_cache_hit_and_build_names_it() {
     .unwrap();
     let app = build(&image, tmp.path());
     assert_eq!(std::fs::read(app.join("vmlinuz")).unwrap(), std::fs::read(bzimage).unwrap());
-    // And `appliance run --kernel build:6.1` resolves to the same file.
-    let o = appliance().args(["run"]).arg(&app).args(["--kernel", "build:6.1", "--dry-run"]).output().unwrap();
-    let line = String::from_utf8_lossy(&o.stdout);
+    // And `appliance run --kernel build:6.1` resolves to the same file on pc; on microvm
+    // (the default for it) to the vmlinux beside it, booted through PVH.
+    let dry = |machine: &str| {
+        let o = appliance()
+            .args(["run"])
+            .arg(&app)
+            .args(["--kernel", "build:6.1", "--machine", machine, "--dry-run"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let line = dry("pc");
     assert!(line.contains(&format!("-kernel {}", bzimage.display())), "{line}");
+    let line = dry("auto");
+    assert!(line.contains(&format!("-kernel {}", bzimage.with_file_name("vmlinux").display())), "{line}");
 }
 
 /// The check with the real Kconfig files: the built kernel was not made with the

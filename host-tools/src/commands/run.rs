@@ -182,6 +182,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => machine::choose(machine::kernel_config(&kernel, &app_dir).as_deref()),
     };
     log::debug!("machine {}: {why}", machine.name());
+    // On microvm a kernel the project built boots as its vmlinux, through PVH.
+    let kernel = match machine {
+        Machine::Microvm => machine::pvh_kernel(&kernel, &app_dir).unwrap_or(kernel),
+        Machine::Pc => kernel,
+    };
     let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(machine::host_tsc_khz).flatten();
     let machine_words = machine::kernel_params(machine, accel, tsc_khz);
     let results_words = results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default();

@@ -74,12 +74,28 @@ fn built_in(config: &str, option: &str) -> bool {
 /// file beside it, or, for an app dir's `vmlinuz` (a link or a copy), beside the kernel
 /// its `appliance.json` names.
 pub fn kernel_config(kernel: &Path, app_dir: &Path) -> Option<String> {
-    let beside = |k: &Path| -> Option<String> {
-        let real = k.canonicalize().ok()?;
-        std::fs::read_to_string(real.parent()?.join("config")).ok()
+    std::fs::read_to_string(build_dir(kernel, app_dir)?.join("config")).ok()
+}
+
+/// The uncompressed `vmlinux` of a kernel the project built (beside its bzImage), which
+/// QEMU boots through PVH: no decompression, emulated instruction by instruction under
+/// TCG, and no firmware loading the bzImage. Measured on an idle 2-core host under TCG,
+/// images/hello on microvm, five alternating boots: 1.29 s wall (median) against 1.58 s.
+pub fn pvh_kernel(kernel: &Path, app_dir: &Path) -> Option<std::path::PathBuf> {
+    let vmlinux = build_dir(kernel, app_dir)?.join("vmlinux");
+    vmlinux.is_file().then_some(vmlinux)
+}
+
+/// The directory `appliance kernel build` left `kernel` in (it holds `config`): the
+/// kernel's own, or, for an app dir's `vmlinuz` (a link or a copy), the one of the kernel
+/// its `appliance.json` names.
+fn build_dir(kernel: &Path, app_dir: &Path) -> Option<std::path::PathBuf> {
+    let beside = |k: &Path| -> Option<std::path::PathBuf> {
+        let dir = k.canonicalize().ok()?.parent()?.to_path_buf();
+        dir.join("config").is_file().then_some(dir)
     };
-    if let Some(text) = beside(kernel) {
-        return Some(text);
+    if let Some(dir) = beside(kernel) {
+        return Some(dir);
     }
     let same_file = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
     if !same_file(kernel, &app_dir.join("vmlinuz")) {
@@ -218,9 +234,13 @@ mod tests {
         let json = serde_json::json!({ "kernel": built.join("bzImage") }).to_string();
         std::fs::write(app.join("appliance.json"), json).unwrap();
         assert_eq!(kernel_config(&app.join("vmlinuz"), &app).as_deref(), Some(OURS));
+        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), None, "no vmlinux beside it yet");
+        std::fs::write(built.join("vmlinux"), b"elf").unwrap();
+        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), Some(built.canonicalize().unwrap().join("vmlinux")));
         // A vmlinuz replaced by another kernel is not the one appliance.json names.
         std::fs::write(app.join("vmlinuz"), b"another kernel").unwrap();
         assert_eq!(kernel_config(&app.join("vmlinuz"), &app), None);
+        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), None);
     }
 
     #[test]
