@@ -9,47 +9,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
-use appliance_tests::{appliance, boot, build, image, root};
+use appliance_tests::{KERNEL_BUILD_TIMEOUT, appliance, boot, build, image, project_kernel, root, run_bounded};
 use tempfile::TempDir;
 
 /// Debian 12's source of 6.1, installed by host-tools/deps.sh.
 const SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
-/// Bound on a build from scratch: far above the minutes it takes on 2 cores, far below
-/// CI's 90 minutes.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(50 * 60);
-
-/// Runs a command with a time bound, killing it when exceeded.
-fn run_bounded(command: &mut Command, limit: Duration) -> Output {
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let started = Instant::now();
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let read = |mut stream: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = stream.read_to_end(&mut text);
-            text
-        })
-    };
-    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} did not finish within {} s", limit.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
 
 /// `appliance kernel build --series SERIES` once per series and test process; its
 /// bzImage. One build at a time: they share the cache's lock anyway.
@@ -59,16 +27,7 @@ fn kernel_of(series: &str) -> PathBuf {
     if let Some(bzimage) = built.get(series) {
         return bzimage.clone();
     }
-    let o = run_bounded(appliance().args(["kernel", "build", "--series", series]), BUILD_TIMEOUT);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.success(),
-        "appliance kernel build --series {series} failed (it fetches the source with apt when it is \
-         not installed, which needs the network):\n{stderr}"
-    );
-    let bzimage = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    assert!(bzimage.is_file(), "{bzimage:?}\n{stderr}");
-    eprintln!("{stderr}");
+    let bzimage = project_kernel(series, &[]);
     built.insert(series.to_owned(), bzimage.clone());
     bzimage
 }
@@ -266,7 +225,10 @@ fn a_build_that_loses_requested_options_is_refused() {
     )
     .unwrap();
     // Bounded like a build: it waits for the cache's lock while another build runs.
-    let o = run_bounded(appliance().args(["kernel", "build", "--series", "6.1", "-f"]).arg(&fragment), BUILD_TIMEOUT);
+    let o = run_bounded(
+        appliance().args(["kernel", "build", "--series", "6.1", "-f"]).arg(&fragment),
+        KERNEL_BUILD_TIMEOUT,
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the resolved configuration lost"), "{stderr}");

@@ -314,3 +314,56 @@ host_files = ["/bin/bash", "/bin/sh", "/usr/bin/cat", "/usr/bin/sleep", "/usr/bi
 "#
     )
 }
+
+/// Runs a command with a time bound, killing it when exceeded.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = Instant::now();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut stream: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stream.read_to_end(&mut text);
+            text
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// How long a kernel build may take: a first compile is 10-25 min on 2 cores, and it may
+/// wait for another build holding the kernel cache's lock.
+pub const KERNEL_BUILD_TIMEOUT: Duration = Duration::from_secs(50 * 60);
+
+/// `appliance kernel build --series SERIES -f FRAGMENT...`: the bzImage, compiled the first
+/// time and then taken from the cache.
+pub fn project_kernel(series: &str, fragments: &[&str]) -> PathBuf {
+    let mut command = appliance();
+    command.args(["kernel", "build", "--series", series]);
+    for f in fragments {
+        command.args(["-f", f]);
+    }
+    let o = run_bounded(&mut command, KERNEL_BUILD_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "appliance kernel build --series {series} {fragments:?} failed (it fetches the source with apt when it \
+         is not installed, which needs the network):\n{stderr}"
+    );
+    let bzimage = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(bzimage.is_file(), "{bzimage:?}\n{stderr}");
+    eprintln!("{stderr}");
+    bzimage
+}
