@@ -337,6 +337,102 @@ fn exp_new_writes_a_definition_and_keeps_an_existing_one() {
     assert!(err.contains("exists"), "{err}");
 }
 
+/// `results = "nfs"`: every node gets an nfs-ganesha of its own on the host's loopback,
+/// exporting its directory, for as long as its VM runs; the results land there through the
+/// guest's NFS mount, and no server outlives the batch.
+#[test]
+fn results_come_back_over_nfs_from_a_server_per_node_and_no_server_is_left() {
+    let _serial = serial();
+    let e = experiment(
+        r#"timeout = 180
+results = "nfs"
+max_vms = 2
+[matrix]
+word = ["alpha", "beta"]
+[[node]]
+image = "hello"
+args = "{word} metric=n=7"
+memory = 192
+"#,
+    );
+    let (code, out, err) = exp(&["run", e.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let batch = batch_dir(&out);
+    for word in ["alpha", "beta"] {
+        let node = batch.join(format!("word={word}/1/app-1"));
+        let hello = std::fs::read_to_string(node.join("results/hello.txt")).expect("hello.txt came back");
+        assert!(hello.contains(&format!("arg[1]={word}")), "{hello}");
+        let outcome = read_json(&node.join("outcome.json"));
+        assert_eq!(outcome["status"], "ok", "{outcome}");
+        assert_eq!(outcome["metrics"]["n"], 7.0, "{outcome}");
+        let record = std::fs::read_to_string(node.join("status.jsonl")).unwrap();
+        let transports: Vec<String> = record
+            .lines()
+            .filter_map(|l| appliance_cmdline::status::Event::from_line(l).ok())
+            .filter_map(|e| match e {
+                appliance_cmdline::status::Event::Results { ok: true, transport, .. } => Some(transport),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(transports, ["nfs"], "{record}");
+    }
+    let left = ganeshas_exporting_under(e.path());
+    assert!(left.is_empty(), "ganesha.nfsd left running: {left:?}");
+}
+
+/// A node on the project's 6.1 kernel boots as `appliance run` boots it: on microvm, from
+/// the vmlinux beside the bzImage (PVH), and its results come back over 9p, which Debian's
+/// kernel has not; `params.json` says how it booted.
+#[test]
+fn a_node_on_the_projects_kernel_boots_on_microvm_through_pvh_and_returns_results_over_9p() {
+    let _serial = serial();
+    let bzimage = appliance_tests::project_kernel("6.1", &[]);
+    let e = experiment(&format!(
+        r#"timeout = 180
+results = "9p"
+kernel = "{}"
+[[node]]
+image = "hello"
+args = "over-9p metric=n=3"
+memory = 192
+"#,
+        bzimage.display()
+    ));
+    let (code, out, err) = exp(&["run", e.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let node = batch_dir(&out).join("default/1/app-1");
+    let params = read_json(&node.join("params.json"));
+    assert_eq!(params["boot"]["machine"], "microvm", "{params}");
+    let vmlinux = bzimage.canonicalize().unwrap().with_file_name("vmlinux");
+    assert_eq!(params["boot"]["kernel"], vmlinux.display().to_string(), "{params}");
+    let hello = std::fs::read_to_string(node.join("results/hello.txt")).expect("hello.txt came back");
+    assert!(hello.contains("arg[1]=over-9p"), "{hello}");
+    let outcome = read_json(&node.join("outcome.json"));
+    assert_eq!((&outcome["status"], &outcome["metrics"]["n"]), (&"ok".into(), &3.0.into()), "{outcome}");
+}
+
+/// The pids of ganesha.nfsd processes whose configuration exports a directory under `dir`.
+fn ganeshas_exporting_under(dir: &Path) -> Vec<i32> {
+    let dir = dir.canonicalize().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if !args.first().is_some_and(|a| a.ends_with("ganesha.nfsd")) {
+            continue;
+        }
+        let conf = args.iter().skip_while(|a| *a != "-f").nth(1);
+        if conf
+            .and_then(|c| std::fs::read_to_string(c).ok())
+            .is_some_and(|c| c.contains(&format!("{}/", dir.display())))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 /// The 2-node experiment of images/echo, for `repetitions` runs of one message size.
 fn echo_experiment(repetitions: u32, max_vms: u32) -> tempfile::TempDir {
     let image = appliance_tests::root().join("images/echo");
@@ -371,6 +467,21 @@ fn assert_echo_run(batch: &Path, rep: u32) {
     assert_eq!(client["status"], "ok", "{client}");
     for o in [&server, &client] {
         assert!(o["rendezvous"]["server-ready"].as_f64().is_some(), "no rendezvous recorded: {o}");
+    }
+    // Each node's own record has its wait at the point, in the guest's clock.
+    for node in ["server-1", "client-1"] {
+        let record = std::fs::read_to_string(run.join(node).join("status.jsonl")).unwrap();
+        let waits: Vec<_> = record
+            .lines()
+            .filter_map(|l| appliance_cmdline::status::Event::from_line(l).ok())
+            .filter_map(|e| match e {
+                appliance_cmdline::status::Event::Rendezvous { node: n, point, ok, error, .. } => {
+                    Some((n, point, ok, error))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(waits, [(node.to_string(), "server-ready".to_string(), true, None)], "{record}");
     }
     assert!(client["metrics"]["rtt_us"].as_f64().is_some_and(|v| v > 0.0), "{client}");
     let console = |node: &str| std::fs::read_to_string(run.join(node).join("console.log")).unwrap();

@@ -119,6 +119,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// A node of a multi-node run (`appNode`) was at rendezvous `point` (`appRendezvous`)
+    /// from `t_us - waited_us` to `t_us`: `ok` when every node of the run got there (the
+    /// host's `go`), else `error` says why (the time ran out, the server could not be
+    /// reached). Written by the program that waited (`appliance-rendezvous`), to a serial
+    /// status port only: a virtio-serial port is the init's alone.
+    Rendezvous {
+        t_us: u64,
+        node: String,
+        point: String,
+        ok: bool,
+        waited_us: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The end action is about to happen. `status` is the run phase's status (the
     /// appliance's result); `action` is what the init does now.
     End { t_us: u64, action: String, status: i32 },
@@ -156,6 +170,7 @@ impl Event {
             | Event::RunTraffic { t_us, .. }
             | Event::Results { t_us, .. }
             | Event::Kexec { t_us, .. }
+            | Event::Rendezvous { t_us, .. }
             | Event::End { t_us, .. } => *t_us,
         }
     }
@@ -239,6 +254,14 @@ mod tests {
                 bytes: 100,
                 fetch_us: 5,
                 error: Some("initrd: SHA-256 is 00, SHA256SUMS says 01".to_string()),
+            },
+            Event::Rendezvous {
+                t_us: 10,
+                node: "client-2".to_string(),
+                point: "server-ready".to_string(),
+                ok: false,
+                waited_us: 7,
+                error: Some("not every node reached `server-ready` within 5 s".to_string()),
             },
         ];
         for e in events {

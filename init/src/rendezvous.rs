@@ -8,6 +8,7 @@ use alloc::string::String;
 use core::fmt;
 
 use appliance_cmdline::segment;
+use appliance_cmdline::status::Event;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketType, sockopt};
 
@@ -44,8 +45,43 @@ pub fn env<'a>(envp: &'a [String], name: &str) -> Option<&'a str> {
     envp.iter().find_map(|e| e.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
 }
 
-/// Reaches `point` as this node (`APP_MYNODE`) and waits up to `seconds` for the others.
+/// Reaches `point` as this node (`APP_MYNODE`) and waits up to `seconds` for the others,
+/// then adds a `rendezvous` event to the status record: when the node arrived, how long it
+/// waited, and how it ended.
 pub fn reach(envp: &[String], point: &str, seconds: u32) -> Result<(), Error> {
+    let arrived = crate::status::t_us();
+    let result = ask(envp, point, seconds);
+    let now = crate::status::t_us();
+    record(&Event::Rendezvous {
+        t_us: now,
+        node: env(envp, "APP_MYNODE").unwrap_or_default().into(),
+        point: point.into(),
+        ok: result.is_ok(),
+        waited_us: now.saturating_sub(arrived),
+        error: result.as_ref().err().map(|e| alloc::format!("{e}")),
+    });
+    result
+}
+
+/// Writes `event` to the status port the command line names (`appStatus`), when it is a
+/// serial port: the init writes there only between phases, and a terminal takes each
+/// write whole, so lines do not mix. A virtio-serial port admits one opener, the init, and
+/// gets no such event; nor does an appliance without a record.
+fn record(event: &Event) {
+    let cmdline = crate::read_to_string("/proc/cmdline").unwrap_or_default();
+    let port = appliance_cmdline::parse(cmdline.as_bytes()).config.status_port;
+    // A terminal's device only: never a file made by the name (outside a VM).
+    let is_tty = |path: &str| {
+        rustix::fs::stat(path).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_char_device())
+    };
+    if let Some(path) = port.serial_device().filter(|p| is_tty(p)) {
+        // Not raw: the init made the port raw already, and the console's own line (a
+        // machine with one serial port) keeps the console's settings.
+        crate::status::StatusWriter::open(&path, false).emit(event);
+    }
+}
+
+fn ask(envp: &[String], point: &str, seconds: u32) -> Result<(), Error> {
     let server = env(envp, "APP_RENDEZVOUS").ok_or(Error::Setup("APP_RENDEZVOUS is not set (appRendezvous)"))?;
     let (addr, token) = segment::parse_rendezvous(server).ok_or(Error::Setup("APP_RENDEZVOUS is not valid"))?;
     let node = env(envp, "APP_MYNODE").ok_or(Error::Setup("APP_MYNODE is not set (appNode)"))?;

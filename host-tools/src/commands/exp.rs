@@ -187,6 +187,10 @@ fn run_batch(args: RunArgs) -> anyhow::Result<ExitCode> {
         (Some(_), None) => bail!("--task needs the batch: --resume BATCH"),
         _ => None,
     };
+    if def.results == definition::Transport::Nfs {
+        // Before any image is built or VM boots.
+        appliance_host::vm::nfs::usable().context("`results = \"nfs\"`")?;
+    }
     let boots = role_boots(&args.dir, &def, only.is_none())?;
     let vms_at_once = def.vms_at_once(HostCapacity::of_this_host());
     let plan = match batch::plan(&args.dir, &def, &filters, resume, only.as_ref().map(|t| (t.point.as_str(), t.rep))) {

@@ -176,19 +176,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (accel, why) = accel(&args);
     log::debug!("accelerator {}: {why}", accel.as_str());
-    let (machine, why) = match Machine::from_name(&args.machine) {
-        Some(m) => (m, format!("--machine {}", args.machine)),
-        None if !args.qemu_args.is_empty() => (Machine::Pc, "--qemu-arg may add PCI devices".to_string()),
-        None => machine::choose(machine::kernel_config(&kernel, &app_dir).as_deref()),
+    let requested = match Machine::from_name(&args.machine) {
+        Some(m) => Some((m, format!("--machine {}", args.machine))),
+        None if !args.qemu_args.is_empty() => Some((Machine::Pc, "--qemu-arg may add PCI devices".to_string())),
+        None => None,
     };
-    log::debug!("machine {}: {why}", machine.name());
     // On microvm a kernel the project built boots as its vmlinux, through PVH.
-    let kernel = match machine {
-        Machine::Microvm => machine::pvh_kernel(&kernel, &app_dir).unwrap_or(kernel),
-        Machine::Pc => kernel,
-    };
-    let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(machine::host_tsc_khz).flatten();
-    let machine_words = machine::kernel_params(machine, accel, tsc_khz);
+    let machine::KernelBoot { machine, kernel, words: machine_words, why } =
+        machine::plan(&kernel, &app_dir, requested, accel);
+    log::debug!("machine {}: {why}", machine.name());
     let results_words = results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default();
     let append = kernel_cmdline(&args, &app_dir, &machine_words, results_words)?;
     let status_file = args.status.clone().unwrap_or_else(|| tmp.path().join("status.jsonl"));

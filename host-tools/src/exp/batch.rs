@@ -353,6 +353,12 @@ fn prepare(
                 "node": name,
                 "role": role.name,
                 "params": serde_json::Value::Object(run.point.to_json()),
+                // How the node boots, as `appliance run` would boot its app dir.
+                "boot": {
+                    "kernel": boot.kernel,
+                    "machine": boot.machine.name(),
+                    "accel": boot.accel.as_str(),
+                },
             });
             let path = dir.join("params.json");
             std::fs::write(&path, format!("{params:#}\n")).map_err(io("write", &path))?;

@@ -24,7 +24,8 @@ repetitions = 2
 # as timed out.
 timeout = 120
 # How the results come back: "serial" (a stream over a virtio-serial port: no server,
-# no root) or "9p" (needs a kernel with 9p, e.g. kernel = "build:6.1").
+# no root), "9p" (needs a kernel with 9p, e.g. kernel = "build:6.1") or "nfs" (a private
+# nfs-ganesha per node on the loopback: root only).
 results = "serial"
 # VMs at once; default: as many as the cores and the free memory allow.
 # max_vms = 2
@@ -61,6 +62,9 @@ pub enum Transport {
     Serial,
     #[serde(rename = "9p")]
     NineP,
+    /// nfs-ganesha on the host's loopback, one server per node exporting its directory;
+    /// root only, as for `appliance run --results-via nfs`.
+    Nfs,
 }
 
 /// `experiment.toml` as written.
@@ -342,7 +346,7 @@ mod tests {
             (format!("timeout = 0\n{NODE}"), "`timeout`", "from 1"),
             ("timeout = 5\n".to_string(), "missing field `node`", ""),
             (format!("timeout = 5\n{NODE}app = \"out\"\n"), "`node[0].image`", "not both"),
-            (format!("timeout = 5\nresults = \"nfs\"\n{NODE}"), "unknown variant `nfs`", ""),
+            (format!("timeout = 5\nresults = \"scp\"\n{NODE}"), "unknown variant `scp`", "`serial`, `9p`, `nfs`"),
         ];
         for (text, want, hint) in cases {
             let e = parse(&text).expect_err(&text);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::definition::Transport;
 use crate::vm::machine::{self, Machine};
 use crate::vm::qemu::{self, Accel, VmSpec};
-use crate::vm::{self, Tick, TimedOut, Watch, qmp, results};
+use crate::vm::{self, Tick, TimedOut, Watch, nfs, qmp, results};
 
 /// The name of the node's outcome in its directory, written last: a node directory
 /// without one is a run that did not finish (interrupted).
@@ -59,13 +59,14 @@ impl RoleBoot {
             }
         }
         let (accel, _) = qemu::detect_accel();
-        let (machine, _) = machine::choose(machine::kernel_config(&kernel, app_dir).as_deref());
-        let tsc = (machine == Machine::Microvm && accel == Accel::Tcg).then(machine::host_tsc_khz).flatten();
+        // As `appliance run` boots it: on microvm a kernel the project built boots as its
+        // vmlinux, through PVH.
+        let boot = machine::plan(&kernel, app_dir, None, accel);
         Ok(RoleBoot {
             app_dir: app_dir.to_path_buf(),
-            machine_words: machine::kernel_params(machine, accel, tsc),
-            kernel,
-            machine,
+            machine_words: boot.words,
+            kernel: boot.kernel,
+            machine: boot.machine,
             accel,
             qemu: qemu::find_qemu().map_err(BootError::Qemu)?,
         })
@@ -128,6 +129,8 @@ pub enum NodeError {
     },
     #[error("cannot create a directory for the QMP socket")]
     Socket(#[source] std::io::Error),
+    #[error("the node's NFS server")]
+    Nfs(#[from] nfs::NfsError),
 }
 
 /// Boots `job` and waits for it; `None` when the batch was interrupted (`stop` set) before
@@ -138,21 +141,31 @@ pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, NodeErro
     let sockets = tempfile::Builder::new().prefix("appliance-exp-").tempdir().map_err(NodeError::Socket)?;
     let qmp = sockets.path().join("qmp.sock");
     let stream = results::stream_file(&job.dir, RUN_ID);
-    let spec = spec(job, &qmp, &stream)?;
+    // A server of the node's own, exporting its directory, for as long as the VM runs.
+    let mut server = match job.transport {
+        Transport::Nfs => Some(nfs::NfsServer::start(&job.dir)?),
+        Transport::Serial | Transport::NineP => None,
+    };
+    let spec = spec(job, &qmp, &stream, server.as_ref().map(nfs::NfsServer::port))?;
     let mut watch =
         StopWatch { stop, qmp: qmp.clone(), grace: job.grace, deadline: None, killed: None, stopped: false };
     let report = vm::run_logged(&spec, Some(job.timeout), &mut watch, &job.dir.join("console.log"))?;
+    if let Some(server) = &mut server {
+        // The guest is gone: nothing writes to the export any more.
+        server.stop();
+    }
     if watch.stopped && report.timed_out.is_none() {
         return Ok(None);
     }
     Ok(Some(outcome(job, &report, &stream)))
 }
 
-fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> Result<VmSpec, NodeError> {
+fn spec(job: &NodeJob, qmp: &Path, stream: &Path, nfs_port: Option<u16>) -> Result<VmSpec, NodeError> {
     let mut after = job.words.clone();
     after.push(format!("appRunId={RUN_ID}"));
     let mut shares = Vec::new();
     let mut ports = Vec::new();
+    let mut net = job.net.clone();
     match job.transport {
         Transport::Serial => {
             after.push(format!("appResultsTo=serial:{}", results::PORT_NAME));
@@ -161,6 +174,11 @@ fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> Result<VmSpec, NodeError> {
         Transport::NineP => {
             after.push(format!("appResultsTo=9p:{}", results::NINEP_TAG));
             shares.push(qemu::Share9p { tag: results::NINEP_TAG.into(), path: job.dir.clone(), readonly: false });
+        }
+        Transport::Nfs => {
+            after.push(format!("appResultsTo={}", nfs::guest_param(nfs_port.unwrap_or_default())));
+            // The control NIC the results step brings up (a multi-node run has one already).
+            net.get_or_insert_with(qemu::UserNet::default);
         }
     }
     let append = crate::deploy::cmdline::kernel_line(&job.boot.app_dir, false, &job.boot.machine_words, &after)
@@ -175,7 +193,7 @@ fn spec(job: &NodeJob, qmp: &Path, stream: &Path) -> Result<VmSpec, NodeError> {
         accel: job.boot.accel,
         machine: job.boot.machine,
         status_file: job.dir.join("status.jsonl"),
-        net: job.net.clone(),
+        net,
         shares,
         ports,
         qmp: Some(qmp.to_path_buf()),
@@ -264,7 +282,7 @@ fn save_results(job: &NodeJob, report: &vm::RunReport, stream: &Path) -> Result<
         Transport::Serial => {
             results::unpack_stream(stream, &job.dir, &o).map_err(|e| format!("results not saved: {}", chain(&e)))?
         }
-        Transport::NineP => job.dir.join(RUN_ID),
+        Transport::NineP | Transport::Nfs => job.dir.join(RUN_ID),
     };
     let _ = std::fs::remove_file(stream);
     for name in ["output", "results"] {

@@ -70,20 +70,38 @@ fn built_in(config: &str, option: &str) -> bool {
     config.lines().any(|l| l.strip_prefix(option).and_then(|rest| rest.strip_prefix('=')) == Some("y"))
 }
 
-/// The configuration `kernel` was built with, when the project built it: the `config`
-/// file beside it, or, for an app dir's `vmlinuz` (a link or a copy), beside the kernel
-/// its `appliance.json` names.
-pub fn kernel_config(kernel: &Path, app_dir: &Path) -> Option<String> {
-    std::fs::read_to_string(build_dir(kernel, app_dir)?.join("config")).ok()
+/// How a kernel boots: on which machine, from which file, with which of the machine's
+/// kernel words ([`kernel_params`]). `appliance run` and every node of `appliance exp`
+/// boot through it.
+#[derive(Debug, Clone)]
+pub struct KernelBoot {
+    pub machine: Machine,
+    /// The file QEMU loads: the kernel given, or on microvm the uncompressed `vmlinux`
+    /// beside a kernel the project built, which QEMU boots through PVH: no decompression
+    /// (emulated instruction by instruction under TCG) and no firmware loading a bzImage.
+    /// Measured on an idle 2-core host under TCG, images/hello on microvm, five
+    /// alternating boots: 1.29 s wall (median) against 1.58 s.
+    pub kernel: std::path::PathBuf,
+    pub words: Vec<String>,
+    /// Why this machine.
+    pub why: String,
 }
 
-/// The uncompressed `vmlinux` of a kernel the project built (beside its bzImage), which
-/// QEMU boots through PVH: no decompression, emulated instruction by instruction under
-/// TCG, and no firmware loading the bzImage. Measured on an idle 2-core host under TCG,
-/// images/hello on microvm, five alternating boots: 1.29 s wall (median) against 1.58 s.
-pub fn pvh_kernel(kernel: &Path, app_dir: &Path) -> Option<std::path::PathBuf> {
-    let vmlinux = build_dir(kernel, app_dir)?.join("vmlinux");
-    vmlinux.is_file().then_some(vmlinux)
+/// The boot of `kernel` (an app dir's `vmlinuz`, or one given instead) under `accel`:
+/// on `requested` (a machine chosen by hand, and why) or else the machine [`choose`]
+/// takes for the kernel's configuration.
+pub fn plan(kernel: &Path, app_dir: &Path, requested: Option<(Machine, String)>, accel: Accel) -> KernelBoot {
+    let built = build_dir(kernel, app_dir);
+    let (machine, why) = requested.unwrap_or_else(|| {
+        choose(built.as_ref().and_then(|d| std::fs::read_to_string(d.join("config")).ok()).as_deref())
+    });
+    let vmlinux = built.map(|d| d.join("vmlinux")).filter(|v| v.is_file());
+    let kernel = match (machine, vmlinux) {
+        (Machine::Microvm, Some(vmlinux)) => vmlinux,
+        _ => kernel.to_path_buf(),
+    };
+    let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(host_tsc_khz).flatten();
+    KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz), why }
 }
 
 /// The directory `appliance kernel build` left `kernel` in (it holds `config`): the
@@ -221,26 +239,30 @@ mod tests {
     }
 
     #[test]
-    fn config_is_found_beside_the_kernel_or_through_appliance_json() {
+    fn config_and_vmlinux_are_found_beside_the_kernel_or_through_appliance_json() {
         let tmp = tempfile::tempdir().unwrap();
         let built = tmp.path().join("build");
         std::fs::create_dir(&built).unwrap();
         std::fs::write(built.join("bzImage"), b"kernel").unwrap();
         std::fs::write(built.join("config"), OURS).unwrap();
-        assert_eq!(kernel_config(&built.join("bzImage"), tmp.path()).as_deref(), Some(OURS));
+        let boot = |kernel: &Path, app: &Path| plan(kernel, app, None, Accel::Kvm);
+        assert_eq!(boot(&built.join("bzImage"), tmp.path()).machine, Machine::Microvm);
         let app = tmp.path().join("app");
         std::fs::create_dir(&app).unwrap();
         std::fs::write(app.join("vmlinuz"), b"kernel").unwrap();
         let json = serde_json::json!({ "kernel": built.join("bzImage") }).to_string();
         std::fs::write(app.join("appliance.json"), json).unwrap();
-        assert_eq!(kernel_config(&app.join("vmlinuz"), &app).as_deref(), Some(OURS));
-        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), None, "no vmlinux beside it yet");
+        let b = boot(&app.join("vmlinuz"), &app);
+        assert_eq!((b.machine, b.kernel), (Machine::Microvm, app.join("vmlinuz")), "no vmlinux beside it yet");
         std::fs::write(built.join("vmlinux"), b"elf").unwrap();
-        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), Some(built.canonicalize().unwrap().join("vmlinux")));
+        assert_eq!(boot(&app.join("vmlinuz"), &app).kernel, built.canonicalize().unwrap().join("vmlinux"));
+        // On pc, chosen by hand, the kernel given boots.
+        let pc = plan(&app.join("vmlinuz"), &app, Some((Machine::Pc, "by hand".into())), Accel::Tcg);
+        assert_eq!((pc.machine, pc.kernel, pc.why.as_str()), (Machine::Pc, app.join("vmlinuz"), "by hand"));
         // A vmlinuz replaced by another kernel is not the one appliance.json names.
         std::fs::write(app.join("vmlinuz"), b"another kernel").unwrap();
-        assert_eq!(kernel_config(&app.join("vmlinuz"), &app), None);
-        assert_eq!(pvh_kernel(&app.join("vmlinuz"), &app), None);
+        let b = boot(&app.join("vmlinuz"), &app);
+        assert_eq!((b.machine, b.kernel), (Machine::Pc, app.join("vmlinuz")));
     }
 
     #[test]

@@ -30,21 +30,24 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server has to exit after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How to ask for the serial transport instead, in the errors.
+const SERIAL: &str = "`appliance run --results-via serial`, `results = \"serial\"` in an experiment";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NfsError {
     #[error(
-        "ganesha.nfsd not found: install it with `apt-get install {PACKAGES}` (Debian/Ubuntu), or use \
-         --results-via serial, which needs no server"
+        "ganesha.nfsd not found: install it with `apt-get install {PACKAGES}` (Debian/Ubuntu), or send the \
+         results as a serial stream, which needs no server ({SERIAL})"
     )]
     NotInstalled,
     #[error(
         "ganesha's VFS backend (libfsalvfs.so) not found: install it with `apt-get install nfs-ganesha-vfs`, or \
-         use --results-via serial, which needs no server"
+         send the results as a serial stream, which needs no server ({SERIAL})"
     )]
     NoVfs,
     #[error(
-        "the NFS server needs root (ganesha changes credentials for every request): run as root, or use \
-         --results-via serial (the default for other users)"
+        "the NFS server needs root (ganesha changes credentials for every request): run as root, or send the \
+         results as a serial stream ({SERIAL}; the default of `appliance run` for other users)"
     )]
     NotRoot,
     #[error("cannot export {path}: {source}")]
@@ -142,6 +145,19 @@ LOG {{
 }
 
 /// A running server; stopped when dropped.
+/// ganesha's program, when a server can be started here: installed with its VFS
+/// backend, and run as root.
+pub fn usable() -> Result<PathBuf, NfsError> {
+    let program = find_ganesha()?;
+    if !vfs_installed() {
+        return Err(NfsError::NoVfs);
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(NfsError::NotRoot);
+    }
+    Ok(program)
+}
+
 #[derive(Debug)]
 pub struct NfsServer {
     child: Option<Child>,
@@ -155,13 +171,7 @@ impl NfsServer {
     /// Starts ganesha exporting `export` (an existing directory) and waits until it
     /// accepts connections, at most [`START_TIMEOUT`].
     pub fn start(export: &Path) -> Result<NfsServer, NfsError> {
-        let program = find_ganesha()?;
-        if !vfs_installed() {
-            return Err(NfsError::NoVfs);
-        }
-        if !rustix::process::geteuid().is_root() {
-            return Err(NfsError::NotRoot);
-        }
+        let program = usable()?;
         let export = export.canonicalize().map_err(|source| NfsError::Export { path: export.to_path_buf(), source })?;
         let work = tempfile::Builder::new()
             .prefix("appliance-nfs-")
@@ -312,7 +322,8 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "ganesha.nfsd not found: install it with `apt-get install nfs-ganesha nfs-ganesha-vfs` (Debian/Ubuntu), or \
-             use --results-via serial, which needs no server"
+             send the results as a serial stream, which needs no server (`appliance run --results-via serial`, \
+             `results = \"serial\"` in an experiment)"
         );
         let ganesha = empty.path().join("ganesha.nfsd");
         std::fs::write(&ganesha, "").unwrap();
