@@ -434,7 +434,8 @@ fn role_boots(dir: &Path, def: &Definition, build: bool) -> anyhow::Result<BTree
             }
             (None, None) => bail!("node role `{}` has neither image nor app", role.name),
         };
-        let boot = RoleBoot::new(&app_dir, kernel.as_deref()).with_context(|| format!("node role `{}`", role.name))?;
+        let boot = RoleBoot::new(&app_dir, kernel.as_deref(), role.cpus)
+            .with_context(|| format!("node role `{}`", role.name))?;
         boots.insert(role.name.clone(), boot);
     }
     Ok(boots)

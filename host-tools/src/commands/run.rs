@@ -183,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // On microvm a kernel the project built boots as its vmlinux, through PVH.
     let machine::KernelBoot { machine, kernel, words: machine_words, why } =
-        machine::plan(&kernel, &app_dir, requested, accel);
+        machine::plan(&kernel, &app_dir, requested, accel, args.cpus);
     log::debug!("machine {}: {why}", machine.name());
     let results_words = results.as_ref().map(|r| r.params.as_slice()).unwrap_or_default();
     let append = kernel_cmdline(&args, &app_dir, &machine_words, results_words)?;

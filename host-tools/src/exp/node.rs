@@ -50,8 +50,8 @@ pub enum BootError {
 }
 
 impl RoleBoot {
-    /// The boot of `app_dir`, with `kernel` instead of its vmlinuz when given.
-    pub fn new(app_dir: &Path, kernel: Option<&Path>) -> Result<RoleBoot, BootError> {
+    /// The boot of `app_dir` on `cpus` CPUs, with `kernel` instead of its vmlinuz when given.
+    pub fn new(app_dir: &Path, kernel: Option<&Path>, cpus: u32) -> Result<RoleBoot, BootError> {
         let kernel = kernel.map_or_else(|| app_dir.join("vmlinuz"), Path::to_path_buf);
         for (what, path) in [("kernel", &kernel), ("initrd", &app_dir.join("initrd"))] {
             if !path.exists() {
@@ -61,7 +61,7 @@ impl RoleBoot {
         let (accel, _) = qemu::detect_accel();
         // As `appliance run` boots it: on microvm a kernel the project built boots as its
         // vmlinux, through PVH.
-        let boot = machine::plan(&kernel, app_dir, None, accel);
+        let boot = machine::plan(&kernel, app_dir, None, accel, cpus);
         Ok(RoleBoot {
             app_dir: app_dir.to_path_buf(),
             machine_words: boot.words,

@@ -90,7 +90,13 @@ pub struct KernelBoot {
 /// The boot of `kernel` (an app dir's `vmlinuz`, or one given instead) under `accel`:
 /// on `requested` (a machine chosen by hand, and why) or else the machine [`choose`]
 /// takes for the kernel's configuration.
-pub fn plan(kernel: &Path, app_dir: &Path, requested: Option<(Machine, String)>, accel: Accel) -> KernelBoot {
+pub fn plan(
+    kernel: &Path,
+    app_dir: &Path,
+    requested: Option<(Machine, String)>,
+    accel: Accel,
+    cpus: u32,
+) -> KernelBoot {
     let built = build_dir(kernel, app_dir);
     let (machine, why) = requested.unwrap_or_else(|| {
         choose(built.as_ref().and_then(|d| std::fs::read_to_string(d.join("config")).ok()).as_deref())
@@ -101,7 +107,7 @@ pub fn plan(kernel: &Path, app_dir: &Path, requested: Option<(Machine, String)>,
         _ => kernel.to_path_buf(),
     };
     let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(host_tsc_khz).flatten();
-    KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz), why }
+    KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz, cpus), why }
 }
 
 /// The directory `appliance kernel build` left `kernel` in (it holds `config`): the
@@ -127,9 +133,9 @@ fn build_dir(kernel: &Path, app_dir: &Path) -> Option<std::path::PathBuf> {
     (len(named) == len(kernel)).then(|| beside(named)).flatten()
 }
 
-/// Kernel words for `machine` under `accel`, each with its reason. `tsc_khz` is the
-/// host's TSC frequency (see `host_tsc_khz`).
-pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>) -> Vec<String> {
+/// Kernel words for `machine` under `accel` with `cpus` CPUs, each with its reason.
+/// `tsc_khz` is the host's TSC frequency (see `host_tsc_khz`).
+pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>, cpus: u32) -> Vec<String> {
     let mut words = vec![
         // The kernel checks that the IO-APIC delivers the PIT's timer interrupt by waiting
         // for ticks; under TCG on a loaded host that check can fail and panic ("IO-APIC +
@@ -146,6 +152,15 @@ pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>) -> Ve
         words.push(format!("tsc_early_khz={khz}"));
         // The TSC is the only clock there; nothing to watch it against.
         words.push("tsc=reliable".to_string());
+    }
+    if accel == Accel::Tcg && cpus == 1 {
+        // The kernel calibrates the local APIC timer by counting its ticks over 100 ms of
+        // the PIT's (busy-waiting, under TCG longer and varying with the host's load):
+        // 150-300 ms of a 1 s boot, measured on microvm. With one CPU the PIT (or the
+        // HPET) serves as the tick and high-resolution timer device instead, and there is
+        // nothing to calibrate. With more CPUs each needs its own timer: kept. Under KVM
+        // the TSC-deadline timer needs no calibration.
+        words.push("nolapic_timer".to_string());
     }
     words
 }
@@ -231,11 +246,19 @@ mod tests {
 
     #[test]
     fn the_tsc_frequency_goes_to_microvm_under_tcg_only() {
-        let with = |m, a| kernel_params(m, a, Some(2_300_000));
+        let with = |m, a| kernel_params(m, a, Some(2_300_000), 1);
         assert!(with(Machine::Microvm, Accel::Tcg).contains(&"tsc_early_khz=2300000".to_string()));
         assert!(!with(Machine::Pc, Accel::Tcg).iter().any(|w| w.starts_with("tsc")));
         assert!(!with(Machine::Microvm, Accel::Kvm).iter().any(|w| w.starts_with("tsc")));
         assert!(with(Machine::Pc, Accel::Kvm).contains(&"no_timer_check".to_string()));
+    }
+
+    #[test]
+    fn the_apic_timer_is_left_uncalibrated_under_tcg_with_one_cpu_only() {
+        let off = |m, a, cpus| kernel_params(m, a, None, cpus).contains(&"nolapic_timer".to_string());
+        assert!(off(Machine::Microvm, Accel::Tcg, 1) && off(Machine::Pc, Accel::Tcg, 1));
+        assert!(!off(Machine::Microvm, Accel::Tcg, 2) && !off(Machine::Pc, Accel::Tcg, 4));
+        assert!(!off(Machine::Microvm, Accel::Kvm, 1));
     }
 
     #[test]
@@ -245,7 +268,7 @@ mod tests {
         std::fs::create_dir(&built).unwrap();
         std::fs::write(built.join("bzImage"), b"kernel").unwrap();
         std::fs::write(built.join("config"), OURS).unwrap();
-        let boot = |kernel: &Path, app: &Path| plan(kernel, app, None, Accel::Kvm);
+        let boot = |kernel: &Path, app: &Path| plan(kernel, app, None, Accel::Kvm, 1);
         assert_eq!(boot(&built.join("bzImage"), tmp.path()).machine, Machine::Microvm);
         let app = tmp.path().join("app");
         std::fs::create_dir(&app).unwrap();
@@ -257,7 +280,7 @@ mod tests {
         std::fs::write(built.join("vmlinux"), b"elf").unwrap();
         assert_eq!(boot(&app.join("vmlinuz"), &app).kernel, built.canonicalize().unwrap().join("vmlinux"));
         // On pc, chosen by hand, the kernel given boots.
-        let pc = plan(&app.join("vmlinuz"), &app, Some((Machine::Pc, "by hand".into())), Accel::Tcg);
+        let pc = plan(&app.join("vmlinuz"), &app, Some((Machine::Pc, "by hand".into())), Accel::Tcg, 1);
         assert_eq!((pc.machine, pc.kernel, pc.why.as_str()), (Machine::Pc, app.join("vmlinuz"), "by hand"));
         // A vmlinuz replaced by another kernel is not the one appliance.json names.
         std::fs::write(app.join("vmlinuz"), b"another kernel").unwrap();
