@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use appliance_cmdline::status::Event;
 use appliance_tests::appliance;
 
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -365,18 +366,18 @@ memory = 192
         let outcome = read_json(&node.join("outcome.json"));
         assert_eq!(outcome["status"], "ok", "{outcome}");
         assert_eq!(outcome["metrics"]["n"], 7.0, "{outcome}");
-        let record = std::fs::read_to_string(node.join("status.jsonl")).unwrap();
-        let transports: Vec<String> = record
-            .lines()
-            .filter_map(|l| appliance_cmdline::status::Event::from_line(l).ok())
+        let (events, _) = appliance_host::vm::read_status(&node.join("status.jsonl"));
+        let transports: Vec<String> = events
+            .into_iter()
             .filter_map(|e| match e {
-                appliance_cmdline::status::Event::Results { ok: true, transport, .. } => Some(transport),
+                Event::Results { ok: true, transport, .. } => Some(transport),
                 _ => None,
             })
             .collect();
-        assert_eq!(transports, ["nfs"], "{record}");
+        assert_eq!(transports, ["nfs"]);
     }
-    let left = ganeshas_exporting_under(e.path());
+    let under = format!("Path = \"{}/", e.path().canonicalize().unwrap().display());
+    let left = appliance_tests::ganeshas(|conf| conf.contains(&under));
     assert!(left.is_empty(), "ganesha.nfsd left running: {left:?}");
 }
 
@@ -409,28 +410,6 @@ memory = 192
     assert!(hello.contains("arg[1]=over-9p"), "{hello}");
     let outcome = read_json(&node.join("outcome.json"));
     assert_eq!((&outcome["status"], &outcome["metrics"]["n"]), (&"ok".into(), &3.0.into()), "{outcome}");
-}
-
-/// The pids of ganesha.nfsd processes whose configuration exports a directory under `dir`.
-fn ganeshas_exporting_under(dir: &Path) -> Vec<i32> {
-    let dir = dir.canonicalize().unwrap();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if !args.first().is_some_and(|a| a.ends_with("ganesha.nfsd")) {
-            continue;
-        }
-        let conf = args.iter().skip_while(|a| *a != "-f").nth(1);
-        if conf
-            .and_then(|c| std::fs::read_to_string(c).ok())
-            .is_some_and(|c| c.contains(&format!("{}/", dir.display())))
-        {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// The 2-node experiment of images/echo, for `repetitions` runs of one message size.
@@ -470,18 +449,15 @@ fn assert_echo_run(batch: &Path, rep: u32) {
     }
     // Each node's own record has its wait at the point, in the guest's clock.
     for node in ["server-1", "client-1"] {
-        let record = std::fs::read_to_string(run.join(node).join("status.jsonl")).unwrap();
-        let waits: Vec<_> = record
-            .lines()
-            .filter_map(|l| appliance_cmdline::status::Event::from_line(l).ok())
+        let (events, _) = appliance_host::vm::read_status(&run.join(node).join("status.jsonl"));
+        let waits: Vec<_> = events
+            .into_iter()
             .filter_map(|e| match e {
-                appliance_cmdline::status::Event::Rendezvous { node: n, point, ok, error, .. } => {
-                    Some((n, point, ok, error))
-                }
+                Event::Rendezvous { node: n, point, ok, error, .. } => Some((n, point, ok, error)),
                 _ => None,
             })
             .collect();
-        assert_eq!(waits, [(node.to_string(), "server-ready".to_string(), true, None)], "{record}");
+        assert_eq!(waits, [(node.to_string(), "server-ready".to_string(), true, None)]);
     }
     assert!(client["metrics"]["rtt_us"].as_f64().is_some_and(|v| v > 0.0), "{client}");
     let console = |node: &str| std::fs::read_to_string(run.join(node).join("console.log")).unwrap();

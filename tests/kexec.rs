@@ -169,10 +169,10 @@ fn a_running_appliance_on_the_projects_kernel_kexecs_into_hello_from_a_9p_share(
     let kernel = project_kernel("6.1", &["kexec"]).display().to_string();
     let (_tmp, boot_dir, served) = appliances("appArgs='from the share exit=5'\n");
     let share = format!("local,path={},mount_tag=next,security_model=none,readonly=on", served.display());
-    let args = ["--kernel", &kernel, "--qemu-arg", "-virtfs", "--qemu-arg", &share, "--", "appKexec=9p:next"];
-    let mut with_nic = vec!["--qemu-arg", "-nic", "--qemu-arg", "user,model=virtio-net-pci"];
-    with_nic.extend(args);
-    let b = boot(&boot_dir, &with_nic);
+    // The NIC is for the image's appIp=dhcp; the files come over 9p.
+    let nic = ["--qemu-arg", "-nic", "--qemu-arg", "user,model=virtio-net-pci"];
+    let share = ["--kernel", &kernel, "--qemu-arg", "-virtfs", "--qemu-arg", &share, "--", "appKexec=9p:next"];
+    let b = boot(&boot_dir, &[&nic[..], &share[..]].concat());
     let (ok, bytes, error) = kexec_event(&b);
     assert!(ok && error.is_none(), "{error:?}\n{}", b.console);
     assert!(bytes > std::fs::metadata(served.join("initrd")).unwrap().len(), "{bytes}");

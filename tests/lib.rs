@@ -367,3 +367,22 @@ pub fn project_kernel(series: &str, fragments: &[&str]) -> PathBuf {
     eprintln!("{stderr}");
     bzimage
 }
+
+/// The pids of the running ganesha.nfsd processes whose configuration file's text
+/// satisfies `exports` (e.g. holds `Path = "DIR";`).
+pub fn ganeshas(exports: impl Fn(&str) -> bool) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if !args.first().is_some_and(|a| a.ends_with("ganesha.nfsd")) {
+            continue;
+        }
+        let conf = args.iter().skip_while(|a| *a != "-f").nth(1);
+        if conf.and_then(|c| std::fs::read_to_string(c).ok()).is_some_and(|c| exports(&c)) {
+            found.push(pid);
+        }
+    }
+    found
+}

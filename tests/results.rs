@@ -248,19 +248,8 @@ fn children(parent: i32) -> Vec<i32> {
 
 /// The pid of the ganesha.nfsd whose configuration exports `dir`.
 fn ganesha_serving(dir: &Path) -> Option<i32> {
-    let dir = dir.canonicalize().ok()?;
-    for pid in pids() {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if !args.first().is_some_and(|a| a.ends_with("ganesha.nfsd")) {
-            continue;
-        }
-        let conf = args.iter().skip_while(|a| *a != "-f").nth(1)?;
-        if std::fs::read_to_string(conf).is_ok_and(|c| c.contains(&format!("Path = \"{}\";", dir.display()))) {
-            return Some(pid);
-        }
-    }
-    None
+    let line = format!("Path = \"{}\";", dir.canonicalize().ok()?.display());
+    appliance_tests::ganeshas(|conf| conf.contains(&line)).first().copied()
 }
 
 fn nix_kill(pid: i32) {
