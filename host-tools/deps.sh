@@ -4,7 +4,7 @@
 #   - gcc, libc6-dev: the linker for Rust, and zstd's C code
 #   - cpio, zstd, lz4, gzip, xz-utils: the tests check our archives with the standard tools
 #   - apt's package lists: `appliance build` fetches Debian's cloud kernel with apt-get download
-#   - make, flex, bison, bc, perl, libelf-dev and linux-source-6.1 (Debian 12):
+#   - make, flex, bison, bc, perl, libelf-dev, patch and linux-source-6.1 (Debian 12):
 #     tests/kernel.rs builds the project's kernels from Debian's sources (5.10's and
 #     6.12's are fetched by `appliance kernel build` itself, with apt and a private
 #     configuration under ~/.cache/appliance/apt-src: nothing to install)
@@ -50,6 +50,7 @@ appliance_install_deps() {
     command -v bison >/dev/null || missing+=(bison)
     command -v bc >/dev/null || missing+=(bc)
     command -v perl >/dev/null || missing+=(perl)
+    command -v patch >/dev/null || missing+=(patch)
     [ -e /usr/include/libelf.h ] || missing+=(libelf-dev)
     local ganesha=()
     command -v ganesha.nfsd >/dev/null || [ -x /usr/bin/ganesha.nfsd ] || ganesha+=(nfs-ganesha)

@@ -76,11 +76,18 @@ fn boots_hello_and_both_results_steps(series: &str) {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
 
+    // Built with the project's patches, and booted with the APIC timer's period: the
+    // kernel says it skipped the calibration (with apic=verbose).
+    let facts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(facts["patches"], serde_json::json!(["lapic-timer-period", "no-initmem-poison"]), "{facts}");
+    let hz: u32 = config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")).unwrap().parse().unwrap();
+
     let tmp = TempDir::new().unwrap();
     let app = build(&root().join("images/hello"), tmp.path());
-    let b = boot(&app, &["--kernel", kernel]);
+    let b = boot(&app, &["--kernel", kernel, "--kernel-log", "--", "apic=verbose"]);
     assert_eq!(b.code, 0, "{b:?}");
     b.assert_console("hello: wrote /app/results/hello.txt");
+    b.assert_console(&format!("lapic timer already calibrated {}", 1_000_000_000 / hz));
     assert_eq!(b.end(), Some(("poweroff".into(), 0)));
 
     let img = image(

@@ -93,6 +93,12 @@ struct BuildArgs {
     #[arg(long)]
     headers: bool,
 
+    /// Build a tarball as it is, without the project's patches (kernel-configs/patches/:
+    /// `lapic_timer_period=` and unpoisoned init memory, for faster emulated boots). A
+    /// tree given as --source is never patched
+    #[arg(long)]
+    no_patches: bool,
+
     /// Parallel compile jobs [default: every core]
     #[arg(short, long, value_name = "N")]
     jobs: Option<usize>,
@@ -128,6 +134,11 @@ struct CheckArgs {
     /// tarball is extracted into the cache once)
     #[arg(long, value_name = "DIR|TARBALL")]
     source: Option<PathBuf>,
+
+    /// Without CONFIG: extract a tarball without applying the project's patches (as
+    /// `kernel build --no-patches` builds it)
+    #[arg(long)]
+    no_patches: bool,
 }
 
 /// List the fragments, or print them merged.
@@ -158,6 +169,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         fragments: args.fragments.args(),
         without_base: args.fragments.no_base,
         headers: args.headers,
+        patches: !args.no_patches,
         cache_dir: kernel::default_cache_dir()?,
     };
     let progress = progress_sink();
@@ -233,6 +245,7 @@ fn check_source(args: CheckArgs) -> anyhow::Result<ExitCode> {
         fragments: args.fragments.args(),
         without_base: args.fragments.no_base,
         headers: false,
+        patches: !args.no_patches,
         cache_dir: kernel::default_cache_dir()?,
     };
     let progress = progress_sink();

@@ -17,7 +17,8 @@
 //!   module support, `headers/` when asked for); `key` hashes the
 //!   source's identity, the base and the merged settings (comments do not count), so an
 //!   unchanged build is a directory lookup. Written in a temporary directory renamed into place.
-//! - `src/<name>-<id>/`: a tarball extracted once;
+//! - `src/<name>-<id>/`: a tarball extracted once, with the project's patches applied
+//!   (`id` covers both);
 //! - `obj/<series>-<id>/`: the object directory (`make O=`) of one source, base and set
 //!   of fragments, kept so that an edited fragment recompiles only what changed;
 //! - `.lock`: held while building, so concurrent builds take turns.
@@ -37,6 +38,17 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::kconfig::{self, Config, Kconfig, Redefinition, Report};
 use crate::kernel::source;
+
+/// The project's kernel patches (`kernel-configs/patches/`), applied with `patch -p1` to
+/// every tarball it extracts, in this order. A tree given as `--source` is the user's
+/// and is built as it is. Each patch's text is in the cache key.
+const PATCHES: [(&str, &str); 2] = [
+    ("lapic-timer-period", include_str!("../../../kernel-configs/patches/lapic-timer-period.patch")),
+    ("no-initmem-poison", include_str!("../../../kernel-configs/patches/no-initmem-poison.patch")),
+];
+/// The patch that adds `lapic_timer_period=`: a kernel built with it (its `build.json`
+/// lists it) can be given the APIC timer's period instead of calibrating it.
+pub const LAPIC_TIMER_PERIOD_PATCH: &str = "lapic-timer-period";
 
 /// Series with adjustments in `kernel-configs/series/`.
 pub const SERIES: [&str; 6] = ["5.4", "5.10", "5.15", "6.1", "6.6", "6.12"];
@@ -119,6 +131,12 @@ pub enum Error {
     Extract { tarball: PathBuf, stderr: String },
     #[error("{} holds no kernel source tree (no top directory with a Makefile and Kconfig)", tarball.display())]
     EmptyTarball { tarball: PathBuf },
+    #[error(
+        "the project's patch {name}.patch does not apply to {}:\n{output}\nbuild it without the project's \
+         patches (--no-patches), or from a tree you patch yourself (--source DIR)",
+        tarball.display()
+    )]
+    Patch { name: String, tarball: PathBuf, output: String },
     #[error("`make {target}` failed ({status}); the whole log is {}; its end:\n{tail}", log.display())]
     Make { target: String, status: ExitStatus, log: PathBuf, tail: String },
     #[error(
@@ -357,6 +375,8 @@ pub struct Request {
     pub without_base: bool,
     /// Also prepare the tree modules are built against (adds the `modules` fragment).
     pub headers: bool,
+    /// Apply the project's patches to a tarball source (not to a tree).
+    pub patches: bool,
     /// The tool's cache directory.
     pub cache_dir: PathBuf,
 }
@@ -371,6 +391,7 @@ impl Request {
             fragments: Vec::new(),
             without_base: false,
             headers: false,
+            patches: true,
             cache_dir,
         }
     }
@@ -388,6 +409,8 @@ pub struct Plan {
     pub wanted: Config,
     pub redefinitions: Vec<Redefinition>,
     pub headers: bool,
+    /// The project's patches applied to the source, by name (none for a tree).
+    pub patches: Vec<&'static str>,
     /// `<cache>/kernels/build`.
     pub root: PathBuf,
     /// The finished kernel's directory.
@@ -444,6 +467,9 @@ pub struct Facts {
     pub key: String,
     /// Options compared by the check, all kept.
     pub checked: usize,
+    /// The project's patches in the kernel (`kernel-configs/patches/`), by name.
+    #[serde(default)]
+    pub patches: Vec<String>,
     pub build_seconds: u64,
     /// Lines of compiler output (CC, LD, ...), for the next build's progress bar.
     pub steps: u64,
@@ -501,7 +527,18 @@ pub fn plan(request: &Request) -> Result<Plan, Error> {
     }
     let fragments = fragments(&series, &requested, !request.without_base)?;
     let (wanted, redefinitions) = merge(&fragments)?;
-    let source_id = source_identity(&source)?;
+    let patches: Vec<(&'static str, &'static str)> = match source {
+        Source::Tarball(_) if request.patches => PATCHES.to_vec(),
+        _ => Vec::new(),
+    };
+    // The patches are part of the source's identity: a patched tree is extracted apart
+    // from an unpatched one, and a changed patch rebuilds everything. Their diffs count,
+    // not the descriptions above them (as a fragment's comments do not).
+    let mut source_id = source_identity(&source)?;
+    for (name, text) in &patches {
+        let diff = text.find("\n--- ").map_or(*text, |start| &text[start..]);
+        source_id.push_str(&format!("+{name}:{}", short_id(diff)));
+    }
     let mut key = Fnv::new();
     for part in [RECIPE, &source_id, request.base.name()] {
         key.write(part.as_bytes());
@@ -519,6 +556,7 @@ pub fn plan(request: &Request) -> Result<Plan, Error> {
         wanted,
         redefinitions,
         headers: request.headers,
+        patches: patches.iter().map(|(name, _)| *name).collect(),
         root,
         result,
         source_id,
@@ -580,7 +618,7 @@ pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressS
     if !force && let Some(built) = cached(plan) {
         return Ok(built);
     }
-    check_tools(&plan.source)?;
+    check_tools(plan)?;
     let lock = lock_cache(plan, progress)?;
     // Whoever held the lock may have built this very kernel.
     if !force && let Some(built) = cached(plan) {
@@ -643,6 +681,7 @@ fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Re
         source: plan.source.path().display().to_string(),
         key: plan.result.file_name().unwrap_or_default().to_string_lossy().into_owned(),
         checked: report.checked,
+        patches: plan.patches.iter().map(|p| p.to_string()).collect(),
         build_seconds: started.elapsed().as_secs(),
         steps,
         built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -684,7 +723,7 @@ fn configure(plan: &Plan, make: &Make, progress: &ProgressSink) -> Result<(Confi
 /// `kernel check` runs when given a source and no configuration, so that a series'
 /// adjustments can be verified without compiling it. Returns the resolved `.config`.
 pub fn resolve_only(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, Report), Error> {
-    check_tools(&plan.source)?;
+    check_tools(plan)?;
     let _lock = lock_cache(plan, progress)?;
     let (tree, obj, _) = configure_dirs(plan, progress)?;
     let make = Make { tree: &tree, obj: &obj, log: obj.join("build.log") };
@@ -803,7 +842,8 @@ fn publish(staging: tempfile::TempDir, result: &Path) -> Result<(), Error> {
 const TOOLS: [(&str, &str); 6] =
     [("make", "make"), ("gcc", "gcc"), ("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("perl", "perl")];
 
-fn check_tools(source: &Source) -> Result<(), Error> {
+fn check_tools(plan: &Plan) -> Result<(), Error> {
+    let source = &plan.source;
     let mut tools = Vec::new();
     let mut packages = Vec::new();
     for (tool, package) in TOOLS {
@@ -831,11 +871,15 @@ fn check_tools(source: &Source) -> Result<(), Error> {
             packages.push("tar".to_owned());
         }
     }
+    if !plan.patches.is_empty() && find_program("patch").is_none() {
+        tools.push("patch".to_owned());
+        packages.push("patch".to_owned());
+    }
     if tools.is_empty() { Ok(()) } else { Err(Error::ToolsMissing { tools, packages }) }
 }
 
-/// The source tree: the directory itself, or the tarball extracted into the cache
-/// (once; later builds reuse it).
+/// The source tree: the directory itself, or the tarball extracted into the cache and
+/// patched (once; later builds reuse it).
 pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, Error> {
     let tarball = match &plan.source {
         Source::Tree(dir) => return Ok(dir.clone()),
@@ -874,6 +918,12 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
         .map(|entry| entry.path())
         .find(|path| path.join("Makefile").is_file() && path.join("Kconfig").is_file())
         .ok_or_else(|| Error::EmptyTarball { tarball: tarball.clone() })?;
+    if !plan.patches.is_empty() {
+        progress.send(Progress::Stage(format!("applying the project's patches: {}", plan.patches.join(", "))));
+    }
+    for name in &plan.patches {
+        apply_patch(&top, name, tarball)?;
+    }
     if let Err(err) = fs::rename(&top, &dir) {
         // A concurrent extraction (`kernel check` takes no lock) may have won.
         if !dir.join("Makefile").is_file() {
@@ -881,6 +931,32 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
         }
     }
     Ok(dir)
+}
+
+/// Applies the project's patch `name` to the tree `top` with `patch -p1`, refusing
+/// fuzz (offsets are fine: the series differ in line numbers, not in the code patched).
+fn apply_patch(top: &Path, name: &str, tarball: &Path) -> Result<(), Error> {
+    let text = PATCHES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or_default();
+    let command = format!("patch -p1 --forward --batch --fuzz=0 -d {} < {name}.patch", top.display());
+    let mut child = Command::new("patch")
+        .args(["-p1", "--forward", "--batch", "--fuzz=0", "-d"])
+        .arg(top)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    // The patches are small (a few hundred bytes): the pipe takes them whole.
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes()).map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    }
+    let output = child.wait_with_output().map_err(|source| Error::Spawn { command, source })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    said.push_str(String::from_utf8_lossy(&output.stderr).trim());
+    Err(Error::Patch { name: name.to_owned(), tarball: tarball.to_owned(), output: said })
 }
 
 /// The source's identity for the cache key: a tarball's path, size and modification
@@ -1366,6 +1442,50 @@ mod tests {
         request.fragments.push(FragmentArg::from("debug"));
         let debug = plan(&request).unwrap();
         assert_ne!(debug.object_dir_name(), plain.object_dir_name());
+    }
+
+    #[test]
+    fn the_projects_patches_go_into_tarball_builds_and_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("linux-source-6.1.tar.xz");
+        fs::write(&tarball, "not really").unwrap();
+        let mut request = Request::series("6.1", dir.path().join("cache"));
+        request.source = Some(tarball.clone());
+        let patched = plan(&request).unwrap();
+        assert_eq!(patched.patches, ["lapic-timer-period", "no-initmem-poison"]);
+        assert!(patched.patches.contains(&LAPIC_TIMER_PERIOD_PATCH));
+        request.patches = false;
+        let stock = plan(&request).unwrap();
+        assert!(stock.patches.is_empty());
+        assert_ne!(stock.result, patched.result, "the patches are in the key");
+        assert_ne!(stock.object_dir_name(), patched.object_dir_name());
+        // Each patch's diff is in the key, its description is not.
+        for (_, text) in PATCHES {
+            let start = text.find("\n--- ").expect("a description, then the diff");
+            assert!(text[..start].lines().count() > 2, "a patch says what it does and why");
+        }
+        // A tree is the user's, built as it is.
+        let tree = dir.path().join("linux");
+        fs::create_dir(&tree).unwrap();
+        fs::write(tree.join("Makefile"), "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\n").unwrap();
+        fs::write(tree.join("Kconfig"), "").unwrap();
+        request.patches = true;
+        request.source = Some(tree);
+        assert!(plan(&request).unwrap().patches.is_empty());
+    }
+
+    #[test]
+    fn a_patch_that_does_not_apply_is_named_with_what_to_do() {
+        // `patch` is a build tool (host-tools/deps.sh installs it).
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("linux");
+        fs::create_dir_all(tree.join("arch/x86/mm")).unwrap();
+        fs::write(tree.join("arch/x86/mm/init.c"), "int main(void) { return 0; }\n").unwrap();
+        let err = apply_patch(&tree, "no-initmem-poison", Path::new("/src/linux-5.4.tar.xz")).unwrap_err();
+        let said = err.to_string();
+        assert!(said.contains("no-initmem-poison.patch does not apply to /src/linux-5.4.tar.xz"), "{said}");
+        assert!(said.contains("--no-patches"), "{said}");
+        assert!(said.contains("FAILED"), "patch's own words are quoted: {said}");
     }
 
     #[test]

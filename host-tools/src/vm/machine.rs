@@ -15,11 +15,16 @@
 //! reads it with `rdtsc`), so the host measures its frequency and hands it over with
 //! `tsc_early_khz=`: no calibration at all, and nothing left to hang. `tests/bench/boot.sh`
 //! boots it hundreds of times to show it.
+//!
+//! A kernel built with the project's `lapic-timer-period` patch (its `build.json` says
+//! so) is given its local APIC timer's period under TCG, where it is known, instead of
+//! calibrating it: a busy wait of 100-300 ms of a boot (`docs/boot-time.md`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::qemu::Accel;
+use crate::kernel::kbuild::LAPIC_TIMER_PERIOD_PATCH;
 
 /// A QEMU machine type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,16 +103,27 @@ pub fn plan(
     cpus: u32,
 ) -> KernelBoot {
     let built = build_dir(kernel, app_dir);
-    let (machine, why) = requested.unwrap_or_else(|| {
-        choose(built.as_ref().and_then(|d| std::fs::read_to_string(d.join("config")).ok()).as_deref())
-    });
+    let config = built.as_ref().and_then(|d| std::fs::read_to_string(d.join("config")).ok());
+    let (machine, why) = requested.unwrap_or_else(|| choose(config.as_deref()));
+    let apic_period = built.as_deref().zip(config.as_deref()).and_then(|(d, c)| apic_timer_period(d, c));
     let vmlinux = built.map(|d| d.join("vmlinux")).filter(|v| v.is_file());
     let kernel = match (machine, vmlinux) {
         (Machine::Microvm, Some(vmlinux)) => vmlinux,
         _ => kernel.to_path_buf(),
     };
     let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(host_tsc_khz).flatten();
-    KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz, cpus), why }
+    KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz, apic_period, cpus), why }
+}
+
+/// The local APIC timer's period (bus clocks per jiffy) under QEMU's emulation, for a
+/// kernel built in `dir` with the `lapic-timer-period` patch: QEMU's APIC timer counts
+/// at 1 GHz, so 10^9 / HZ. `None` for a kernel without the patch, which would not know
+/// the parameter, or whose HZ is not in its `config`.
+fn apic_timer_period(dir: &Path, config: &str) -> Option<u32> {
+    let facts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("build.json")).ok()?).ok()?;
+    let patched = facts.get("patches")?.as_array()?.iter().any(|p| p.as_str() == Some(LAPIC_TIMER_PERIOD_PATCH));
+    let hz: u32 = config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ="))?.trim().parse().ok()?;
+    (patched && hz > 0).then(|| 1_000_000_000 / hz)
 }
 
 /// The directory `appliance kernel build` left `kernel` in (it holds `config`): the
@@ -134,8 +150,15 @@ fn build_dir(kernel: &Path, app_dir: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// Kernel words for `machine` under `accel` with `cpus` CPUs, each with its reason.
-/// `tsc_khz` is the host's TSC frequency (see `host_tsc_khz`).
-pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>, cpus: u32) -> Vec<String> {
+/// `tsc_khz` is the host's TSC frequency (see `host_tsc_khz`); `apic_period` the local
+/// APIC timer's period under TCG, for a kernel that takes it (see `apic_timer_period`).
+pub fn kernel_params(
+    machine: Machine,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    apic_period: Option<u32>,
+    cpus: u32,
+) -> Vec<String> {
     let mut words = vec![
         // The kernel checks that the IO-APIC delivers the PIT's timer interrupt by waiting
         // for ticks; under TCG on a loaded host that check can fail and panic ("IO-APIC +
@@ -153,7 +176,12 @@ pub fn kernel_params(machine: Machine, accel: Accel, tsc_khz: Option<u64>, cpus:
         // The TSC is the only clock there; nothing to watch it against.
         words.push("tsc=reliable".to_string());
     }
-    if (machine, accel, cpus) == (Machine::Pc, Accel::Tcg, 1) {
+    if let (Accel::Tcg, Some(period)) = (accel, apic_period) {
+        // The period the kernel would measure by busy-waiting 25 PIT ticks (100-300 ms
+        // under TCG): on every machine and for every CPU, no calibration. Under KVM the
+        // TSC-deadline timer needs none either.
+        words.push(format!("lapic_timer_period={period}"));
+    } else if (machine, accel, cpus) == (Machine::Pc, Accel::Tcg, 1) {
         // The kernel calibrates the local APIC timer by counting its ticks over 100 ms of
         // the PIT's (a busy wait, under TCG longer and varying with the host's load): about
         // 100 ms of a boot of Debian's kernel. With one CPU the HPET serves as the tick and
@@ -249,7 +277,7 @@ mod tests {
 
     #[test]
     fn the_tsc_frequency_goes_to_microvm_under_tcg_only() {
-        let with = |m, a| kernel_params(m, a, Some(2_300_000), 1);
+        let with = |m, a| kernel_params(m, a, Some(2_300_000), None, 1);
         assert!(with(Machine::Microvm, Accel::Tcg).contains(&"tsc_early_khz=2300000".to_string()));
         assert!(!with(Machine::Pc, Accel::Tcg).iter().any(|w| w.starts_with("tsc")));
         assert!(!with(Machine::Microvm, Accel::Kvm).iter().any(|w| w.starts_with("tsc")));
@@ -258,11 +286,39 @@ mod tests {
 
     #[test]
     fn the_apic_timer_is_left_uncalibrated_on_pc_under_tcg_with_one_cpu_only() {
-        let off = |m, a, cpus| kernel_params(m, a, None, cpus).contains(&"nolapic_timer".to_string());
+        let off = |m, a, cpus| kernel_params(m, a, None, None, cpus).contains(&"nolapic_timer".to_string());
         assert!(off(Machine::Pc, Accel::Tcg, 1));
         assert!(!off(Machine::Microvm, Accel::Tcg, 1), "no HPET there: the PIT's one-shot mode stalls");
         assert!(!off(Machine::Pc, Accel::Tcg, 4));
         assert!(!off(Machine::Pc, Accel::Kvm, 1));
+    }
+
+    #[test]
+    fn a_patched_kernel_gets_its_apic_timer_period_under_tcg_instead_of_nolapic_timer() {
+        let words = |m, a, cpus| kernel_params(m, a, None, Some(4_000_000), cpus);
+        for (m, cpus) in [(Machine::Microvm, 1), (Machine::Microvm, 4), (Machine::Pc, 1), (Machine::Pc, 2)] {
+            let w = words(m, Accel::Tcg, cpus);
+            assert!(w.contains(&"lapic_timer_period=4000000".to_string()), "{m:?} {cpus}: {w:?}");
+            assert!(!w.contains(&"nolapic_timer".to_string()), "{m:?} {cpus}: {w:?}");
+        }
+        assert!(!words(Machine::Microvm, Accel::Kvm, 1).iter().any(|w| w.starts_with("lapic")));
+    }
+
+    #[test]
+    fn the_apic_timer_period_comes_from_build_json_and_hz() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = "CONFIG_HZ_250=y\nCONFIG_HZ=250\n";
+        assert_eq!(apic_timer_period(tmp.path(), config), None, "no build.json: not one of ours");
+        let facts = |patches: &[&str]| serde_json::json!({ "release": "6.1.0", "patches": patches }).to_string();
+        std::fs::write(tmp.path().join("build.json"), facts(&["no-initmem-poison"])).unwrap();
+        assert_eq!(apic_timer_period(tmp.path(), config), None, "built without the patch");
+        std::fs::write(tmp.path().join("build.json"), facts(&[LAPIC_TIMER_PERIOD_PATCH])).unwrap();
+        assert_eq!(apic_timer_period(tmp.path(), config), Some(4_000_000));
+        assert_eq!(apic_timer_period(tmp.path(), "CONFIG_HZ=1000\n"), Some(1_000_000));
+        assert_eq!(apic_timer_period(tmp.path(), "# CONFIG_HZ is unknown\n"), None);
+        // A build.json from before patches were recorded.
+        std::fs::write(tmp.path().join("build.json"), r#"{"release": "6.1.0"}"#).unwrap();
+        assert_eq!(apic_timer_period(tmp.path(), config), None);
     }
 
     #[test]
