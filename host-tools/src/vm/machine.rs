@@ -111,7 +111,7 @@ pub fn plan(
         (Machine::Microvm, Some(vmlinux)) => vmlinux,
         _ => kernel.to_path_buf(),
     };
-    let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(host_tsc_khz).flatten();
+    let tsc_khz = (machine == Machine::Microvm && accel == Accel::Tcg).then(host_tsc_khz_cached).flatten();
     KernelBoot { machine, kernel, words: kernel_params(machine, accel, tsc_khz, apic_period, cpus), why }
 }
 
@@ -194,6 +194,39 @@ pub fn kernel_params(
         words.push("nolapic_timer".to_string());
     }
     words
+}
+
+/// [`host_tsc_khz`], measured once per boot of the host and kept in the cache
+/// (`<cache>/host-tsc-khz`: the host's boot id and the frequency), which saves every
+/// later run the 25 ms the measurement takes: an invariant TSC keeps its frequency until
+/// the host reboots. Measured every time when there is no cache to keep it in.
+pub fn host_tsc_khz_cached() -> Option<u64> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_owned();
+    let Ok(path) = crate::kernel::default_cache_dir().map(|d| d.join("host-tsc-khz")) else {
+        return host_tsc_khz();
+    };
+    if let Some(khz) = cached_tsc_khz(&std::fs::read_to_string(&path).unwrap_or_default(), &boot_id) {
+        return Some(khz);
+    }
+    let khz = host_tsc_khz()?;
+    // Written whole or not at all (a temporary file renamed), so a concurrent run reads
+    // either nothing or the complete line; a cache that cannot be written costs nothing.
+    let _ = (|| -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, format!("{boot_id} {khz}\n").as_bytes())?;
+        tmp.persist(&path).map(drop).map_err(|e| e.error)
+    })();
+    Some(khz)
+}
+
+/// The frequency in the cache file's `text` when it was measured during the boot
+/// `boot_id`.
+fn cached_tsc_khz(text: &str, boot_id: &str) -> Option<u64> {
+    let (id, khz) = text.trim().split_once(' ')?;
+    let khz: u64 = khz.parse().ok()?;
+    (id == boot_id && (100_000..20_000_000).contains(&khz)).then_some(khz)
 }
 
 /// The host's TSC frequency in kHz, measured against the monotonic clock over a few
@@ -346,6 +379,16 @@ mod tests {
         std::fs::write(app.join("vmlinuz"), b"another kernel").unwrap();
         let b = boot(&app.join("vmlinuz"), &app);
         assert_eq!((b.machine, b.kernel), (Machine::Pc, app.join("vmlinuz")));
+    }
+
+    #[test]
+    fn a_cached_tsc_frequency_counts_for_the_boot_it_was_measured_in_only() {
+        let id = "0b6f7c1e-8a4d-4d55-9d0e-2f1c3b4a5d6e";
+        assert_eq!(cached_tsc_khz(&format!("{id} 2299999\n"), id), Some(2_299_999));
+        assert_eq!(cached_tsc_khz(&format!("{id} 2299999\n"), "another-boot"), None);
+        assert_eq!(cached_tsc_khz("", id), None);
+        assert_eq!(cached_tsc_khz(&format!("{id} fast\n"), id), None);
+        assert_eq!(cached_tsc_khz(&format!("{id} 0\n"), id), None, "not a frequency");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod running;
 pub mod ssh;
 pub mod stop;
 
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
@@ -218,6 +219,9 @@ pub fn run_logged(
     run_with_console(spec, timeout, watch, Some(console))
 }
 
+/// How often a running VM's watch is asked whether to stop it.
+const TICK_MS: u16 = 20;
+
 fn run_with_console(
     spec: &VmSpec,
     timeout: Option<Duration>,
@@ -246,6 +250,12 @@ fn run_with_console(
     let _feeder =
         child.stdin.take().map(|qemu| console::Feeder::start(qemu, input, &spec.status_file, input.gate(&spec.append)));
     watch.started(child.id());
+    // Readable the moment QEMU exits: the loop below waits on it between ticks, so the
+    // run ends with QEMU, not up to a tick later.
+    let exited = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
     let mut timed_out = None;
     let mut killed = None;
     let qemu_status = loop {
@@ -269,7 +279,13 @@ fn run_with_console(
             killed = watch.kill_reason();
             break child.wait().ok();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        match &exited {
+            Some(fd) => {
+                let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(TICK_MS));
+            }
+            None => std::thread::sleep(Duration::from_millis(TICK_MS.into())),
+        }
     };
     let wall = started.elapsed();
     let (events, garbled) = read_status(&spec.status_file);
