@@ -591,10 +591,15 @@ pub fn plan_fetching(request: &Request, progress: &ProgressSink) -> Result<Plan,
 
 /// The finished kernel of `plan`, if the cache has it (with headers when asked for).
 pub fn cached(plan: &Plan) -> Option<Built> {
-    let facts: Facts = serde_json::from_slice(&fs::read(plan.result.join(FACTS)).ok()?).ok()?;
+    let facts = facts_in(&plan.result)?;
     let built = built_from(&plan.result, facts, true);
     let complete = built.bzimage.is_file() && (!plan.headers || built.headers.is_some());
     complete.then_some(built)
+}
+
+/// The `build.json` of a kernel built in `dir`, if it is one.
+pub fn facts_in(dir: &Path) -> Option<Facts> {
+    serde_json::from_slice(&fs::read(dir.join(FACTS)).ok()?).ok()
 }
 
 fn built_from(dir: &Path, facts: Facts, cached: bool) -> Built {
@@ -921,8 +926,8 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
     if !plan.patches.is_empty() {
         progress.send(Progress::Stage(format!("applying the project's patches: {}", plan.patches.join(", "))));
     }
-    for name in &plan.patches {
-        apply_patch(&top, name, tarball)?;
+    for (name, text) in PATCHES.iter().filter(|(name, _)| plan.patches.contains(name)) {
+        apply_patch(&top, name, text, tarball)?;
     }
     if let Err(err) = fs::rename(&top, &dir) {
         // A concurrent extraction (`kernel check` takes no lock) may have won.
@@ -933,10 +938,10 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
     Ok(dir)
 }
 
-/// Applies the project's patch `name` to the tree `top` with `patch -p1`, refusing
-/// fuzz (offsets are fine: the series differ in line numbers, not in the code patched).
-fn apply_patch(top: &Path, name: &str, tarball: &Path) -> Result<(), Error> {
-    let text = PATCHES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or_default();
+/// Applies the project's patch `name` (its `text`) to the tree `top` with `patch -p1`,
+/// refusing fuzz (offsets are fine: the series differ in line numbers, not in the code
+/// patched).
+fn apply_patch(top: &Path, name: &str, text: &str, tarball: &Path) -> Result<(), Error> {
     let command = format!("patch -p1 --forward --batch --fuzz=0 -d {} < {name}.patch", top.display());
     let mut child = Command::new("patch")
         .args(["-p1", "--forward", "--batch", "--fuzz=0", "-d"])
@@ -1481,7 +1486,9 @@ mod tests {
         let tree = dir.path().join("linux");
         fs::create_dir_all(tree.join("arch/x86/mm")).unwrap();
         fs::write(tree.join("arch/x86/mm/init.c"), "int main(void) { return 0; }\n").unwrap();
-        let err = apply_patch(&tree, "no-initmem-poison", Path::new("/src/linux-5.4.tar.xz")).unwrap_err();
+        let (name, text) = PATCHES[1];
+        assert_eq!(name, "no-initmem-poison");
+        let err = apply_patch(&tree, name, text, Path::new("/src/linux-5.4.tar.xz")).unwrap_err();
         let said = err.to_string();
         assert!(said.contains("no-initmem-poison.patch does not apply to /src/linux-5.4.tar.xz"), "{said}");
         assert!(said.contains("--no-patches"), "{said}");

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::qemu::Accel;
-use crate::kernel::kbuild::LAPIC_TIMER_PERIOD_PATCH;
+use crate::kernel::kbuild::{self, LAPIC_TIMER_PERIOD_PATCH};
 
 /// A QEMU machine type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +120,7 @@ pub fn plan(
 /// at 1 GHz, so 10^9 / HZ. `None` for a kernel without the patch, which would not know
 /// the parameter, or whose HZ is not in its `config`.
 fn apic_timer_period(dir: &Path, config: &str) -> Option<u32> {
-    let facts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("build.json")).ok()?).ok()?;
-    let patched = facts.get("patches")?.as_array()?.iter().any(|p| p.as_str() == Some(LAPIC_TIMER_PERIOD_PATCH));
+    let patched = kbuild::facts_in(dir)?.patches.iter().any(|p| p == LAPIC_TIMER_PERIOD_PATCH);
     let hz: u32 = config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ="))?.trim().parse().ok()?;
     (patched && hz > 0).then(|| 1_000_000_000 / hz)
 }
@@ -342,15 +341,25 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let config = "CONFIG_HZ_250=y\nCONFIG_HZ=250\n";
         assert_eq!(apic_timer_period(tmp.path(), config), None, "no build.json: not one of ours");
-        let facts = |patches: &[&str]| serde_json::json!({ "release": "6.1.0", "patches": patches }).to_string();
-        std::fs::write(tmp.path().join("build.json"), facts(&["no-initmem-poison"])).unwrap();
+        // A build.json as `appliance kernel build` writes it.
+        let facts = |patches: &[&str]| {
+            serde_json::json!({
+                "release": "6.1.192-appliance", "version": "6.1.192", "series": "6.1", "base": "tinyconfig",
+                "fragments": ["base.config"], "source": "/usr/src/linux-source-6.1.tar.xz",
+                "key": "6.1-tinyconfig-0", "checked": 92, "patches": patches, "build_seconds": 400,
+                "steps": 2003, "built_at": 0
+            })
+        };
+        std::fs::write(tmp.path().join("build.json"), facts(&["no-initmem-poison"]).to_string()).unwrap();
         assert_eq!(apic_timer_period(tmp.path(), config), None, "built without the patch");
-        std::fs::write(tmp.path().join("build.json"), facts(&[LAPIC_TIMER_PERIOD_PATCH])).unwrap();
+        std::fs::write(tmp.path().join("build.json"), facts(&[LAPIC_TIMER_PERIOD_PATCH]).to_string()).unwrap();
         assert_eq!(apic_timer_period(tmp.path(), config), Some(4_000_000));
         assert_eq!(apic_timer_period(tmp.path(), "CONFIG_HZ=1000\n"), Some(1_000_000));
         assert_eq!(apic_timer_period(tmp.path(), "# CONFIG_HZ is unknown\n"), None);
         // A build.json from before patches were recorded.
-        std::fs::write(tmp.path().join("build.json"), r#"{"release": "6.1.0"}"#).unwrap();
+        let mut old = facts(&[]);
+        old.as_object_mut().unwrap().remove("patches");
+        std::fs::write(tmp.path().join("build.json"), old.to_string()).unwrap();
         assert_eq!(apic_timer_period(tmp.path(), config), None);
     }
 
