@@ -1416,13 +1416,20 @@ mod tests {
         }
     }
 
+    /// A request for 6.1 from a stand-in tarball (`plan` stats it, nothing reads it), with
+    /// its cache, in `dir`.
+    fn tarball_request(dir: &Path) -> (PathBuf, Request) {
+        let tarball = dir.join("linux-source-6.1.tar.xz");
+        fs::write(&tarball, "not really").unwrap();
+        let mut request = Request::series("6.1", dir.join("cache"));
+        request.source = Some(tarball.clone());
+        (tarball, request)
+    }
+
     #[test]
     fn plan_keys_follow_fragments_and_source() {
         let dir = tempfile::tempdir().unwrap();
-        let tarball = dir.path().join("linux-source-6.1.tar.xz");
-        fs::write(&tarball, "not really").unwrap();
-        let mut request = Request::series("6.1", dir.path().join("cache"));
-        request.source = Some(tarball.clone());
+        let (tarball, mut request) = tarball_request(dir.path());
         let first = plan(&request).unwrap();
         assert_eq!(plan(&request).unwrap().result, first.result, "the key is stable");
         assert!(first.result.starts_with(dir.path().join("cache/kernels/build")));
@@ -1452,10 +1459,7 @@ mod tests {
     #[test]
     fn the_projects_patches_go_into_tarball_builds_and_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        let tarball = dir.path().join("linux-source-6.1.tar.xz");
-        fs::write(&tarball, "not really").unwrap();
-        let mut request = Request::series("6.1", dir.path().join("cache"));
-        request.source = Some(tarball.clone());
+        let (_, mut request) = tarball_request(dir.path());
         let patched = plan(&request).unwrap();
         assert_eq!(patched.patches, ["lapic-timer-period", "no-initmem-poison"]);
         assert!(patched.patches.contains(&LAPIC_TIMER_PERIOD_PATCH));
