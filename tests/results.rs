@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
+use appliance_host::host::scratch;
 use appliance_tests::{BOOT_TIMEOUT_S, Boot, Session, boot, build, image};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -188,7 +189,10 @@ echo "run read [$line]"
 }
 
 /// `appliance run` killed outright (SIGKILL, no chance to clean up) leaves neither its
-/// QEMU nor its NFS server running: both get SIGTERM from the kernel when it dies.
+/// QEMU nor its NFS server running: both get SIGTERM from the kernel when it dies. Its
+/// scratch directories (the run's, the server's) are no longer locked, and the next ones
+/// made remove them once they are old enough: the sweep is run here as it would run a
+/// minute later.
 #[test]
 fn a_killed_appliance_run_leaves_no_vm_and_no_server_behind() {
     let _serial = serial();
@@ -201,11 +205,30 @@ fn a_killed_appliance_run_leaves_no_vm_and_no_server_behind() {
     let server = ganesha_serving(&dir).expect("the run's ganesha.nfsd is running");
     let appliance = i32::try_from(s.pid()).unwrap();
     let qemu = children(appliance).into_iter().find(|&pid| comm(pid).starts_with("qemu")).expect("QEMU runs");
+    let scratch = |pid: i32, prefix: &str| {
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args = String::from_utf8_lossy(&args).into_owned();
+        let at = args.find(&format!("/{prefix}")).unwrap_or_else(|| panic!("no {prefix} directory in {args:?}"));
+        let end = args[at + 1..].find('/').map_or(args.len(), |e| at + 1 + e);
+        PathBuf::from(format!("{}{}", std::env::temp_dir().display(), &args[at..end]))
+    };
+    let run_dir = scratch(qemu, "appliance-run-");
+    let server_dir = scratch(server, "appliance-nfs-");
+    assert!(run_dir.is_dir() && server_dir.join("ganesha.conf").is_file(), "{run_dir:?} {server_dir:?}");
     nix_kill(appliance);
     let b = s.finish();
     assert_eq!(b.code, -1, "killed by a signal");
     wait_until_gone(qemu, Duration::from_secs(20), "QEMU outlived appliance run");
     wait_until_gone(server, Duration::from_secs(20), "ganesha.nfsd outlived appliance run");
+    assert!(run_dir.is_dir() && server_dir.is_dir(), "nothing could remove them yet");
+    let later = std::time::SystemTime::now() + scratch::STALE_AFTER + Duration::from_secs(1);
+    let removed = [
+        scratch::sweep(&std::env::temp_dir(), "appliance-run-", later),
+        scratch::sweep(&std::env::temp_dir(), "appliance-nfs-", later),
+    ]
+    .concat();
+    assert!(removed.contains(&run_dir) && removed.contains(&server_dir), "{removed:?}");
+    assert!(!run_dir.exists() && !server_dir.exists());
 }
 
 /// Waits until `pid` has ended (gone or a zombie); fails the test past `limit`.

@@ -289,9 +289,7 @@ fn filter(path: &Path, patterns: &[String], out: &Path, output: &Output) -> anyh
 
 fn edit(path: &Path, command: Option<&str>, out: Option<PathBuf>, output: &Output) -> anyhow::Result<ExitCode> {
     let input = open(path)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("appliance-cpio-edit-")
-        .tempdir()
+    let scratch = appliance_host::host::scratch::dir("appliance-cpio-edit-")
         .with_context(|| format!("cannot create a directory in {}", std::env::temp_dir().display()))?;
     let root = scratch.path().join("root");
     let report = tree::unpack(&input, &root, UnpackOptions::for_current_user())

@@ -142,7 +142,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let tmp = appliance_host::host::scratch::dir("appliance-run-").context("cannot create a temporary directory")?;
     if Path::new(&args.target).is_file() {
         return run_disk(args, tmp.path());
     }

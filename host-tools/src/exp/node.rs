@@ -138,7 +138,7 @@ pub enum NodeError {
 pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, NodeError> {
     // A short path: Unix socket paths are limited to 107 bytes, and a node's directory
     // can be deep.
-    let sockets = tempfile::Builder::new().prefix("appliance-exp-").tempdir().map_err(NodeError::Socket)?;
+    let sockets = crate::host::scratch::dir("appliance-exp-").map_err(NodeError::Socket)?;
     let qmp = sockets.path().join("qmp.sock");
     let stream = results::stream_file(&job.dir, RUN_ID);
     // A server of the node's own, exporting its directory, for as long as the VM runs.

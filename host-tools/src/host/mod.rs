@@ -8,5 +8,6 @@ pub mod http;
 pub mod net;
 pub mod process;
 pub mod proxy_dhcp;
+pub mod scratch;
 pub mod size;
 pub mod tftp;

@@ -164,7 +164,7 @@ pub struct NfsServer {
     port: u16,
     export: PathBuf,
     log: PathBuf,
-    _work: tempfile::TempDir,
+    _work: crate::host::scratch::Scratch,
 }
 
 impl NfsServer {
@@ -173,9 +173,7 @@ impl NfsServer {
     pub fn start(export: &Path) -> Result<NfsServer, NfsError> {
         let program = usable()?;
         let export = export.canonicalize().map_err(|source| NfsError::Export { path: export.to_path_buf(), source })?;
-        let work = tempfile::Builder::new()
-            .prefix("appliance-nfs-")
-            .tempdir()
+        let work = crate::host::scratch::dir("appliance-nfs-")
             .map_err(|source| NfsError::Setup { path: std::env::temp_dir(), source })?;
         let setup = |source| NfsError::Setup { path: work.path().to_path_buf(), source };
         std::fs::create_dir(work.path().join("recovery")).map_err(setup)?;
