@@ -32,6 +32,19 @@ fn hello_prints_its_arguments_and_powers_off() {
     assert!(b.stderr.contains("run status 0, poweroff; kernel→/init"), "{}", b.stderr);
 }
 
+/// `-v` says why: the accelerator and the machine (a dry run: nothing boots).
+#[test]
+fn verbose_says_why_the_accelerator_and_the_machine_were_chosen() {
+    let (_tmp, app) = hello();
+    let o = appliance_tests::appliance().args(["-v", "run", "--dry-run"]).arg(&app).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("appliance: accelerator tcg: APPLIANCE_ACCEL=tcg"), "{err}");
+    assert!(err.contains("appliance: machine pc: "), "{err}");
+    let o = appliance_tests::appliance().args(["run", "--dry-run"]).arg(&app).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("machine pc"), "{o:?}");
+}
+
 #[test]
 fn run_exit_status_is_the_exit_status_of_appliance_run() {
     let (_tmp, app) = hello();

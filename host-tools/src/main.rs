@@ -31,6 +31,11 @@ struct Cli {
     #[arg(short, long, global = true)]
     quiet: bool,
 
+    /// Also say why: the machine and accelerator chosen, the initrd handed to QEMU, and
+    /// other decisions.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +72,11 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    logger::init(if cli.quiet { log::LevelFilter::Warn } else { log::LevelFilter::Info });
+    logger::init(match (cli.quiet, cli.verbose) {
+        (true, _) => log::LevelFilter::Warn,
+        (_, true) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Info,
+    });
     match cli.command {
         Command::Build(args) => commands::build::run(args),
         Command::Run(args) => commands::run::run(args),
