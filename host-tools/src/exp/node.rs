@@ -199,6 +199,7 @@ fn spec(job: &NodeJob, qmp: &Path, stream: &Path, nfs_port: Option<u16>) -> Resu
         qmp: Some(qmp.to_path_buf()),
         extra: job.qemu_args.clone(),
         disk: None,
+        initrd_as_is: false,
     })
 }
 

@@ -230,8 +230,12 @@ fn run_with_console(
 ) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
     let started = Instant::now();
+    let plain = plain_initrd(spec);
     let mut command = Command::new(&spec.qemu);
-    command.args(qemu::argv(spec));
+    match &plain {
+        Some((_, path)) => command.args(qemu::argv(&VmSpec { initrd: path.clone(), ..spec.clone() })),
+        None => command.args(qemu::argv(spec)),
+    };
     if watch.own_process_group() {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
     }
@@ -290,6 +294,38 @@ fn run_with_console(
     let wall = started.elapsed();
     let (events, garbled) = read_status(&spec.status_file);
     Ok(RunReport { events, garbled, wall, timed_out, qemu_status, killed })
+}
+
+/// The largest decompressed initrd handed to QEMU, as a share of the guest's memory: the
+/// kernel holds the initrd and the files unpacked from it at once, and a compressed one
+/// takes less room while it does.
+const PLAIN_INITRD_SHARE: u64 = 4;
+
+/// Under TCG, `spec`'s initrd decompressed on the host into a scratch directory (kept for
+/// as long as the returned value lives), when it is compressed and its plain size is at
+/// most 1/[`PLAIN_INITRD_SHARE`] of the guest's memory. The guest's decompressor runs
+/// emulated, instruction by instruction: for images/hello's 165 KB of zstd, 80 ms of the
+/// project kernel's 470 ms to `/init`; on the host it takes well under a millisecond.
+/// Anything that does not decode (a corrupt initrd) is left to the guest, which says what
+/// is wrong with it as it always did.
+pub fn plain_initrd(spec: &VmSpec) -> Option<(crate::host::scratch::Scratch, PathBuf)> {
+    if spec.accel != qemu::Accel::Tcg || spec.disk.is_some() || spec.initrd_as_is {
+        return None;
+    }
+    let input = std::fs::read(&spec.initrd).ok()?;
+    let limit = (u64::from(spec.memory_mib) << 20) / PLAIN_INITRD_SHARE;
+    let plain = match crate::archive::cpio::read::decompressed(&input, usize::try_from(limit).ok()?) {
+        Ok(plain) => plain?,
+        Err(e) => {
+            log::debug!("{}: left to the guest to decompress: {e}", spec.initrd.display());
+            return None;
+        }
+    };
+    let dir = crate::host::scratch::dir("appliance-initrd-").ok()?;
+    let path = dir.path().join("initrd");
+    std::fs::write(&path, &plain).ok()?;
+    log::debug!("{} decompressed for the guest: {} -> {} bytes", spec.initrd.display(), input.len(), plain.len());
+    Some((dir, path))
 }
 
 /// Parses a status record file; unreadable means empty.
@@ -388,6 +424,7 @@ mod tests {
             qmp: None,
             extra: vec![],
             disk: None,
+            initrd_as_is: false,
         }
     }
 
@@ -447,6 +484,47 @@ mod tests {
         // Without a graceful way (no watch), the time bound kills at once, as it did.
         let r = run(&spec, timeout).unwrap();
         assert_eq!(r.timed_out, Some(TimedOut::Killed));
+    }
+
+    /// Under TCG QEMU gets the initrd decompressed, in a scratch directory that goes with
+    /// the run; asked to, or under KVM, or when it is not compressed, the image's own.
+    #[test]
+    fn under_tcg_qemu_gets_the_initrd_decompressed_for_the_run_only() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cpio = Vec::new();
+        crate::archive::cpio::write_archive(&mut cpio, [crate::archive::cpio::Entry::data("/init", "x", 0o755)], 0)
+            .unwrap();
+        let mut zstd =
+            crate::archive::compress::Encoder::new(Vec::new(), crate::archive::compress::Compression::Zstd).unwrap();
+        zstd.write_all(&cpio).unwrap();
+        let compressed = zstd.finish().unwrap();
+        // The fake QEMU keeps the -initrd it was given: its path, and a copy.
+        let keep = r#"while [ "$1" != -initrd ]; do shift; done; echo "$2" > "$0.path"; cp "$2" "$0.initrd""#;
+        let mut spec = fake_qemu(dir.path(), keep);
+        let seen = || {
+            let path = std::fs::read_to_string(dir.path().join("qemu.path")).unwrap();
+            (PathBuf::from(path.trim()), std::fs::read(dir.path().join("qemu.initrd")).unwrap())
+        };
+        std::fs::write(&spec.initrd, &compressed).unwrap();
+        run(&spec, None).unwrap();
+        let (path, bytes) = seen();
+        assert!(path.starts_with(std::env::temp_dir().join("")), "{path:?}");
+        assert!(path.parent().unwrap().file_name().unwrap().to_string_lossy().starts_with("appliance-initrd-"));
+        assert_eq!(bytes, cpio);
+        assert!(!path.exists(), "removed with the run");
+
+        spec.initrd_as_is = true;
+        run(&spec, None).unwrap();
+        assert_eq!(seen(), (spec.initrd.clone(), compressed.clone()));
+        spec.initrd_as_is = false;
+        spec.accel = qemu::Accel::Kvm;
+        run(&spec, None).unwrap();
+        assert_eq!(seen().0, spec.initrd);
+        spec.accel = qemu::Accel::Tcg;
+        std::fs::write(&spec.initrd, &cpio).unwrap();
+        run(&spec, None).unwrap();
+        assert_eq!(seen(), (spec.initrd.clone(), cpio.clone()));
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct VmSpec {
     /// Boot this disk under UEFI firmware instead of `kernel`, `initrd` and `append`
     /// (which then only say what the disk holds).
     pub disk: Option<DiskBoot>,
+    /// Give QEMU `initrd` as it is even under TCG, where the run otherwise hands it a
+    /// decompressed copy ([`super::plain_initrd`]).
+    pub initrd_as_is: bool,
 }
 
 /// A disk image booted by UEFI firmware (OVMF), as a machine without a kernel given boots.
@@ -339,6 +342,7 @@ mod tests {
             qmp: None,
             extra: vec!["-nic".into(), "user".into()],
             disk: None,
+            initrd_as_is: false,
         }
     }
 

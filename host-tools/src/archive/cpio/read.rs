@@ -244,6 +244,37 @@ pub fn read_file(path: &Path) -> Result<ReadArchive, ReadError> {
 /// Reads archives from `input`: segments back to back, each a compressed stream
 /// (gzip, zstd, xz, lz4) or an uncompressed newc archive, zero bytes between them skipped.
 pub fn read_bytes(input: &[u8]) -> Result<ReadArchive, ReadError> {
+    let (segments, plain) = decode(input, usize::MAX, false)?.ok_or(ReadError::Empty)?;
+    let mut members = Vec::new();
+    let mut offset = 0;
+    while offset < plain.len() {
+        if plain[offset] == 0 {
+            offset += 1;
+            continue;
+        }
+        let (archive, consumed) = parse_archive(&plain[offset..], offset)?;
+        members.extend(archive);
+        offset += consumed;
+    }
+    Ok(ReadArchive { segments, members, plain_size: plain.len() as u64 })
+}
+
+/// `input` as one uncompressed stream that the kernel unpacks to the same files: every
+/// segment decoded, each padded with zeros to a multiple of four bytes (the kernel looks
+/// for the next archive's header at such an offset and skips zeros up to it). `None` when
+/// the stream would be longer than `limit` bytes, or when `input` has nothing compressed.
+pub fn decompressed(input: &[u8], limit: usize) -> Result<Option<Vec<u8>>, ReadError> {
+    Ok(decode(input, limit, true)?
+        .filter(|(segments, _)| segments.iter().any(|c| *c != Compression::None))
+        .map(|(_, plain)| plain))
+}
+
+/// The compression of each segment, and their contents end to end.
+type Decoded = (Vec<Compression>, Vec<u8>);
+
+/// The segments of `input` decoded, each `pad`ded to four bytes; `None` past `limit`
+/// bytes. Empty input is [`ReadError::Empty`].
+fn decode(input: &[u8], limit: usize, pad: bool) -> Result<Option<Decoded>, ReadError> {
     let mut plain = Vec::new();
     let mut segments = Vec::new();
     let mut offset = 0;
@@ -265,22 +296,17 @@ pub fn read_bytes(input: &[u8]) -> Result<ReadArchive, ReadError> {
             // Every format consumes at least its magic.
             offset += segment.consumed.max(1);
         }
+        if pad {
+            plain.resize(plain.len().next_multiple_of(4), 0);
+        }
+        if plain.len() > limit {
+            return Ok(None);
+        }
     }
     if segments.is_empty() {
         return Err(ReadError::Empty);
     }
-    let mut members = Vec::new();
-    let mut offset = 0;
-    while offset < plain.len() {
-        if plain[offset] == 0 {
-            offset += 1;
-            continue;
-        }
-        let (archive, consumed) = parse_archive(&plain[offset..], offset)?;
-        members.extend(archive);
-        offset += consumed;
-    }
-    Ok(ReadArchive { segments, members, plain_size: plain.len() as u64 })
+    Ok(Some((segments, plain)))
 }
 
 /// Parses one archive at the start of `bytes` up to and including its trailer; `base`
@@ -477,6 +503,29 @@ mod tests {
         assert_eq!(archive.segments, Compression::ALL);
         assert_eq!(archive.members.len(), 5 * Compression::ALL.len());
         assert_eq!(archive.compression(), Compression::Gzip);
+    }
+
+    #[test]
+    fn decompressed_is_one_plain_stream_with_every_archive_four_byte_aligned() {
+        let plain = sample();
+        let mut zstd = Encoder::new(Vec::new(), Compression::Zstd).unwrap();
+        // Three zeros after the archive: the next one would start off the 4-byte grid.
+        zstd.write_all(&[plain.as_slice(), &[0; 3]].concat()).unwrap();
+        let mut gzip = Encoder::new(Vec::new(), Compression::Gzip).unwrap();
+        gzip.write_all(&plain).unwrap();
+        let input = [zstd.finish().unwrap(), gzip.finish().unwrap(), plain.clone()].concat();
+        let out = decompressed(&input, usize::MAX).unwrap().expect("compressed input");
+        assert!(out.starts_with(b"070701"));
+        let starts: Vec<usize> = out.windows(6).enumerate().filter(|(_, w)| *w == b"070701").map(|(i, _)| i).collect();
+        assert!(starts.len() >= 15 && starts.iter().all(|i| i % 4 == 0), "{starts:?}");
+        let (a, b) = (read_bytes(&input).unwrap(), read_bytes(&out).unwrap());
+        let names = |r: &ReadArchive| r.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&b));
+        assert_eq!(b.segments, [Compression::None; 3]);
+        // Over the limit, or nothing to decompress: the input stays as it is.
+        assert!(decompressed(&input, out.len() - 1).unwrap().is_none());
+        assert!(decompressed(&plain, usize::MAX).unwrap().is_none());
+        assert!(decompressed(b"junk", usize::MAX).is_err());
     }
 
     #[test]
