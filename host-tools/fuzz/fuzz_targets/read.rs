@@ -1,12 +1,16 @@
 //! Arbitrary bytes as an initramfs: reading must not panic, whatever the compression or
-//! the headers say; whatever reads cleanly must rewrite (when its names are acceptable
-//! to the writer) and read back with the same members.
+//! the headers say, at once or as a stream; whatever reads cleanly must rewrite (when its
+//! names are acceptable to the writer) and read back with the same members.
 #![no_main]
 
-use appliance_host::archive::cpio::read::read_bytes;
+use appliance_host::archive::cpio::read::{Stream, read_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    for member in Stream::new(data, true) {
+        let Ok((member, size)) = member else { break };
+        assert_eq!(member.data.len() as u64, size);
+    }
     let Ok(archive) = read_bytes(data) else { return };
     for member in &archive.members {
         let _ = member.path();

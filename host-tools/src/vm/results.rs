@@ -154,18 +154,25 @@ pub enum StreamError {
 /// what the guest reported (`outcome`'s files and bytes), and unpacked with the checks of
 /// [`tree::unpack`] (no `..`, nothing through a symlink, no devices), into a hidden
 /// directory renamed into place at the end, so a failure leaves no half run directory.
-/// Returns the run's directory.
+/// The stream is read twice, one member at a time (first the names and sizes, then the
+/// files): memory for the largest file, not for the stream. Returns the run's directory.
 pub fn unpack_stream(stream: &Path, dir: &Path, outcome: &Outcome) -> Result<PathBuf, StreamError> {
-    let archive = read::read_file(stream).map_err(|source| StreamError::Read { path: stream.to_owned(), source })?;
+    let read_error = |source| StreamError::Read { path: stream.to_owned(), source };
+    let members = |data| {
+        let file =
+            fs::File::open(stream).map_err(|source| read_error(ReadError::Io { path: stream.to_owned(), source }))?;
+        Ok::<_, StreamError>(read::Stream::new(io::BufReader::with_capacity(1 << 20, file), data))
+    };
     let mut names = std::collections::BTreeSet::new();
     let (mut files, mut bytes) = (0u64, 0u64);
-    for member in &archive.members {
+    for item in members(false)? {
+        let (member, size) = item.map_err(read_error)?;
         let Some(path) = member.path().map_err(UnpackError::from)? else { continue };
         names.insert(path.split('/').next().unwrap_or_default().to_owned());
         match member.file_type() {
             FileType::Regular => {
                 files += 1;
-                bytes += member.data.len() as u64;
+                bytes += size;
             }
             FileType::Symlink => files += 1,
             _ => {}
@@ -190,7 +197,11 @@ pub fn unpack_stream(stream: &Path, dir: &Path, outcome: &Outcome) -> Result<Pat
         .prefix(".appliance-unpack-")
         .tempdir_in(dir)
         .map_err(io("create a directory in", dir))?;
-    tree::unpack(&archive, scratch.path(), UnpackOptions { devices: false, owners: false })?;
+    let mut writer = tree::TreeWriter::new(scratch.path(), UnpackOptions { devices: false, owners: false })?;
+    for item in members(true)? {
+        writer.member(&item.map_err(read_error)?.0)?;
+    }
+    writer.finish()?;
     let unpacked = scratch.path().join(&name);
     for n in 1..=1000 {
         let target = dir.join(if n == 1 { name.clone() } else { format!("{name}.{n}") });

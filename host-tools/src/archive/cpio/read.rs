@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +52,12 @@ pub enum ReadError {
     BadName { offset: usize, reason: &'static str },
     #[error("empty input: no archive")]
     Empty,
+    #[error("cannot read the stream at offset {offset}")]
+    Stream {
+        offset: usize,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Errors of turning a member name into a path.
@@ -323,39 +329,8 @@ fn parse_archive(bytes: &[u8], base: usize) -> Result<(Vec<Member>, usize), Read
             needed: HEADER_LEN,
             left: rest.len(),
         })?;
-        if &header[..6] != b"070701" && &header[..6] != b"070702" {
-            return Err(ReadError::BadMagic { offset: at, found: header[..6].to_vec() });
-        }
-        const FIELDS: [&str; 13] = [
-            "ino",
-            "mode",
-            "uid",
-            "gid",
-            "nlink",
-            "mtime",
-            "filesize",
-            "devmajor",
-            "devminor",
-            "rdevmajor",
-            "rdevminor",
-            "namesize",
-            "check",
-        ];
-        let mut fields = [0u32; 13];
-        for (i, field) in FIELDS.iter().enumerate() {
-            let text = &header[6 + 8 * i..14 + 8 * i];
-            fields[i] = std::str::from_utf8(text)
-                .ok()
-                .filter(|text| text.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|text| u32::from_str_radix(text, 16).ok())
-                .ok_or_else(|| ReadError::BadField {
-                    offset: at,
-                    field,
-                    value: String::from_utf8_lossy(text).into_owned(),
-                })?;
-        }
         let [ino, mode, uid, gid, nlink, mtime, filesize, dev_major, dev_minor, rdev_major, rdev_minor, namesize, _] =
-            fields;
+            header_fields(header, at)?;
         let namesize = namesize as usize;
         let name_end = HEADER_LEN as usize + namesize;
         let name_bytes = rest.get(HEADER_LEN as usize..name_end).ok_or(ReadError::Truncated {
@@ -364,15 +339,7 @@ fn parse_archive(bytes: &[u8], base: usize) -> Result<(Vec<Member>, usize), Read
             needed: namesize as u64,
             left: rest.len() - HEADER_LEN as usize,
         })?;
-        let Some((0, name_bytes)) = name_bytes.split_last() else {
-            return Err(ReadError::BadName { offset: at, reason: "not ended by a NUL byte" });
-        };
-        if name_bytes.contains(&0) {
-            return Err(ReadError::BadName { offset: at, reason: "contains a NUL byte" });
-        }
-        let name = std::str::from_utf8(name_bytes)
-            .map_err(|_| ReadError::BadName { offset: at, reason: "not UTF-8" })?
-            .to_owned();
+        let name = member_name(name_bytes, at)?;
         let data_start = name_end.next_multiple_of(4);
         let data_end =
             data_start.checked_add(filesize as usize).filter(|end| *end <= rest.len()).ok_or(ReadError::Truncated {
@@ -402,6 +369,211 @@ fn parse_archive(bytes: &[u8], base: usize) -> Result<(Vec<Member>, usize), Read
             rdev_minor,
             data,
         });
+    }
+}
+
+/// The thirteen fields of the newc header `header` (its 110 bytes), found at `at`.
+fn header_fields(header: &[u8], at: usize) -> Result<[u32; 13], ReadError> {
+    if &header[..6] != b"070701" && &header[..6] != b"070702" {
+        return Err(ReadError::BadMagic { offset: at, found: header[..6].to_vec() });
+    }
+    const FIELDS: [&str; 13] = [
+        "ino",
+        "mode",
+        "uid",
+        "gid",
+        "nlink",
+        "mtime",
+        "filesize",
+        "devmajor",
+        "devminor",
+        "rdevmajor",
+        "rdevminor",
+        "namesize",
+        "check",
+    ];
+    let mut fields = [0u32; 13];
+    for (i, field) in FIELDS.iter().enumerate() {
+        let text = &header[6 + 8 * i..14 + 8 * i];
+        fields[i] = std::str::from_utf8(text)
+            .ok()
+            .filter(|text| text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|text| u32::from_str_radix(text, 16).ok())
+            .ok_or_else(|| ReadError::BadField {
+                offset: at,
+                field,
+                value: String::from_utf8_lossy(text).into_owned(),
+            })?;
+    }
+    Ok(fields)
+}
+
+/// The name in `bytes` (the header's namesize bytes, its NUL included), of the member at
+/// `at`.
+fn member_name(bytes: &[u8], at: usize) -> Result<String, ReadError> {
+    let Some((0, name)) = bytes.split_last() else {
+        return Err(ReadError::BadName { offset: at, reason: "not ended by a NUL byte" });
+    };
+    if name.contains(&0) {
+        return Err(ReadError::BadName { offset: at, reason: "contains a NUL byte" });
+    }
+    Ok(std::str::from_utf8(name).map_err(|_| ReadError::BadName { offset: at, reason: "not UTF-8" })?.to_owned())
+}
+
+/// The members of uncompressed newc archives read one at a time from `input`, each with
+/// its size: memory for one member's data, not for the whole stream (a results stream can
+/// hold gigabytes). Archives may follow each other with zero bytes between them; a
+/// compressed segment is an error here ([`read_bytes`] reads those). With `data` false
+/// the members' data is read past, not kept. Hard links come as stored: the data with
+/// one name only (the init's results stream has none).
+pub struct Stream<R> {
+    input: R,
+    data: bool,
+    /// Bytes read so far, and where the current archive started.
+    offset: usize,
+    archive_start: Option<usize>,
+    /// An error ends the stream.
+    failed: bool,
+}
+
+impl<R: std::io::BufRead> Stream<R> {
+    pub fn new(input: R, data: bool) -> Stream<R> {
+        Stream { input, data, offset: 0, archive_start: None, failed: false }
+    }
+
+    fn io_error(&self, source: io::Error) -> ReadError {
+        ReadError::Stream { offset: self.offset, source }
+    }
+
+    /// Reads exactly `buf.len()` bytes of `what`, for the member at `at`.
+    fn read(&mut self, buf: &mut [u8], what: &'static str, at: usize) -> Result<(), ReadError> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.input.read(&mut buf[got..]) {
+                Ok(0) => {
+                    return Err(ReadError::Truncated { offset: at, what, needed: buf.len() as u64, left: got });
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_error(e)),
+            }
+        }
+        self.offset += got;
+        Ok(())
+    }
+
+    /// Reads up to the next multiple of four bytes from the archive's start.
+    fn pad(&mut self, at: usize) -> Result<(), ReadError> {
+        let since = self.offset - self.archive_start.unwrap_or(self.offset);
+        let mut pad = [0u8; 3];
+        let n = since.next_multiple_of(4) - since;
+        self.read(&mut pad[..n], "padding", at)
+    }
+
+    /// Skips zero bytes; whether anything follows them.
+    fn skip_zeros(&mut self) -> Result<bool, ReadError> {
+        loop {
+            let buf = match self.input.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error(e)),
+            };
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            let zeros = buf.iter().take_while(|b| **b == 0).count();
+            let more = zeros < buf.len();
+            self.input.consume(zeros);
+            self.offset += zeros;
+            if more {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn next_member(&mut self) -> Result<Option<(Member, u64)>, ReadError> {
+        loop {
+            if self.archive_start.is_none() {
+                if !self.skip_zeros()? {
+                    return Ok(None);
+                }
+                self.archive_start = Some(self.offset);
+            }
+            let at = self.offset;
+            let mut header = [0u8; HEADER_LEN as usize];
+            self.read(&mut header, "a header", at)?;
+            if compress::detect(&header).is_some() {
+                return Err(ReadError::BadMagic { offset: at, found: header[..6].to_vec() });
+            }
+            let [
+                ino,
+                mode,
+                uid,
+                gid,
+                nlink,
+                mtime,
+                filesize,
+                dev_major,
+                dev_minor,
+                rdev_major,
+                rdev_minor,
+                namesize,
+                _,
+            ] = header_fields(&header, at)?;
+            let mut name = vec![0u8; namesize as usize];
+            self.read(&mut name, "the member name", at)?;
+            let name = member_name(&name, at)?;
+            self.pad(at)?;
+            let data: Arc<[u8]> = if self.data {
+                let mut data = Vec::new();
+                let got =
+                    (&mut self.input).take(filesize.into()).read_to_end(&mut data).map_err(|e| self.io_error(e))?;
+                self.offset += got;
+                if got < filesize as usize {
+                    return Err(ReadError::Truncated {
+                        offset: at,
+                        what: "the member's data",
+                        needed: filesize.into(),
+                        left: got,
+                    });
+                }
+                data.into()
+            } else {
+                let got = io::copy(&mut (&mut self.input).take(filesize.into()), &mut io::sink())
+                    .map_err(|e| self.io_error(e))?;
+                self.offset += got as usize;
+                if got < u64::from(filesize) {
+                    return Err(ReadError::Truncated {
+                        offset: at,
+                        what: "the member's data",
+                        needed: filesize.into(),
+                        left: got as usize,
+                    });
+                }
+                Arc::from(Vec::new())
+            };
+            if name == TRAILER {
+                self.archive_start = None;
+                continue;
+            }
+            self.pad(at)?;
+            let member =
+                Member { name, ino, mode, uid, gid, nlink, mtime, dev_major, dev_minor, rdev_major, rdev_minor, data };
+            return Ok(Some((member, filesize.into())));
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for Stream<R> {
+    type Item = Result<(Member, u64), ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let next = self.next_member();
+        self.failed = next.is_err();
+        next.transpose()
     }
 }
 
@@ -526,6 +698,34 @@ mod tests {
         assert!(decompressed(&input, out.len() - 1).unwrap().is_none());
         assert!(decompressed(&plain, usize::MAX).unwrap().is_none());
         assert!(decompressed(b"junk", usize::MAX).is_err());
+    }
+
+    #[test]
+    fn a_stream_reads_member_by_member_what_read_bytes_reads_at_once() {
+        let plain = sample();
+        let input = [plain.as_slice(), &[0; 9], &plain].concat();
+        let whole = read_bytes(&input).unwrap();
+        for data in [true, false] {
+            let streamed: Vec<(Member, u64)> = Stream::new(input.as_slice(), data).collect::<Result<_, _>>().unwrap();
+            assert_eq!(streamed.len(), whole.members.len());
+            for ((member, size), expected) in streamed.iter().zip(&whole.members) {
+                assert_eq!((&member.name, member.mode, member.mtime), (&expected.name, expected.mode, expected.mtime));
+                assert_eq!(*size, expected.data.len() as u64);
+                assert_eq!(&*member.data, if data { &*expected.data } else { &[] });
+            }
+        }
+        // Cut anywhere inside: an error that names the offset, then nothing more.
+        let mut cut = Stream::new(&input[..plain.len() - 140], true);
+        let errors: Vec<_> = cut.by_ref().filter_map(Result::err).collect();
+        assert!(matches!(errors.as_slice(), [ReadError::Truncated { .. }]), "{errors:?}");
+        assert!(cut.next().is_none());
+        // A compressed segment is not read as a stream.
+        let mut zstd = Encoder::new(Vec::new(), Compression::Zstd).unwrap();
+        zstd.write_all(&plain).unwrap();
+        let compressed = zstd.finish().unwrap();
+        let first = Stream::new([plain.as_slice(), &compressed].concat().as_slice(), false).last().unwrap();
+        assert!(matches!(first, Err(ReadError::BadMagic { .. })), "{first:?}");
+        assert!(Stream::new(&[0u8; 16][..], true).next().is_none(), "zeros only: nothing");
     }
 
     #[test]

@@ -168,16 +168,41 @@ pub fn unpack(archive: &ReadArchive, target: &Path, options: UnpackOptions) -> R
     for member in &archive.members {
         paths.push(member.path()?);
     }
-    let root_error =
-        |action| move |source| UnpackError::Io { action, member: String::new(), path: target.to_owned(), source };
-    fs::create_dir_all(target).map_err(root_error("create"))?;
-    let root = target.canonicalize().map_err(root_error("resolve"))?;
-    let mut unpacker = Unpacker { root, options, report: UnpackReport::default(), directories: Vec::new() };
+    let mut writer = TreeWriter::new(target, options)?;
     for (member, path) in archive.members.iter().zip(paths) {
         let Some(path) = path else { continue };
-        unpacker.member(member, &path)?;
+        writer.0.member(member, &path)?;
     }
-    unpacker.finish()
+    writer.finish()
+}
+
+/// [`unpack`] one member at a time, for members read one at a time from a stream
+/// ([`super::read::Stream`]). The caller checks every name first, as [`unpack`] does, so
+/// that a hostile name refuses the archive before anything is written.
+pub struct TreeWriter(Unpacker);
+
+impl TreeWriter {
+    /// Unpacks into `target`, created when missing.
+    pub fn new(target: &Path, options: UnpackOptions) -> Result<TreeWriter, UnpackError> {
+        let root_error =
+            |action| move |source| UnpackError::Io { action, member: String::new(), path: target.to_owned(), source };
+        fs::create_dir_all(target).map_err(root_error("create"))?;
+        let root = target.canonicalize().map_err(root_error("resolve"))?;
+        Ok(TreeWriter(Unpacker { root, options, report: UnpackReport::default(), directories: Vec::new() }))
+    }
+
+    /// Writes `member` (the archive's root, ".", is skipped).
+    pub fn member(&mut self, member: &Member) -> Result<(), UnpackError> {
+        match member.path()? {
+            Some(path) => self.0.member(member, &path),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the directories their modes and times; what was written and skipped.
+    pub fn finish(self) -> Result<UnpackReport, UnpackError> {
+        self.0.finish()
+    }
 }
 
 /// An unpack under way: what was written, and the directories whose mode and time are
