@@ -64,20 +64,8 @@ pub fn add_host_program(archive: &mut Archive, resolver: &mut Resolver, path: &P
     let mut guard = 0;
     while let Some(path) = queue.pop_front() {
         let real = add_host_path(archive, &path)?;
-        if let Some(object) = elf::inspect(&real)? {
-            if object.is_static() {
-                continue;
-            }
-            let deps = resolver.resolve(&real)?;
-            if let Some(loader) = &deps.interpreter {
-                add_host_path(archive, loader)?;
-            }
-            for library in &deps.libraries {
-                add_host_path(archive, library)?;
-            }
-            if deps.needs_ld_cache && Path::new(LD_SO_CACHE).is_file() {
-                add_host_path(archive, Path::new(LD_SO_CACHE))?;
-            }
+        if add_host_libraries(archive, resolver, &real)? {
+            continue;
         } else if let Some(interpreter) = shebang(&real)? {
             guard += 1;
             if guard < MAX_INTERPRETERS {
@@ -86,6 +74,27 @@ pub fn add_host_program(archive: &mut Archive, resolver: &mut Resolver, path: &P
         }
     }
     Ok(())
+}
+
+/// Adds the loader and the shared libraries (with `ld.so.cache` when it is needed) that
+/// the host file `program` needs, wherever the image holds `program` itself; returns
+/// whether it is an ELF file (a static one needs nothing).
+pub fn add_host_libraries(archive: &mut Archive, resolver: &mut Resolver, program: &Path) -> Result<bool, Error> {
+    let Some(object) = elf::inspect(program)? else { return Ok(false) };
+    if object.is_static() {
+        return Ok(true);
+    }
+    let deps = resolver.resolve(program)?;
+    if let Some(loader) = &deps.interpreter {
+        add_host_path(archive, loader)?;
+    }
+    for library in &deps.libraries {
+        add_host_path(archive, library)?;
+    }
+    if deps.needs_ld_cache && Path::new(LD_SO_CACHE).is_file() {
+        add_host_path(archive, Path::new(LD_SO_CACHE))?;
+    }
+    Ok(true)
 }
 
 /// The absolute interpreter path of a `#!` script, if it is one. Reads at most 256

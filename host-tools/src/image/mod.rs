@@ -425,6 +425,12 @@ fn obtain_kernel(
 pub fn add_kernel_headers(archive: &mut Archive, tree: &Path, release: &str) -> Result<String, Error> {
     let image_path = format!("/usr/src/linux-headers-{release}");
     add_tree(archive, tree, &image_path)?;
+    // The tree's own programs (fixdep, modpost, objtool) were built on this host: the
+    // libraries they link (objtool: libelf, libz) come along, as a host file's do.
+    let mut resolver = Resolver::host()?;
+    for program in host_programs(tree)? {
+        files::add_host_libraries(archive, &mut resolver, &program)?;
+    }
     // On a merged-/usr image (`/lib -> usr/lib`, from host files) the link goes where
     // /lib points. The archive writer creates the missing parent directories.
     let lib = match archive.get("/lib").map(Entry::kind) {
@@ -433,6 +439,27 @@ pub fn add_kernel_headers(archive: &mut Archive, tree: &Path, release: &str) -> 
     };
     archive.add(Entry::symlink(format!("{lib}/modules/{release}/build"), image_path.clone()))?;
     Ok(image_path)
+}
+
+/// The executable regular files under `dir`, symlinks not followed.
+fn host_programs(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut programs = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).map_err(io_error("read", &dir))? {
+            let entry = entry.map_err(io_error("read", &dir))?;
+            let file_type = entry.file_type().map_err(io_error("read", &entry.path()))?;
+            if file_type.is_dir() {
+                pending.push(entry.path());
+            } else if file_type.is_file()
+                && entry.metadata().map_err(io_error("read", &entry.path()))?.permissions().mode() & 0o111 != 0
+            {
+                programs.push(entry.path());
+            }
+        }
+    }
+    programs.sort();
+    Ok(programs)
 }
 
 /// Everything that goes into the initramfs of the image in `image_dir`.
@@ -729,5 +756,25 @@ mod tests {
         add_kernel_headers(&mut merged, &tree, "6.1.192-appliance").unwrap();
         assert!(symlink_target(&merged, "usr/lib/modules/6.1.192-appliance/build").is_some());
         assert!(merged.get("lib/modules/6.1.192-appliance/build").is_none());
+    }
+
+    /// objtool, built on the host with libelf, failed in the appliance ("libelf.so.1:
+    /// cannot open shared object file"): the tree's programs bring their libraries.
+    #[test]
+    fn the_headers_programs_bring_their_libraries() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("headers");
+        fs::create_dir_all(tree.join("tools/objtool")).unwrap();
+        let program = tree.join("tools/objtool/objtool");
+        // Any dynamically linked host program stands in for objtool.
+        fs::copy("/usr/bin/ls", &program).unwrap();
+        let mut archive = Archive::new();
+        add_kernel_headers(&mut archive, &tree, "6.1.192-appliance").unwrap();
+        let deps = Resolver::host().unwrap().resolve(&program).unwrap();
+        assert!(!deps.libraries.is_empty());
+        for library in deps.libraries.iter().chain(&deps.interpreter) {
+            let real = library.canonicalize().unwrap();
+            assert!(archive.get(&real.to_string_lossy()).is_some(), "{} missing", real.display());
+        }
     }
 }
