@@ -329,8 +329,8 @@ fn parse_archive(bytes: &[u8], base: usize) -> Result<(Vec<Member>, usize), Read
             needed: HEADER_LEN,
             left: rest.len(),
         })?;
-        let [ino, mode, uid, gid, nlink, mtime, filesize, dev_major, dev_minor, rdev_major, rdev_minor, namesize, _] =
-            header_fields(header, at)?;
+        let fields = header_fields(header, at)?;
+        let (filesize, namesize) = (fields[FILESIZE], fields[NAMESIZE]);
         let namesize = namesize as usize;
         let name_end = HEADER_LEN as usize + namesize;
         let name_bytes = rest.get(HEADER_LEN as usize..name_end).ok_or(ReadError::Truncated {
@@ -355,20 +355,7 @@ fn parse_archive(bytes: &[u8], base: usize) -> Result<(Vec<Member>, usize), Read
             resolve_hard_links(&mut members);
             return Ok((members, offset));
         }
-        members.push(Member {
-            name,
-            ino,
-            mode,
-            uid,
-            gid,
-            nlink,
-            mtime,
-            dev_major,
-            dev_minor,
-            rdev_major,
-            rdev_minor,
-            data,
-        });
+        members.push(member_of(&fields, name, data));
     }
 }
 
@@ -406,6 +393,16 @@ fn header_fields(header: &[u8], at: usize) -> Result<[u32; 13], ReadError> {
             })?;
     }
     Ok(fields)
+}
+
+/// Where a header's fields hold the data's and the name's sizes.
+const FILESIZE: usize = 6;
+const NAMESIZE: usize = 11;
+
+/// The member with these header fields, name and data.
+fn member_of(fields: &[u32; 13], name: String, data: Arc<[u8]>) -> Member {
+    let [ino, mode, uid, gid, nlink, mtime, _, dev_major, dev_minor, rdev_major, rdev_minor, _, _] = *fields;
+    Member { name, ino, mode, uid, gid, nlink, mtime, dev_major, dev_minor, rdev_major, rdev_minor, data }
 }
 
 /// The name in `bytes` (the header's namesize bytes, its NUL included), of the member at
@@ -505,21 +502,8 @@ impl<R: std::io::BufRead> Stream<R> {
             if compress::detect(&header).is_some() {
                 return Err(ReadError::BadMagic { offset: at, found: header[..6].to_vec() });
             }
-            let [
-                ino,
-                mode,
-                uid,
-                gid,
-                nlink,
-                mtime,
-                filesize,
-                dev_major,
-                dev_minor,
-                rdev_major,
-                rdev_minor,
-                namesize,
-                _,
-            ] = header_fields(&header, at)?;
+            let fields = header_fields(&header, at)?;
+            let (filesize, namesize) = (fields[FILESIZE], fields[NAMESIZE]);
             let mut name = vec![0u8; namesize as usize];
             self.read(&mut name, "the member name", at)?;
             let name = member_name(&name, at)?;
@@ -557,8 +541,7 @@ impl<R: std::io::BufRead> Stream<R> {
                 continue;
             }
             self.pad(at)?;
-            let member =
-                Member { name, ino, mode, uid, gid, nlink, mtime, dev_major, dev_minor, rdev_major, rdev_minor, data };
+            let member = member_of(&fields, name, data);
             return Ok(Some((member, filesize.into())));
         }
     }
