@@ -90,7 +90,7 @@ pub struct VmSpec {
     /// (which then only say what the disk holds).
     pub disk: Option<DiskBoot>,
     /// Give QEMU `initrd` as it is even under TCG, where the run otherwise hands it a
-    /// decompressed copy ([`super::plain_initrd`]).
+    /// decompressed copy (`plain_initrd` in `vm/mod.rs`).
     pub initrd_as_is: bool,
 }
 

@@ -508,41 +508,30 @@ impl<R: std::io::BufRead> Stream<R> {
             self.read(&mut name, "the member name", at)?;
             let name = member_name(&name, at)?;
             self.pad(at)?;
-            let data: Arc<[u8]> = if self.data {
-                let mut data = Vec::new();
-                let got =
-                    (&mut self.input).take(filesize.into()).read_to_end(&mut data).map_err(|e| self.io_error(e))?;
-                self.offset += got;
-                if got < filesize as usize {
-                    return Err(ReadError::Truncated {
-                        offset: at,
-                        what: "the member's data",
-                        needed: filesize.into(),
-                        left: got,
-                    });
-                }
-                data.into()
+            // The data, kept or read past: memory for this member only.
+            let mut data = Vec::new();
+            let mut limited = (&mut self.input).take(filesize.into());
+            let got = if self.data {
+                limited.read_to_end(&mut data)
             } else {
-                let got = io::copy(&mut (&mut self.input).take(filesize.into()), &mut io::sink())
-                    .map_err(|e| self.io_error(e))?;
-                self.offset += got as usize;
-                if got < u64::from(filesize) {
-                    return Err(ReadError::Truncated {
-                        offset: at,
-                        what: "the member's data",
-                        needed: filesize.into(),
-                        left: got as usize,
-                    });
-                }
-                Arc::from(Vec::new())
+                io::copy(&mut limited, &mut io::sink()).map(|n| n as usize)
             };
+            let got = got.map_err(|e| self.io_error(e))?;
+            self.offset += got;
+            if got < filesize as usize {
+                return Err(ReadError::Truncated {
+                    offset: at,
+                    what: "the member's data",
+                    needed: filesize.into(),
+                    left: got,
+                });
+            }
             if name == TRAILER {
                 self.archive_start = None;
                 continue;
             }
             self.pad(at)?;
-            let member = member_of(&fields, name, data);
-            return Ok(Some((member, filesize.into())));
+            return Ok(Some((member_of(&fields, name, data.into()), filesize.into())));
         }
     }
 }
