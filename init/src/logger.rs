@@ -10,7 +10,9 @@ use rustix::fs::{Mode, OFlags};
 
 static KMSG: AtomicI32 = AtomicI32::new(-1);
 /// The kernel's console log level: records below it reach the console through the kernel.
-static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(0);
+/// Read at the first warning, since only warnings and errors need it: [`UNKNOWN`] until then.
+static CONSOLE_LEVEL: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = u8::MAX;
 
 struct Logger;
 static LOGGER: Logger = Logger;
@@ -21,22 +23,30 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Sends records to `/dev/kmsg` from now on, and reads the console log level (the first
-/// field of /proc/sys/kernel/printk) to know which records the kernel will print.
+/// Sends records to `/dev/kmsg` from now on.
 pub fn attach_kmsg() {
     if let Ok(fd) = rustix::fs::open("/dev/kmsg", OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
         KMSG.store(fd.into_raw_fd(), Ordering::Relaxed);
     }
-    let mut buf = [0u8; 64];
-    if let Ok(fd) = rustix::fs::open("/proc/sys/kernel/printk", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        && let Ok(n) = rustix::io::read(&fd, &mut buf)
-        && let Some(level) = core::str::from_utf8(buf.get(..n).unwrap_or_default())
-            .ok()
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse::<u8>().ok())
-    {
-        CONSOLE_LEVEL.store(level, Ordering::Relaxed);
+}
+
+/// The console log level, the first field of /proc/sys/kernel/printk (0 when it cannot
+/// be read: the kernel shows nothing, so we do); read once.
+fn console_level() -> u8 {
+    let known = CONSOLE_LEVEL.load(Ordering::Relaxed);
+    if known != UNKNOWN {
+        return known;
     }
+    let mut buf = [0u8; 64];
+    let level = rustix::fs::open("/proc/sys/kernel/printk", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .ok()
+        .and_then(|fd| rustix::io::read(&fd, &mut buf).ok())
+        .and_then(|n| core::str::from_utf8(buf.get(..n).unwrap_or_default()).ok())
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<u8>().ok())
+        .unwrap_or(0);
+    CONSOLE_LEVEL.store(level, Ordering::Relaxed);
+    level
 }
 
 /// The syslog priority of a level.
@@ -60,12 +70,13 @@ impl Log for Logger {
         }
         let prio = priority(record.level());
         let kmsg = KMSG.load(Ordering::Relaxed);
-        let shown_by_kernel = kmsg >= 0 && prio < CONSOLE_LEVEL.load(Ordering::Relaxed);
         if kmsg >= 0 {
             let line = format!("<{prio}>appliance-init: {}\n", record.args());
             let _ = rustix::io::write(crate::sys::borrow_raw(kmsg), line.as_bytes());
         }
-        if !shown_by_kernel && (kmsg < 0 || record.level() <= Level::Warn) {
+        // Without kmsg everything; with it, warnings and errors the kernel does not show.
+        let to_console = kmsg < 0 || (record.level() <= Level::Warn && prio >= console_level());
+        if to_console {
             let tag = match record.level() {
                 Level::Error => "error: ",
                 Level::Warn => "warning: ",

@@ -7,6 +7,7 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -19,12 +20,13 @@ use appliance_init::console::Describe;
 use appliance_init::plan::{self, AppPaths, ImageFacts};
 use appliance_init::rt::Args;
 use appliance_init::sequence::{self, Context, Outcome};
-use appliance_init::status::{StatusWriter, t_us};
+use appliance_init::status::{self, StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
     cli, console, exports, kexec, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd,
     sys, watch,
 };
+use rustix::fd::OwnedFd;
 use rustix::system::RebootCommand;
 
 appliance_init::entry!(main);
@@ -61,6 +63,8 @@ fn pid1() -> ! {
     let mut ctx =
         Context { env, env_file: plan::ENV_FILE, env_file_taken: Vec::new(), tty: &tty, status: &status, exports };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
+    // When no phase ran, the status port opens here.
+    status.connect();
     // After postrun, before the end action: the network is quiet until here.
     results::step(&config, &mut control, &status);
     let end = match (outcome.interrupted, config.end) {
@@ -87,7 +91,6 @@ fn set_up_system() {
     }
     // Ctrl-Alt-Del becomes SIGINT to us instead of an immediate reboot.
     let _ = rustix::system::reboot(RebootCommand::CadOff);
-    log::debug!("file systems mounted");
 }
 
 /// `/proc/cmdline`, parsed; the log level it asks for is set.
@@ -95,44 +98,50 @@ fn read_command_line() -> appliance_cmdline::Parsed {
     let cmdline = read_to_string("/proc/cmdline").unwrap_or_default();
     let parsed = appliance_cmdline::parse(cmdline.as_bytes());
     log::set_max_level(parsed.config.log.map(level_filter).unwrap_or(log::LevelFilter::Info));
-    log::debug!("command line parsed");
+    // Only now: a record at a level the command line turns off still costs a kernel call.
+    log::debug!("file systems mounted, command line parsed");
     parsed
 }
 
-/// The status port `appStatus` names (the second serial port by default), which starts
-/// with the `init` event (`t_init`: when PID 1 started). A port that cannot be opened is an
-/// error on the console, and the appliance runs without a record.
+/// The status record for the port `appStatus` names (the second serial port by default),
+/// which starts with the `init` event (`t_init`: when PID 1 started). The port opens once
+/// the first phase has started (`StatusWriter::deferred` says why); the lines wait until
+/// then. A port that cannot be opened is an error on the console, and the appliance runs
+/// without a record.
 fn open_status(t_init: u64, port: StatusPort) -> StatusWriter {
     let status = match port {
-        StatusPort::Serial(_) => {
+        StatusPort::Serial(_) => StatusWriter::deferred(Box::new(move || {
             let path = port.serial_device().unwrap_or_default();
             // The console's own line (a machine with one serial port) keeps the console's
             // settings: raw mode would take the carriage returns from its output too.
             let shared = path == console_tty();
-            StatusWriter::open(&path, !shared)
-        }
-        StatusPort::Virtio => open_virtio_status(),
+            let fd = status::open_port(&path, !shared);
+            if fd.is_none() {
+                log::error!("cannot open the status port {path}: no status record");
+            }
+            fd
+        })),
+        StatusPort::Virtio => StatusWriter::deferred(Box::new(open_virtio_status)),
         StatusPort::None => StatusWriter::none(),
     };
-    log::debug!("status port {port} open");
     status.emit(&Event::Init { t_us: t_init, version: String::from(VERSION), v: STATUS_VERSION });
     status
 }
 
 /// `appStatus=virtio`: the virtio-serial port named `appliance.status`, with its drivers
 /// loaded first when the image packs them as modules.
-fn open_virtio_status() -> StatusWriter {
+fn open_virtio_status() -> Option<OwnedFd> {
     for failure in modules::load_wanted(PORT_MODULES) {
         log::error!("{failure}");
     }
     match results::find_port(STATUS_PORT_NAME, STATUS_PORT_WAIT) {
-        Ok(path) => StatusWriter::open(&path, false),
+        Ok(path) => status::open_port(&path, false),
         Err(e) => {
             log::error!(
                 "status port: no virtio-serial port named {STATUS_PORT_NAME} ({}): no status record",
                 Describe(e)
             );
-            StatusWriter::none()
+            None
         }
     }
 }

@@ -98,7 +98,9 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exi
         Stdio::Tee
     };
     let argv = carrying.as_deref().unwrap_or(&phase.argv);
-    let ended = sup.run_limited(&Command { argv, env: &env, stdio }, phase.limit);
+    // The status port opens once the first phase runs (`StatusWriter::deferred`).
+    let status = ctx.status;
+    let ended = sup.run_limited_then(&Command { argv, env: &env, stdio }, phase.limit, || status.connect());
     if let (Some(_), Some(save)) = (&carrying, &ctx.exports) {
         for (k, v) in exports::collect(save, &ctx.env) {
             log::debug!("{}: carrying {k} into the later phases", label(phase.kind));

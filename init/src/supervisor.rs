@@ -46,6 +46,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long processes get to be gone after SIGKILL before the supervisor goes on without
 /// them (only a process stuck in the kernel takes longer).
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long [`Supervisor::run_limited_then`] waits for a program to reach its exec before
+/// it goes on without: between fork and exec a child only sets up its streams.
+const EXEC_WAIT: Duration = Duration::from_secs(1);
 
 /// Where a child's standard streams go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +190,29 @@ impl Supervisor {
     /// ended as [`Supervisor::end_timed_out`] says. Returns how it ended, and whether it
     /// ran out of time.
     pub fn run_limited(&mut self, cmd: &Command<'_>, limit: Option<Duration>) -> (Exit, bool) {
-        let pid = match self.spawn(cmd) {
+        self.run_limited_then(cmd, limit, || {})
+    }
+
+    /// [`Supervisor::run_limited`] that calls `started` once the program runs: after its
+    /// exec (or its failure to exec, or [`EXEC_WAIT`]), before the wait for its end. PID 1
+    /// does there what the program does not need done before it starts.
+    pub fn run_limited_then(
+        &mut self,
+        cmd: &Command<'_>,
+        limit: Option<Duration>,
+        started: impl FnOnce(),
+    ) -> (Exit, bool) {
+        // Both ends close on exec: the child holds the write end until its exec.
+        let exec_seen = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok();
+        let spawned = self.spawn(cmd);
+        if let Some((seen, child_end)) = exec_seen {
+            drop(child_end);
+            if spawned.is_ok() {
+                wait_for_exec(&seen, EXEC_WAIT);
+            }
+        }
+        started();
+        let pid = match spawned {
             Ok(pid) => pid,
             Err(exit) => return (exit, false),
         };
@@ -540,6 +565,23 @@ pub fn now() -> core::time::Duration {
     core::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+/// Waits until no process holds the write end of the close-on-exec pipe `seen` any more
+/// (the child holding it has reached its exec, or exited), or for `bound`.
+fn wait_for_exec(seen: &OwnedFd, bound: Duration) {
+    let deadline = now() + bound;
+    // Nothing is ever written to it: the pipe turns readable (end of file) when the last
+    // write end closes.
+    loop {
+        let left = deadline.saturating_sub(now());
+        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let mut fds = [PollFd::new(seen, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Err(Errno::INTR) if !left.is_zero() => {}
+            _ => return,
+        }
+    }
+}
+
 /// Finds `program` as execve needs it: paths as given, bare names through PATH.
 fn resolve(program: &str, env: &[String]) -> Option<String> {
     if program.contains('/') {
@@ -550,4 +592,42 @@ fn resolve(program: &str, env: &[String]) -> Option<String> {
         .filter(|d| !d.is_empty())
         .map(|d| format!("{d}/{program}"))
         .find(|candidate| rustix::fs::access(candidate.as_str(), rustix::fs::Access::EXEC_OK).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A child that sleeps before its exec: the wait ends at the exec, not before, and not
+    /// at the bound.
+    #[test]
+    fn the_wait_for_exec_ends_when_the_child_has_exec_d() {
+        let (seen, child_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        // Everything the child touches is made before the fork: it only makes system calls.
+        let path = c"/bin/sleep";
+        let args = [c"sleep".as_ptr(), c"5".as_ptr(), core::ptr::null()];
+        let env = [core::ptr::null::<core::ffi::c_char>()];
+        let nap = rustix::time::Timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+        let start = Instant::now();
+        let pid = match sys::fork().unwrap() {
+            Fork::Child => {
+                let _ = rustix::thread::nanosleep(&nap);
+                // SAFETY: NUL-terminated strings and NULL-terminated arrays that outlive the call.
+                let _ =
+                    unsafe { syscalls::syscall!(syscalls::Sysno::execve, path.as_ptr(), args.as_ptr(), env.as_ptr()) };
+                sys::exit(127)
+            }
+            Fork::Parent(pid) => pid,
+        };
+        drop(child_end);
+        wait_for_exec(&seen, Duration::from_secs(20));
+        let waited = start.elapsed();
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).unwrap_or_default();
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        assert_eq!(cmdline, b"sleep\x005\x00", "the wait ended before the exec");
+        assert!(waited >= Duration::from_millis(300), "ended after {waited:?}, before the child's exec");
+        assert!(waited < Duration::from_secs(10), "ended after {waited:?}: at the bound, not at the exec");
+    }
 }
