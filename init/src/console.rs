@@ -1,7 +1,17 @@
 //! Writing to the console (standard output and error), whole buffers at a time.
 
+use alloc::format;
+use alloc::string::String;
 use rustix::fd::BorrowedFd;
 use rustix::io::Errno;
+
+/// The terminal behind /dev/console (the last entry of /sys/class/tty/console/active),
+/// which a shell can take as its controlling terminal; /dev/console itself cannot.
+pub fn terminal() -> String {
+    crate::read_to_string("/sys/class/tty/console/active")
+        .and_then(|s| s.split_whitespace().last().map(|t| format!("/dev/{t}")))
+        .unwrap_or_else(|| String::from("/dev/console"))
+}
 
 /// Writes all of `buf`, retrying on short writes and EINTR.
 pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Errno> {

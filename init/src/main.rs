@@ -26,6 +26,7 @@ use appliance_init::{
     cli, console, exports, kexec, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd,
     sys, watch,
 };
+use core::cell::OnceCell;
 use rustix::fd::OwnedFd;
 use rustix::system::RebootCommand;
 
@@ -57,11 +58,16 @@ fn pid1() -> ! {
     let app = make_app_dirs();
     let mut sup = start_supervisor(&app);
     let image = image_facts();
-    let tty = console_tty();
     let env = phase_env(&config, &app, control.as_ref());
     let exports = carry_exports(&config, &image, exports::SAVE_FILE);
-    let mut ctx =
-        Context { env, env_file: plan::ENV_FILE, env_file_taken: Vec::new(), tty: &tty, status: &status, exports };
+    let mut ctx = Context {
+        env,
+        env_file: plan::ENV_FILE,
+        env_file_taken: Vec::new(),
+        tty: OnceCell::new(),
+        status: &status,
+        exports,
+    };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
     // When no phase ran, the status port opens here.
     status.connect();
@@ -114,7 +120,7 @@ fn open_status(t_init: u64, port: StatusPort) -> StatusWriter {
             let path = port.serial_device().unwrap_or_default();
             // The console's own line (a machine with one serial port) keeps the console's
             // settings: raw mode would take the carriage returns from its output too.
-            let shared = path == console_tty();
+            let shared = path == console::terminal();
             let fd = status::open_port(&path, !shared);
             if fd.is_none() {
                 log::error!("cannot open the status port {path}: no status record");
@@ -330,13 +336,13 @@ fn end_shell(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
         log::error!("appEnd asks for a console shell, but the image has none: powering off");
         return;
     };
-    console::write_err(format!("appliance-init: console shell on {}; exit it to power off\n", ctx.tty).as_bytes());
+    console::write_err(format!("appliance-init: console shell on {}; exit it to power off\n", ctx.tty()).as_bytes());
     let mut env = ctx.env.clone();
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
     let argv = [shell.clone()];
-    ctx.status.shell("end", ctx.tty);
-    sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty)) });
+    ctx.status.shell("end", ctx.tty());
+    sup.run(&Command { argv: &argv, env: &env, stdio: Stdio::Terminal(String::from(ctx.tty())) });
 }
 
 /// appEnd=sshd: the image's SSH server, with a console shell beside it when there is
@@ -346,7 +352,7 @@ fn end_sshd(sup: &mut Supervisor, image: &ImageFacts, ctx: &mut Context<'_>) {
     let mut env = ctx.env.clone();
     plan::set(&mut env, "APP_PHASE", String::from("end"));
     let env = plan::render_env(&env);
-    let shell = image.shell.as_deref().map(|s| (s, ctx.tty));
+    let shell = image.shell.as_deref().map(|s| (s, ctx.tty()));
     if !sshd::serve(sup, &env, shell, ctx.status) {
         log::error!("appEnd=sshd, but the image has no sshd or dropbear (build it with [ssh]): console shell instead");
         end_shell(sup, image, ctx);
@@ -387,14 +393,6 @@ fn image_facts() -> ImageFacts {
         paths.iter().find(|p| rustix::fs::access(**p, rustix::fs::Access::EXEC_OK).is_ok()).map(|s| String::from(*s))
     };
     ImageFacts { shell: first(plan::SHELLS), sh: first(&["/bin/sh", "/usr/bin/sh"]) }
-}
-
-/// The terminal behind /dev/console (the last entry of /sys/class/tty/console/active),
-/// which a shell can take as its controlling terminal; /dev/console itself cannot.
-fn console_tty() -> String {
-    read_to_string("/sys/class/tty/console/active")
-        .and_then(|s| s.split_whitespace().last().map(|t| format!("/dev/{t}")))
-        .unwrap_or_else(|| String::from("/dev/console"))
 }
 
 /// Standard input, output and error on the console (the kernel leaves them closed
@@ -488,7 +486,7 @@ fn supervise(args: &Args) -> ! {
                 env,
                 env_file: &env_file,
                 env_file_taken: Vec::new(),
-                tty: "/dev/tty",
+                tty: OnceCell::from(String::from("/dev/tty")),
                 status: &status,
                 exports,
             };

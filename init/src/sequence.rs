@@ -4,6 +4,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use appliance_cmdline::status::{Exit, TIMED_OUT};
+use core::cell::OnceCell;
 
 use crate::exports;
 use crate::plan::{self, Phase, PhaseKind};
@@ -28,12 +29,21 @@ pub struct Context<'a> {
     /// What of `env_file` is already in `env`: each line is taken once, after the phase
     /// that wrote it, so that a later value is not undone by an older line.
     pub env_file_taken: Vec<u8>,
-    /// The terminal for interactive phases.
-    pub tty: &'a str,
+    /// The terminal for interactive phases, found when one first needs it
+    /// ([`console::terminal`](crate::console::terminal)): sysfs is read for it, which
+    /// under emulation costs milliseconds before the run.
+    pub tty: OnceCell<String>,
     /// How the variables shell-script phases export are collected for the later phases;
     /// `None` when they are not (`appCarryEnv=0`, or no shell in the image).
     pub exports: Option<exports::Save>,
     pub status: &'a StatusWriter,
+}
+
+impl Context<'_> {
+    /// The terminal for interactive phases and console shells.
+    pub fn tty(&self) -> &str {
+        self.tty.get_or_init(crate::console::terminal)
+    }
 }
 
 /// The run status when a stop came before `/app/run` started: 128 + SIGTERM.
@@ -89,10 +99,10 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exi
     let carrying = ctx.exports.as_ref().and_then(|save| exports::prepare(phase, save));
     let stdio = if phase.interactive {
         crate::console::write_err(
-            format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty).as_bytes(),
+            format!("appliance-init: {} shell on {}; exit it to continue\n", phase.kind.name(), ctx.tty()).as_bytes(),
         );
-        ctx.status.shell(phase.kind.name(), ctx.tty);
-        Stdio::Terminal(String::from(ctx.tty))
+        ctx.status.shell(phase.kind.name(), ctx.tty());
+        Stdio::Terminal(String::from(ctx.tty()))
     } else {
         log::info!("{}: {}", label(phase.kind), phase.argv.join(" "));
         Stdio::Tee
