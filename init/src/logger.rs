@@ -49,6 +49,16 @@ fn console_level() -> u8 {
     level
 }
 
+/// A warning for the kernel's log and not the console (when the console is what it is
+/// about); nothing before [`attach_kmsg`].
+pub fn kmsg_only(message: &str) {
+    let kmsg = KMSG.load(Ordering::Relaxed);
+    if kmsg >= 0 {
+        let line = format!("<{}>appliance-init: warning: {message}\n", priority(Level::Warn));
+        let _ = rustix::io::write(crate::sys::borrow_raw(kmsg), line.as_bytes());
+    }
+}
+
 /// The syslog priority of a level.
 fn priority(level: Level) -> u8 {
     match level {

@@ -69,8 +69,8 @@ fn pid1() -> ! {
         exports,
     };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
-    // When no phase ran, the status port opens here.
-    status.connect();
+    // When no phase ran, here.
+    sequence::once_started(&status);
     // After postrun, before the end action: the network is quiet until here.
     results::step(&config, &mut control, &status);
     let end = match (outcome.interrupted, config.end) {

@@ -108,9 +108,8 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exi
         Stdio::Tee
     };
     let argv = carrying.as_deref().unwrap_or(&phase.argv);
-    // The status port opens once the first phase runs (`StatusWriter::deferred`).
     let status = ctx.status;
-    let ended = sup.run_limited_then(&Command { argv, env: &env, stdio }, phase.limit, || status.connect());
+    let ended = sup.run_limited_then(&Command { argv, env: &env, stdio }, phase.limit, || once_started(status));
     if let (Some(_), Some(save)) = (&carrying, &ctx.exports) {
         for (k, v) in exports::collect(save, &ctx.env) {
             log::debug!("{}: carrying {k} into the later phases", label(phase.kind));
@@ -118,6 +117,15 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exi
         }
     }
     ended
+}
+
+/// What PID 1 leaves until the first phase has started, because the application does not
+/// need it (under emulation each is milliseconds of kernel code run for the first time):
+/// the status port ([`StatusWriter::deferred`]) and our own non-blocking console
+/// ([`own_streams`](crate::console::own_streams)). Done once; later calls do nothing.
+pub fn once_started(status: &StatusWriter) {
+    status.connect();
+    crate::console::own_streams();
 }
 
 fn label(kind: PhaseKind) -> String {

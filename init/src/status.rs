@@ -6,12 +6,10 @@ use alloc::vec::Vec;
 use appliance_cmdline::status::{Event, Exit, TIMED_OUT};
 use core::cell::{Cell, RefCell};
 use core::time::Duration;
-use rustix::event::{PollFd, PollFlags};
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
-use rustix::io::Errno;
 
-use crate::console::Describe;
+use crate::console::{Describe, write_within};
 use crate::plan::PhaseKind;
 
 /// Microseconds of CLOCK_BOOTTIME: time since the kernel started.
@@ -167,33 +165,6 @@ pub fn open_port(path: &str, raw: bool) -> Option<OwnedFd> {
         let _ = rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &t);
     }
     fd
-}
-
-/// Writes all of `buf` to the non-blocking `fd`, waiting up to `wait` in all for it to
-/// take more when it is full; `TIMEDOUT` then (part of `buf` may have been written).
-fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], wait: Duration) -> Result<(), Errno> {
-    let deadline = t_us().saturating_add(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
-    while !buf.is_empty() {
-        match rustix::io::write(fd, buf) {
-            Ok(0) => return Err(Errno::IO),
-            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                let left_us = deadline.saturating_sub(t_us());
-                if left_us == 0 {
-                    return Err(Errno::TIMEDOUT);
-                }
-                let ts = rustix::time::Timespec {
-                    tv_sec: (left_us / 1_000_000) as i64,
-                    tv_nsec: ((left_us % 1_000_000) * 1000) as i64,
-                };
-                let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-                let _ = rustix::event::poll(&mut fds, Some(&ts));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -534,7 +534,7 @@ impl Supervisor {
     }
 
     fn tee_bytes(&self, bytes: &[u8]) {
-        let _ = write_all(sys::stdout(), bytes);
+        crate::console::write_out(bytes);
         if let Some(out) = &self.output {
             let _ = write_all(out.as_fd(), bytes);
         }

@@ -630,6 +630,32 @@ fn phases(dir: &TempDir, cmdline: &str) -> Run {
     run(cmd)
 }
 
+/// Our stdout is a pipe nobody reads (as a console nobody reads, with flow control, is to
+/// PID 1): the phases' output fills it, and the supervisor must still see run to its end,
+/// with all of the output in the output file.
+#[test]
+fn a_console_nobody_reads_does_not_hold_the_phases() {
+    let dir = TempDir::new("stuck-console");
+    // 1 MiB: sixteen times what the pipe holds.
+    dir.script("run", "head -c 1048576 /dev/zero | tr '\\0' x; echo; echo after >&2; exit 7");
+    dir.script("postrun", "echo postrun ran");
+    let (unread, stdout) = std::io::pipe().unwrap();
+    let mut cmd = init();
+    cmd.args(["--phases", "--app-dir", dir.path().to_str().unwrap(), "--cmdline", "", "--status"])
+        .arg(dir.join("status"));
+    let mut child = cmd.stdout(stdout).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = reader(child.stderr.take());
+    let status = wait_within(&mut child, DEADLINE);
+    drop(unread);
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(7), "stderr: {stderr}");
+    let output = dir.read("output");
+    assert_eq!(output.len(), 1048576 + 1 + "after\n".len() + "postrun ran\n".len(), "{}", &output[output.len() - 40..]);
+    assert!(output.ends_with("x\nafter\npostrun ran\n"), "{}", &output[output.len() - 40..]);
+    let events = events(&dir.join("status"));
+    assert!(matches!(events.last(), Some(Event::End { status: 7, .. })), "{events:?}");
+}
+
 #[test]
 fn phases_run_in_order_with_their_environment_and_run_decides_the_status() {
     let dir = TempDir::new("phases");
