@@ -206,6 +206,82 @@ fn an_unchanged_build_is_a_cache_hit_and_build_names_it() {
     assert!(line.contains(&format!("-kernel {}", bzimage.with_file_name("vmlinux").display())), "{line}");
 }
 
+/// `appliance kernel cache` on the real cache: the kernel just built (or taken from the
+/// cache, which records its directories then) is kept, with the source and the object
+/// directory its build.json names; a dry run removes nothing.
+#[test]
+fn the_cache_keeps_the_kernel_in_use_with_its_source_and_objects() {
+    let bzimage = kernel();
+    let o = run_bounded(appliance().args(["kernel", "build", "--series", "6.1"]), Duration::from_secs(120));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = bzimage.parent().unwrap();
+    let facts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    let key = dir.file_name().unwrap().to_str().unwrap();
+    let (Some(source), Some(objects)) = (facts["source_tree"].as_str(), facts["object_dir"].as_str()) else {
+        panic!("build.json names no source tree or object directory: {facts}")
+    };
+    let o = run_bounded(appliance().args(["kernel", "cache"]), Duration::from_secs(120));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list = String::from_utf8_lossy(&o.stdout).into_owned();
+    for (kind, name) in [("build", key), ("source", source), ("objects", objects)] {
+        let line = list.lines().find(|l| l.starts_with(kind) && l.contains(name));
+        assert!(line.is_some_and(|l| l.contains("keeps:")), "{kind} {name} is not kept:\n{list}");
+    }
+    let o = run_bounded(appliance().args(["kernel", "cache", "prune", "--dry-run"]), Duration::from_secs(120));
+    let dry = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && dry.contains("nothing removed"), "{dry}");
+    assert!(![key, source, objects].iter().any(|name| dry.contains(name)), "{dry}");
+    let root = dir.parent().unwrap();
+    assert!(bzimage.is_file() && root.join("src").join(source).is_dir() && root.join("obj").join(objects).is_dir());
+}
+
+/// `appliance kernel cache prune` on a cache of its own (APPLIANCE_CACHE): a superseded
+/// build and the source only it used go, the newest build and its source stay; with a
+/// build holding the cache's lock, nothing goes and the error says why.
+#[test]
+fn prune_removes_a_superseded_build_and_waits_for_no_running_build() {
+    let tmp = TempDir::new().unwrap();
+    let builds = tmp.path().join("kernels/build");
+    for (key, built_at, source) in
+        [("6.1-tinyconfig-old", 1, "linux-source-6.1-a"), ("6.1-tinyconfig-new", 2, "linux-source-6.1-b")]
+    {
+        std::fs::create_dir_all(builds.join(key)).unwrap();
+        std::fs::create_dir_all(builds.join("src").join(source)).unwrap();
+        std::fs::write(builds.join("src").join(source).join("Makefile"), "x").unwrap();
+        let facts = serde_json::json!({
+            "release": "6.1.1-appliance", "version": "6.1.1", "series": "6.1", "base": "tinyconfig",
+            "fragments": ["base.config", "series/6.1/base.config"], "source": SOURCE, "key": key, "checked": 1,
+            "patches": [], "build_seconds": 1, "steps": 1, "built_at": built_at, "source_tree": source,
+        });
+        std::fs::write(builds.join(key).join("build.json"), facts.to_string()).unwrap();
+    }
+    let cache = |args: &[&str]| {
+        appliance().arg("kernel").arg("cache").args(args).env("APPLIANCE_CACHE", tmp.path()).output().unwrap()
+    };
+
+    let lock = std::fs::File::create(builds.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let o = cache(&["prune"]);
+    assert!(!o.status.success(), "prune went ahead under a build's lock");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("a kernel build or fetch is running"), "{err}");
+    assert!(builds.join("6.1-tinyconfig-old").is_dir());
+    drop(lock);
+
+    let o = cache(&["prune"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("removed build 6.1-tinyconfig-old") && out.contains("superseded by 6.1-tinyconfig-new"),
+        "{out}"
+    );
+    assert!(out.contains("removed source linux-source-6.1-a"), "{out}");
+    assert!(!builds.join("6.1-tinyconfig-old").exists() && !builds.join("src/linux-source-6.1-a").exists());
+    assert!(builds.join("6.1-tinyconfig-new").is_dir() && builds.join("src/linux-source-6.1-b").is_dir());
+    let list = String::from_utf8_lossy(&cache(&[]).stdout).into_owned();
+    assert!(list.contains("would free 0 B"), "{list}");
+}
+
 /// The check with the real Kconfig files: the built kernel was not made with the
 /// networking topic, so its options are lost, each with the dependency that dropped it.
 #[test]

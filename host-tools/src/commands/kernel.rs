@@ -34,6 +34,42 @@ enum KernelCommand {
     Build(BuildArgs),
     Check(CheckArgs),
     Fragments(FragmentsArgs),
+    Cache(CacheArgs),
+}
+
+/// What the kernel cache holds, and removing what is superseded.
+///
+/// Every build of the project's kernels stays in the cache under its key, with the
+/// extracted source and the object directory it was compiled in (a gigabyte or two
+/// each), and so does every Debian kernel fetched. A changed fragment, patch or tarball
+/// leaves the older ones behind. Without a subcommand: the list, with what `prune`
+/// would do to each entry and why.
+#[derive(clap::Args)]
+struct CacheArgs {
+    #[command(subcommand)]
+    action: Option<CacheAction>,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List the cache's entries: kind, size, and whether `prune` keeps each, and why
+    List,
+    /// Remove older builds of each kind, sources and objects no kept build uses, older
+    /// Debian kernels, and what killed builds left
+    ///
+    /// Kept: the newest build of each kind (series, base, fragments, patches, headers),
+    /// the source and object directory it records, and the Debian kernel in use. A
+    /// later build of a removed kind extracts and compiles again. Refuses while a build
+    /// or fetch runs.
+    Prune {
+        /// Show what would be removed, and remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove everything, kept entries too (the next build or image fetches and
+        /// compiles from the start)
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// Which fragments, shared by `build`, `check` and `fragments`.
@@ -158,7 +194,66 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         KernelCommand::Build(args) => build(args),
         KernelCommand::Check(args) => check(args),
         KernelCommand::Fragments(args) => fragments(args),
+        KernelCommand::Cache(args) => cache(args),
     }
+}
+
+fn cache(args: CacheArgs) -> anyhow::Result<ExitCode> {
+    let cache_dir = kernel::default_cache_dir()?;
+    match args.action.unwrap_or(CacheAction::List) {
+        CacheAction::List => {
+            let entries = kernel::cache::survey(&cache_dir)?;
+            print_cache(&cache_dir, &entries);
+        }
+        CacheAction::Prune { dry_run: true, all } => {
+            let entries = kernel::cache::survey(&cache_dir)?;
+            let going: Vec<_> = entries.into_iter().filter(|e| all || !e.keep).collect();
+            for e in &going {
+                println!("would remove {} {} ({}): {}", e.kind.name(), e.name, human_size(e.bytes), e.why);
+            }
+            let bytes = going.iter().map(|e| e.bytes).sum();
+            println!("{} entries, {} would be freed (--dry-run: nothing removed)", going.len(), human_size(bytes));
+        }
+        CacheAction::Prune { dry_run: false, all } => {
+            let removed = kernel::cache::prune(&cache_dir, all)?;
+            for e in &removed {
+                println!("removed {} {} ({}): {}", e.kind.name(), e.name, human_size(e.bytes), e.why);
+            }
+            let bytes = removed.iter().map(|e| e.bytes).sum();
+            println!("{} entries removed, {} freed", removed.len(), human_size(bytes));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The cache as a table, with the totals.
+fn print_cache(cache_dir: &Path, entries: &[kernel::cache::Entry]) {
+    println!("kernel cache: {}", cache_dir.join(kernel::KERNELS_DIR).display());
+    if entries.is_empty() {
+        println!("(empty)");
+        return;
+    }
+    let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    println!("{:<8}  {:<width$}  {:>9}  {:<16}  PRUNE", "KIND", "NAME", "SIZE", "BUILT");
+    for e in entries {
+        let built = e
+            .built_at
+            .and_then(|t| jiff::Timestamp::from_second(t as i64).ok())
+            .map(|t| t.strftime("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default();
+        let verdict = if e.keep { "keeps" } else { "removes" };
+        println!(
+            "{:<8}  {:<width$}  {:>9}  {:<16}  {verdict}: {}",
+            e.kind.name(),
+            e.name,
+            human_size(e.bytes),
+            built,
+            e.why
+        );
+    }
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let freed: u64 = entries.iter().filter(|e| !e.keep).map(|e| e.bytes).sum();
+    println!("total {}; `appliance kernel cache prune` would free {}", human_size(total), human_size(freed));
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {

@@ -61,9 +61,14 @@ pub const BUILD_PREFIX: &str = "build:";
 
 /// Bump when the build recipe changes in a way the key does not see.
 const RECIPE: &str = "appliance-kbuild-1";
-const BUILD_DIR: &str = "kernels/build";
-const LOCK_FILE: &str = ".lock";
-const FACTS: &str = "build.json";
+pub const BUILD_DIR: &str = "kernels/build";
+pub const LOCK_FILE: &str = ".lock";
+pub const FACTS: &str = "build.json";
+/// Under [`BUILD_DIR`]: the extracted sources, and the object directories.
+pub const SOURCES_DIR: &str = "src";
+pub const OBJECTS_DIR: &str = "obj";
+/// The prefixes of a build's temporary directories, left behind by a build that was killed.
+pub const STAGING_PREFIXES: [&str; 2] = [".install-", ".extract-"];
 /// Where the step count of the last compile is kept, for the next progress bar.
 const STEPS_FILE: &str = ".appliance-steps";
 /// Lines of make's output quoted in an error.
@@ -474,6 +479,13 @@ pub struct Facts {
     /// Lines of compiler output (CC, LD, ...), for the next build's progress bar.
     pub steps: u64,
     pub built_at: u64,
+    /// The extracted source under `src/` and the object directory under `obj/` it was
+    /// built in, which `appliance kernel cache prune` keeps for it (not recorded before
+    /// that command existed, nor for a tree given as `--source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tree: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_dir: Option<String>,
 }
 
 /// What a build reports while it runs.
@@ -621,7 +633,7 @@ fn built_from(dir: &Path, facts: Facts, cached: bool) -> Built {
 /// Returns the cached kernel of `plan`, or builds it. `jobs` defaults to every core.
 pub fn build(plan: &Plan, jobs: Option<usize>, force: bool, progress: &ProgressSink) -> Result<Built, Error> {
     if !force && let Some(built) = cached(plan) {
-        return Ok(built);
+        return Ok(record_dirs(plan, built));
     }
     check_tools(plan)?;
     let lock = lock_cache(plan, progress)?;
@@ -652,7 +664,7 @@ fn lock_cache(plan: &Plan, progress: &ProgressSink) -> Result<File, Error> {
 fn configure_dirs(plan: &Plan, progress: &ProgressSink) -> Result<(PathBuf, PathBuf, String), Error> {
     let tree = prepare_source(plan, progress)?;
     let version = checked_version(plan, &tree)?;
-    let obj = plan.root.join("obj").join(plan.object_dir_name());
+    let obj = plan.root.join(OBJECTS_DIR).join(plan.object_dir_name());
     fs::create_dir_all(&obj).map_err(io_error("create", &obj))?;
     let log = obj.join("build.log");
     File::create(&log).map_err(io_error("create", &log))?;
@@ -673,7 +685,7 @@ fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Re
 
     progress.send(Progress::Stage(format!("installing {release} in {}", plan.result.display())));
     let staging = tempfile::Builder::new()
-        .prefix(".install-")
+        .prefix(STAGING_PREFIXES[0])
         .tempdir_in(&plan.root)
         .map_err(io_error("create a directory in", &plan.root))?;
     install(plan, &make, &release, modules, staging.path(), progress)?;
@@ -690,6 +702,11 @@ fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Re
         build_seconds: started.elapsed().as_secs(),
         steps,
         built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        source_tree: tree
+            .strip_prefix(plan.root.join(SOURCES_DIR))
+            .ok()
+            .map(|name| name.to_string_lossy().into_owned()),
+        object_dir: Some(plan.object_dir_name()),
     };
     write_facts(&facts, &staging.path().join(FACTS))?;
     publish(staging, &plan.result)?;
@@ -825,6 +842,35 @@ fn install(
     Ok(())
 }
 
+/// A kernel built before `build.json` recorded its source and object directories gets
+/// them written in when they are still there, so that `appliance kernel cache prune`
+/// keeps them. Best effort: the kernel is returned either way.
+fn record_dirs(plan: &Plan, mut built: Built) -> Built {
+    if built.facts.source_tree.is_some() || built.facts.object_dir.is_some() {
+        return built;
+    }
+    let objects = plan.object_dir_name();
+    built.facts.object_dir = plan.root.join(OBJECTS_DIR).join(&objects).is_dir().then_some(objects);
+    built.facts.source_tree =
+        source_tree_name(plan).filter(|name| plan.root.join(SOURCES_DIR).join(name).join("Makefile").is_file());
+    if built.facts.source_tree.is_some() || built.facts.object_dir.is_some() {
+        // Written beside, then renamed over: a reader never sees half a file.
+        let tmp = built.dir.join(format!(".{FACTS}.new"));
+        if write_facts(&built.facts, &tmp).is_err() || fs::rename(&tmp, built.dir.join(FACTS)).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    built
+}
+
+/// The name under `src/` a tarball source is extracted to (`None` for a tree).
+fn source_tree_name(plan: &Plan) -> Option<String> {
+    let Source::Tarball(tarball) = &plan.source else { return None };
+    let stem = tarball.file_name().unwrap_or_default().to_string_lossy();
+    let stem = stem.split(".tar").next().unwrap_or("linux");
+    Some(format!("{stem}-{}", short_id(&plan.source_id)))
+}
+
 fn write_facts(facts: &Facts, path: &Path) -> Result<(), Error> {
     let mut json = serde_json::to_string_pretty(facts)
         .map_err(|err| Error::Io(FsError { action: "serialise", path: path.to_owned(), source: err.into() }))?;
@@ -890,17 +936,15 @@ pub fn prepare_source(plan: &Plan, progress: &ProgressSink) -> Result<PathBuf, E
         Source::Tree(dir) => return Ok(dir.clone()),
         Source::Tarball(path) => path,
     };
-    let stem = tarball.file_name().unwrap_or_default().to_string_lossy();
-    let stem = stem.split(".tar").next().unwrap_or("linux").to_owned();
-    let dir = plan.root.join("src").join(format!("{stem}-{}", short_id(&plan.source_id)));
+    let dir = plan.root.join(SOURCES_DIR).join(source_tree_name(plan).unwrap_or_default());
     if dir.join("Makefile").is_file() {
         return Ok(dir);
     }
-    let parent = plan.root.join("src");
+    let parent = plan.root.join(SOURCES_DIR);
     fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
     progress.send(Progress::Stage(format!("extracting {}", tarball.display())));
     let work = tempfile::Builder::new()
-        .prefix(".extract-")
+        .prefix(STAGING_PREFIXES[1])
         .tempdir_in(&parent)
         .map_err(io_error("create a directory in", &parent))?;
     let output = Command::new("tar")

@@ -15,6 +15,7 @@
 //!   atomically once a fetch is complete;
 //! - `kernels/.lock`: held while fetching, so concurrent builds fetch once.
 
+pub mod cache;
 pub mod kbuild;
 pub mod kconfig;
 pub mod modules;
@@ -37,8 +38,8 @@ pub const METAPACKAGES: [&str; 3] = ["linux-image-cloud-amd64", "linux-image-kvm
 /// The manifest's name for the default kernel.
 pub const DEBIAN_CLOUD: &str = "debian-cloud";
 
-const KERNELS_DIR: &str = "kernels";
-const CURRENT_LINK: &str = "debian-cloud";
+pub const KERNELS_DIR: &str = "kernels";
+pub const CURRENT_LINK: &str = "debian-cloud";
 const LOCK_FILE: &str = ".lock";
 
 /// A kernel ready to boot.
