@@ -151,14 +151,9 @@ done
 bash_clock=$(sed -n 's/.*"event":"init".*"clock":"\([a-z_]*\)".*/\1/p' "$tmp/bash.status.jsonl" | head -n 1)
 
 # --- 4. the table --------------------------------------------------------------------------
-# median, min and max of integer arguments, as "median min max".
-stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
-    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'; }
 ms() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.1f ms (%.1f-%.1f)", a / 1e3, b / 1e3, c / 1e3 }'; }
 secs() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.2f s (%.2f-%.2f)", a / 1e6, b / 1e6, c / 1e6 }'; }
 kib() { awk -v b="$1" 'BEGIN { printf "%.1f KiB", b / 1024 }'; }
-verdict() { if awk "BEGIN { exit !($1) }" < /dev/null; then echo "met"; else echo "NOT MET"; fi; }
 
 read -r hk2i hk2i_min hk2i_max <<< "$(stats "${hello_k2i[@]}")"
 read -r bk2i bk2i_min bk2i_max <<< "$(stats "${bash_k2i[@]}")"

@@ -84,13 +84,8 @@ for ((i = 1; i <= runs; i++)); do
     boot now
 done
 
-stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
-    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'; }
 ms() { read -r m lo hi <<< "$(stats "$@")"; awk -v a="$m" -v b="$lo" -v c="$hi" 'BEGIN { printf "%.1f ms (%.1f-%.1f)", a / 1e3, b / 1e3, c / 1e3 }'; }
 secs() { read -r m lo hi <<< "$(stats "$@")"; awk -v a="$m" -v b="$lo" -v c="$hi" 'BEGIN { printf "%.2f s (%.2f-%.2f)", a / 1e6, b / 1e6, c / 1e6 }'; }
-median() { stats "$@" | cut -d' ' -f1; }
-verdict() { if awk "BEGIN { exit !($1) }" < /dev/null; then echo "met"; else echo "NOT MET"; fi; }
 row() { printf '%-26s | %-24s | %-24s | %s\n' "$@"; }
 
 printf '\nThe init'"'"'s share: images/hello on Debian'"'"'s cloud kernel, %s boots each, alternating; TCG\n' "$runs"

@@ -142,13 +142,9 @@ say "bisecting the least memory: the project's bzImage"
 ours_mem=$(least_memory "$ours")
 
 # --- the table --------------------------------------------------------------------------------
-stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
-    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-    print m, v[1], v[NR] }'; }
 ms() { awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN { printf "%.0f ms (%.0f-%.0f)", a / 1e3, b / 1e3, c / 1e3 }'; }
 secs() { awk -v a="$1" 'BEGIN { printf "%.2f s", a / 1e6 }'; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1e6 }'; }
-verdict() { if awk "BEGIN { exit !($1) }" < /dev/null; then echo "met"; else echo "NOT MET"; fi; }
 
 read -r dk2i dk2i_min dk2i_max <<< "$(stats "${debian_k2i[@]}")"
 read -r ok2i ok2i_min ok2i_max <<< "$(stats "${ours_k2i[@]}")"

@@ -6,6 +6,8 @@
 #   bench_build [host]     cargo build --release of the host CLI (and the init, unless `host`)
 #   bench_tmp              a mktemp directory in `tmp`, removed on exit
 #   event_t_us FILE KIND [PHASE]  t_us of the first status event of KIND (and PHASE)
+#   stats N...             "median min max" of integers; median N...: the median alone
+#   verdict EXPR           "met" when the awk expression EXPR holds, else "NOT MET"
 # It also sets `root` (the checkout's top, and the working directory) and `appliance`.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -65,3 +67,11 @@ event_t_us() {
         fi
     done < "$1"
 }
+
+# "median min max" of integer arguments.
+stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
+    m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    print m, v[1], v[NR] }'; }
+median() { stats "$@" | cut -d' ' -f1; }
+
+verdict() { if awk "BEGIN { exit !($1) }" < /dev/null; then echo "met"; else echo "NOT MET"; fi; }
