@@ -595,12 +595,38 @@ impl SlurmCluster {
 impl Drop for SlurmCluster {
     fn drop(&mut self) {
         let _ = self.command("scancel").args(["-u", "root"]).output();
+        // A job step's slurmstepd reports its end to slurmd: with slurmd gone first it
+        // waits for it for good. So the queue empties while the daemons still run.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && self.command("squeue").args(["-h"]).output().is_ok_and(|o| !o.stdout.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         // Daemons in reverse order: no node without its controller, no controller without munge.
         for child in self.daemons.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // What is left of this cluster (a step daemon still waiting, on a loaded machine)
+        // carries its configuration in its environment.
+        let conf = format!("SLURM_CONF={}", self.dir.path().join("slurm.conf").display());
+        for pid in processes_with_env(&conf) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
+}
+
+/// The processes whose environment holds `entry` (NAME=value).
+fn processes_with_env(entry: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == entry.as_bytes()))
+        })
+        .collect()
 }
 
 #[test]
