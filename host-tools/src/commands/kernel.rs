@@ -1,6 +1,6 @@
 //! `appliance kernel`: the project's own kernels: build one from a source tree or
 //! tarball with the fragments of `kernel-configs/`, check a configuration against the
-//! fragments, list the fragments.
+//! fragments, list the fragments, list and prune the kernel cache.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use appliance_host::kernel;
 use appliance_host::kernel::kbuild::{self, Base, FragmentArg, Progress, ProgressSink, Request};
 use appliance_host::kernel::kconfig::{self, Config, Kconfig};
 
-/// Build and check the project's own kernels.
+/// Build and check the project's own kernels; list or prune their cache.
 ///
 /// The fragments live in kernel-configs/ (compiled into this tool): base.config is what
 /// every appliance needs; net, debug, bench and modules are topics to add; series/
