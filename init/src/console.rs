@@ -100,6 +100,7 @@ pub fn write_err(buf: &[u8]) {
 pub fn write_out(buf: &[u8]) {
     write_stream(&OUT, crate::sys::stdout(), buf);
 }
+
 /// Writes all of `buf` to the non-blocking `fd`, waiting up to `wait` in all for it to
 /// take more when it is full; `TIMEDOUT` then (part of `buf` may have been written).
 pub fn write_within(fd: BorrowedFd<'_>, mut buf: &[u8], wait: Duration) -> Result<(), Errno> {

@@ -109,7 +109,7 @@ fn run_phase(sup: &mut Supervisor, phase: &Phase, ctx: &mut Context<'_>) -> (Exi
     };
     let argv = carrying.as_deref().unwrap_or(&phase.argv);
     let status = ctx.status;
-    let ended = sup.run_limited_then(&Command { argv, env: &env, stdio }, phase.limit, || once_started(status));
+    let ended = sup.run_limited(&Command { argv, env: &env, stdio }, phase.limit, || once_started(status));
     if let (Some(_), Some(save)) = (&carrying, &ctx.exports) {
         for (k, v) in exports::collect(save, &ctx.env) {
             log::debug!("{}: carrying {k} into the later phases", label(phase.kind));

@@ -46,7 +46,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long processes get to be gone after SIGKILL before the supervisor goes on without
 /// them (only a process stuck in the kernel takes longer).
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How long [`Supervisor::run_limited_then`] waits for a program to reach its exec before
+/// How long [`Supervisor::run_limited`] waits for a program to reach its exec before
 /// it goes on without: between fork and exec a child only sets up its streams.
 const EXEC_WAIT: Duration = Duration::from_secs(1);
 
@@ -188,20 +188,10 @@ impl Supervisor {
 
     /// [`Supervisor::run`] with a time limit: a program still running after `limit` is
     /// ended as [`Supervisor::end_timed_out`] says. Returns how it ended, and whether it
-    /// ran out of time.
-    pub fn run_limited(&mut self, cmd: &Command<'_>, limit: Option<Duration>) -> (Exit, bool) {
-        self.run_limited_then(cmd, limit, || {})
-    }
-
-    /// [`Supervisor::run_limited`] that calls `started` once the program runs: after its
-    /// exec (or its failure to exec, or [`EXEC_WAIT`]), before the wait for its end. PID 1
-    /// does there what the program does not need done before it starts.
-    pub fn run_limited_then(
-        &mut self,
-        cmd: &Command<'_>,
-        limit: Option<Duration>,
-        started: impl FnOnce(),
-    ) -> (Exit, bool) {
+    /// ran out of time. `started` is called once the program runs: after its exec (or its
+    /// failure to exec, or [`EXEC_WAIT`]), before the wait for its end; PID 1 does there
+    /// what the program does not need done before it starts.
+    pub fn run_limited(&mut self, cmd: &Command<'_>, limit: Option<Duration>, started: impl FnOnce()) -> (Exit, bool) {
         // Both ends close on exec: the child holds the write end until its exec.
         let exec_seen = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok();
         let spawned = self.spawn(cmd);
@@ -573,7 +563,7 @@ fn wait_for_exec(seen: &OwnedFd, bound: Duration) {
     // write end closes.
     loop {
         let left = deadline.saturating_sub(now());
-        let ts = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let ts = Timespec::try_from(left).unwrap_or(Timespec { tv_sec: 0, tv_nsec: 0 });
         let mut fds = [PollFd::new(seen, PollFlags::IN)];
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Err(Errno::INTR) if !left.is_zero() => {}
