@@ -205,22 +205,22 @@ fn cache(args: CacheArgs) -> anyhow::Result<ExitCode> {
             let entries = kernel::cache::survey(&cache_dir)?;
             print_cache(&cache_dir, &entries);
         }
-        CacheAction::Prune { dry_run: true, all } => {
-            let entries = kernel::cache::survey(&cache_dir)?;
-            let going: Vec<_> = entries.into_iter().filter(|e| all || !e.keep).collect();
-            for e in &going {
-                println!("would remove {} {} ({}): {}", e.kind.name(), e.name, human_size(e.bytes), e.why);
+        CacheAction::Prune { dry_run, all } => {
+            let (verb, gone) = if dry_run {
+                let entries = kernel::cache::survey(&cache_dir)?;
+                ("would remove", entries.into_iter().filter(|e| all || !e.keep).collect())
+            } else {
+                ("removed", kernel::cache::prune(&cache_dir, all)?)
+            };
+            for e in &gone {
+                println!("{verb} {} {} ({}): {}", e.kind.name(), e.name, human_size(e.bytes), e.why);
             }
-            let bytes = going.iter().map(|e| e.bytes).sum();
-            println!("{} entries, {} would be freed (--dry-run: nothing removed)", going.len(), human_size(bytes));
-        }
-        CacheAction::Prune { dry_run: false, all } => {
-            let removed = kernel::cache::prune(&cache_dir, all)?;
-            for e in &removed {
-                println!("removed {} {} ({}): {}", e.kind.name(), e.name, human_size(e.bytes), e.why);
+            let bytes = human_size(gone.iter().map(|e| e.bytes).sum());
+            if dry_run {
+                println!("{} entries, {bytes} would be freed (--dry-run: nothing removed)", gone.len());
+            } else {
+                println!("{} entries removed, {bytes} freed", gone.len());
             }
-            let bytes = removed.iter().map(|e| e.bytes).sum();
-            println!("{} entries removed, {} freed", removed.len(), human_size(bytes));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -74,7 +74,8 @@ pub fn survey(cache_dir: &Path) -> Result<Vec<Entry>, Error> {
     let mut entries = Vec::new();
 
     // The builds: the newest of each kind is kept.
-    let mut builds: Vec<(String, PathBuf, Option<Facts>)> = Vec::new();
+    // Each with its facts and its kind, when it is a finished build.
+    let mut builds: Vec<(String, PathBuf, Option<Judged>)> = Vec::new();
     for (name, path) in subdirs(&root)? {
         if name == kbuild::SOURCES_DIR || name == kbuild::OBJECTS_DIR {
             continue;
@@ -83,23 +84,27 @@ pub fn survey(cache_dir: &Path) -> Result<Vec<Entry>, Error> {
             entries.push(leftover(name, path, "a build that did not finish left it"));
             continue;
         }
-        let facts = kbuild::facts_in(&path);
-        builds.push((name, path, facts));
+        let judged = kbuild::facts_in(&path).map(|facts| {
+            let kind = kind_of(&facts, &path);
+            (facts, kind)
+        });
+        builds.push((name, path, judged));
     }
+    // The newest build of each kind: its name, by kind.
     let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    for (name, path, facts) in &builds {
-        if let Some(facts) = facts {
-            let slot = newest.entry(kind_of(facts, path)).or_insert((0, String::new()));
-            if (facts.built_at, name.as_str()) >= (slot.0, slot.1.as_str()) {
+    for (name, _, judged) in &builds {
+        if let Some((facts, kind)) = judged {
+            let slot = newest.entry(kind.clone()).or_default();
+            if (facts.built_at, name) >= (slot.0, &slot.1) {
                 *slot = (facts.built_at, name.clone());
             }
         }
     }
     let mut used_sources = HashSet::new();
     let mut used_objects = HashSet::new();
-    for (name, path, facts) in builds {
+    for (name, path, judged) in builds {
         let bytes = size_of(&path);
-        let Some(facts) = facts else {
+        let Some((facts, kind)) = judged else {
             entries.push(Entry {
                 kind: Kind::Build,
                 name,
@@ -111,7 +116,6 @@ pub fn survey(cache_dir: &Path) -> Result<Vec<Entry>, Error> {
             });
             continue;
         };
-        let kind = kind_of(&facts, &path);
         let newest_name = newest.get(&kind).map(|(_, n)| n.as_str()).unwrap_or_default();
         let keep = newest_name == name;
         let why = if keep {
@@ -198,6 +202,9 @@ fn lock(path: &Path) -> Result<Option<File>, Error> {
     }
 }
 
+/// A finished build's facts, and its kind ([`kind_of`]).
+type Judged = (Facts, String);
+
 /// What makes builds the same kind, so that only the newest stays.
 fn kind_of(facts: &Facts, dir: &Path) -> String {
     let mut kind = format!("{} {} build", facts.series, facts.base);
@@ -234,8 +241,8 @@ fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     Ok(dirs)
 }
 
-/// The bytes the files under `path` take on disk (blocks, as du counts them; hard links
-/// once per directory walk is not attempted: the cache makes none).
+/// The bytes the files under `path` take on disk, in blocks as `du` counts them (a file
+/// with several links counts each time: the cache makes no hard links).
 fn size_of(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
