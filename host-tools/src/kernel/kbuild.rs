@@ -702,10 +702,7 @@ fn build_locked(plan: &Plan, jobs: Option<usize>, progress: &ProgressSink) -> Re
         build_seconds: started.elapsed().as_secs(),
         steps,
         built_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        source_tree: tree
-            .strip_prefix(plan.root.join(SOURCES_DIR))
-            .ok()
-            .map(|name| name.to_string_lossy().into_owned()),
+        source_tree: source_tree_name(plan),
         object_dir: Some(plan.object_dir_name()),
     };
     write_facts(&facts, &staging.path().join(FACTS))?;
@@ -854,10 +851,13 @@ fn record_dirs(plan: &Plan, mut built: Built) -> Built {
     built.facts.source_tree =
         source_tree_name(plan).filter(|name| plan.root.join(SOURCES_DIR).join(name).join("Makefile").is_file());
     if built.facts.source_tree.is_some() || built.facts.object_dir.is_some() {
-        // Written beside, then renamed over: a reader never sees half a file.
-        let tmp = built.dir.join(format!(".{FACTS}.new"));
-        if write_facts(&built.facts, &tmp).is_err() || fs::rename(&tmp, built.dir.join(FACTS)).is_err() {
-            let _ = fs::remove_file(&tmp);
+        // Written beside, then renamed over: a reader never sees half a file. Readable by
+        // all, as the build wrote it.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        if let Ok(tmp) = tempfile::Builder::new().permissions(mode).tempfile_in(&built.dir)
+            && write_facts(&built.facts, tmp.path()).is_ok()
+        {
+            let _ = tmp.persist(built.dir.join(FACTS));
         }
     }
     built
