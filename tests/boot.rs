@@ -210,6 +210,19 @@ echo "env APP_DIR=$APP_DIR APP_OUT=$APP_OUT APP_MYNODE=$APP_MYNODE APP_PHASE=$AP
     assert!(output_line.contains("to-stderr"), "{output_line}");
 }
 
+/// Regression: `APP_RESULTS` was always set but the directory did not exist, so a run that
+/// wrote `$APP_RESULTS/out.txt` without `mkdir -p` first failed. The init now creates it,
+/// with its parents, before the phases.
+#[test]
+fn a_run_can_write_into_app_results_without_creating_it() {
+    let tmp = TempDir::new().unwrap();
+    let run = "#!/bin/bash\necho kept > \"$APP_RESULTS/out.txt\" && echo \"read back: $(cat \"$APP_RESULTS/out.txt\") from $APP_RESULTS\"\n";
+    let img = image(tmp.path(), &bash_manifest(""), &[("run", run)]);
+    let b = boot(&build(&img, tmp.path()), &["--", "appResultsDir=/data/deeper/out"]);
+    assert_eq!(b.code, 0, "{b:?}");
+    b.assert_console("read back: kept from /data/deeper/out");
+}
+
 /// Regression: the original sourced its phases, so what an unchanged prerun exported was
 /// set in run; with phases as child processes it was silently unset.
 #[test]

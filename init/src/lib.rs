@@ -74,6 +74,24 @@ pub fn read_bytes(path: &str) -> Option<Vec<u8>> {
     Some(data)
 }
 
+/// `path` and the directories above it that do not exist yet (`mkdir -p`), each with
+/// `mode`; an existing directory is no error. (No std here, so no `fs::create_dir_all`.)
+pub fn create_dir_all(path: &str, mode: u32) -> Result<(), rustix::io::Errno> {
+    use rustix::fs::Mode;
+    use rustix::io::Errno;
+    let ends = path.match_indices('/').map(|(i, _)| i).filter(|&i| i > 0).chain([path.len()]);
+    for end in ends {
+        let dir = path.get(..end).unwrap_or(path);
+        match rustix::fs::mkdir(dir, Mode::from_raw_mode(mode)) {
+            Ok(()) => {}
+            // Something is there: fine when it is a directory (or leads to one).
+            Err(Errno::EXIST) if rustix::fs::stat(dir).is_ok_and(|st| st.st_mode & 0o170000 == 0o040000) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The names in a directory, without `.` and `..`.
 pub fn read_dir(path: &str) -> Result<Vec<String>, rustix::io::Errno> {
     use rustix::fs::{Mode, OFlags};
@@ -89,4 +107,31 @@ pub fn read_dir(path: &str) -> Result<Vec<String>, rustix::io::Errno> {
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn create_dir_all_makes_the_missing_parents_and_accepts_what_exists() {
+        let base = std::env::temp_dir().join(std::format!("appliance-init-mkdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let deep = base.join("a/b/c");
+        let deep = deep.to_str().unwrap();
+        assert_eq!(create_dir_all(deep, 0o755), Ok(()));
+        assert!(std::path::Path::new(deep).is_dir());
+        // Again, and with a trailing slash: nothing to do, no error.
+        assert_eq!(create_dir_all(deep, 0o755), Ok(()));
+        assert_eq!(create_dir_all(&std::format!("{deep}/"), 0o755), Ok(()));
+        // A file in the way is an error, as mkdir -p makes it.
+        let file = base.join("file");
+        std::fs::write(&file, "x").unwrap();
+        let under = std::format!("{}/sub", file.to_str().unwrap());
+        assert_eq!(create_dir_all(file.to_str().unwrap(), 0o755), Err(rustix::io::Errno::EXIST));
+        assert_eq!(create_dir_all(&under, 0o755), Err(rustix::io::Errno::EXIST));
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

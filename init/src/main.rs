@@ -55,7 +55,7 @@ fn pid1() -> ! {
     load_modules(&config, &status);
     set_hostname(&config);
     let mut control = set_up_network(&config, &status);
-    let app = make_app_dirs();
+    let app = make_app_dirs(&config);
     let mut sup = start_supervisor(&app);
     let image = image_facts();
     let env = phase_env(&config, &app, control.as_ref());
@@ -247,10 +247,17 @@ fn control_nic(config: &Config, status: &StatusWriter) -> Option<nic::Control> {
     }
 }
 
-/// The application's directory, and the init's own under `/run`.
-fn make_app_dirs() -> AppPaths {
+/// The application's directory, its results directory, and the init's own under `/run`.
+fn make_app_dirs(config: &Config) -> AppPaths {
     let _ = rustix::fs::mkdir("/run/appliance", rustix::fs::Mode::from_raw_mode(0o755));
     let _ = rustix::fs::mkdir(APP_DIR, rustix::fs::Mode::from_raw_mode(0o755));
+    // `APP_RESULTS` is always set, so the directory is there to write into: a phase that
+    // writes `$APP_RESULTS/out.txt` without creating it first must not fail. (A file
+    // system that prerun mounts over it, or on one of its parents, hides it harmlessly.)
+    let results = config.results_dir_or_default();
+    if let Err(e) = appliance_init::create_dir_all(results, 0o755) {
+        log::warn!("cannot create the results directory {results}: {}", Describe(e));
+    }
     AppPaths::new(APP_DIR)
 }
 
