@@ -156,6 +156,26 @@ fn missing_app_run_is_reported_and_powers_off_cleanly() {
     assert_eq!(b.end(), Some(("poweroff".into(), 127)));
 }
 
+/// Regression: a phase whose interpreter (`#!/bin/sh`) or program loader the image lacked
+/// failed with "cannot execute /app/run: No such file or directory", as if the phase
+/// itself were missing. The build now warns, and the init names what is missing.
+#[test]
+fn a_phase_whose_interpreter_or_loader_is_missing_says_which() {
+    let tmp = TempDir::new().unwrap();
+    let img = image(tmp.path(), "description = \"no shell, no loader\"\n", &[("run", "#!/bin/sh\necho never\n")]);
+    // A dynamically linked program copied as a plain file: no loader comes with it.
+    std::fs::copy("/usr/bin/true", img.join("app/prerun")).unwrap();
+    let out = tmp.path().join("app");
+    let o = appliance_tests::appliance().args(["-q", "build"]).arg(&img).arg("-o").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let warnings = String::from_utf8_lossy(&o.stderr);
+    assert!(warnings.contains("/app/run is a script for /bin/sh, which the image does not hold"), "{warnings}");
+    let b = boot(&out, &[]);
+    assert_eq!(b.code, 127, "{b:?}");
+    b.assert_console("cannot execute /app/run: its interpreter /bin/sh is not in the image");
+    b.assert_console("cannot execute /app/prerun: its program loader /lib64/ld-linux-x86-64.so.2 is not in the image");
+}
+
 #[test]
 fn malformed_command_line_is_reported_and_defaults_apply() {
     let (_tmp, app) = hello();

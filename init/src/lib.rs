@@ -58,13 +58,19 @@ pub fn read_to_string(path: &str) -> Option<String> {
 
 /// Reads a whole file; `None` when it cannot be read.
 pub fn read_bytes(path: &str) -> Option<Vec<u8>> {
-    let fd =
-        rustix::fs::open(path, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-            .ok()?;
+    read_head(path, usize::MAX)
+}
+
+/// The first `limit` bytes of the file at `path` (fewer when it is shorter); `None` when
+/// it cannot be read.
+pub fn read_head(path: &str, limit: usize) -> Option<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
-        match rustix::io::read(&fd, &mut buf) {
+    while data.len() < limit {
+        let want = buf.len().min(limit - data.len());
+        match rustix::io::read(&fd, buf.get_mut(..want)?) {
             Ok(0) => break,
             Ok(n) => data.extend_from_slice(buf.get(..n)?),
             Err(rustix::io::Errno::INTR) => continue,

@@ -371,7 +371,22 @@ impl Supervisor {
             }
         }
         let e = exec.exec();
-        crate::console::write_err(format!("appliance-init: cannot execute {path}: {}\n", Describe(e)).as_bytes());
+        // ENOENT for a program that is there: what it needs first is not (a script's
+        // interpreter, a dynamic program's loader), which the bare error hides.
+        let lacking = match e {
+            Errno::NOENT => crate::read_head(path, 4096).as_deref().and_then(needed_first),
+            _ => None,
+        };
+        let message = match lacking {
+            Some((what, needed)) => {
+                format!(
+                    "appliance-init: cannot execute {path}: its {what} {needed} is not in the image ({})\n",
+                    Describe(e)
+                )
+            }
+            None => format!("appliance-init: cannot execute {path}: {}\n", Describe(e)),
+        };
+        crate::console::write_err(message.as_bytes());
         sys::exit(if e == Errno::NOENT || e == Errno::NOTDIR { 127 } else { 126 })
     }
 
@@ -572,6 +587,38 @@ fn wait_for_exec(seen: &OwnedFd, bound: Duration) {
     }
 }
 
+/// What the kernel opens before a program whose first bytes are `head` can run: a `#!`
+/// script's interpreter, or a dynamically linked ELF program's loader (its `PT_INTERP`).
+/// None for anything else (a static program, a script without an absolute interpreter).
+/// The ELF program headers are read by hand: an ELF parser in PID 1 for one field would
+/// cost more than these lines.
+fn needed_first(head: &[u8]) -> Option<(&'static str, String)> {
+    if let Some(rest) = head.strip_prefix(b"#!") {
+        let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+        let interpreter = core::str::from_utf8(line).ok()?.split_whitespace().next()?;
+        return interpreter.starts_with('/').then(|| ("interpreter", String::from(interpreter)));
+    }
+    // ELF64, little-endian: the only kind the kernel runs here.
+    if head.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |at: usize| Some(u16::from_le_bytes(head.get(at..at + 2)?.try_into().ok()?) as usize);
+    let u32_at = |at: usize| Some(u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| usize::try_from(u64::from_le_bytes(head.get(at..at + 8)?.try_into().ok()?)).ok();
+    let (phoff, phentsize, phnum) = (u64_at(32)?, u16_at(54)?, u16_at(56)?);
+    const PT_INTERP: u32 = 3;
+    (0..phnum).find_map(|i| {
+        let at = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(at)? != PT_INTERP {
+            return None;
+        }
+        let (offset, size) = (u64_at(at + 8)?, u64_at(at + 32)?);
+        let name = head.get(offset..offset.checked_add(size)?)?;
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        Some(("program loader", String::from(core::str::from_utf8(name).ok()?)))
+    })
+}
+
 /// Finds `program` as execve needs it: paths as given, bare names through PATH.
 fn resolve(program: &str, env: &[String]) -> Option<String> {
     if program.contains('/') {
@@ -588,6 +635,25 @@ fn resolve(program: &str, env: &[String]) -> Option<String> {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn what_a_program_needs_first_is_its_interpreter_or_its_loader() {
+        assert_eq!(needed_first(b"#!/bin/sh -e\necho\n"), Some(("interpreter", "/bin/sh".into())));
+        assert_eq!(needed_first(b"#! /usr/bin/env python3\n"), Some(("interpreter", "/usr/bin/env".into())));
+        assert_eq!(needed_first(b"#!sh\n"), None);
+        assert_eq!(needed_first(b"echo\n"), None);
+        assert_eq!(needed_first(b"\x7fELF\x02\x01"), None, "truncated");
+        // A dynamically linked program of the host: its loader.
+        let head = crate::read_head("/usr/bin/true", 4096).unwrap();
+        let (what, loader) = needed_first(&head).unwrap();
+        assert_eq!(what, "program loader");
+        assert!(loader.starts_with('/') && loader.contains("ld-linux"), "{loader}");
+        // No program headers at all (as a static program has no PT_INTERP): nothing.
+        let mut header = head.get(..64).unwrap().to_vec();
+        header[56] = 0;
+        header[57] = 0;
+        assert_eq!(needed_first(&header), None);
+    }
 
     /// A child that sleeps before its exec: the wait ends at the exec, not before, and not
     /// at the bound.

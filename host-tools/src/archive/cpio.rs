@@ -20,7 +20,7 @@ pub mod compare;
 pub mod read;
 pub mod tree;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
@@ -235,6 +235,40 @@ impl Archive {
     /// The entry at `path` (with or without a leading `/`), if one was added.
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path.trim_start_matches('/'))
+    }
+
+    /// The entry `path` names once the archive is unpacked: symlinks inside the archive
+    /// followed (absolute targets from the archive's root, as the kernel will see them),
+    /// `.` and `..` resolved. `None` when nothing is there, or after 40 symlinks (a loop).
+    pub fn resolve(&self, path: &str) -> Option<&Entry> {
+        let mut pending: VecDeque<String> = path.split('/').map(str::to_owned).collect();
+        let mut at: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(part) = pending.pop_front() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    at.pop();
+                    continue;
+                }
+                _ => at.push(part),
+            }
+            if let Some(Kind::Symlink { target }) = self.get(&at.join("/")).map(Entry::kind) {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                at.pop();
+                let target = target.to_string_lossy();
+                if target.starts_with('/') {
+                    at.clear();
+                }
+                for part in target.split('/').rev() {
+                    pending.push_front(part.to_owned());
+                }
+            }
+        }
+        self.get(&at.join("/"))
     }
 
     /// Number of entries added (parents the writer will create are not counted).
@@ -687,6 +721,23 @@ mod tests {
         archive.add(Entry::data("/bin/sh", "", 0o755)).unwrap();
         let err = archive.write(Vec::new(), 0).unwrap_err();
         assert!(err.to_string().contains("cannot add /bin/sh: /bin is a symlink to usr/bin"), "{err}");
+    }
+
+    #[test]
+    fn resolve_follows_symlinks_inside_the_archive() {
+        let mut archive = Archive::new();
+        archive.add(Entry::symlink("/bin", "usr/bin")).unwrap();
+        archive.add(Entry::data("/usr/bin/bash", "elf", 0o755)).unwrap();
+        archive.add(Entry::symlink("/usr/bin/sh", "bash")).unwrap();
+        archive.add(Entry::symlink("/usr/local/bin/env", "/bin/../bin/./sh")).unwrap();
+        archive.add(Entry::symlink("/loop/a", "b")).unwrap();
+        archive.add(Entry::symlink("/loop/b", "a")).unwrap();
+        for path in ["/bin/sh", "bin/bash", "/usr/bin/sh", "/usr/local/bin/env", "/usr/../bin//sh"] {
+            assert_eq!(archive.resolve(path).map(Entry::path), Some("usr/bin/bash"), "{path}");
+        }
+        for path in ["/bin/dash", "/usr/lib/ld.so", "/loop/a", "/"] {
+            assert!(archive.resolve(path).is_none(), "{path}");
+        }
     }
 
     #[test]

@@ -99,19 +99,22 @@ pub fn add_host_libraries(archive: &mut Archive, resolver: &mut Resolver, progra
 
 /// The absolute interpreter path of a `#!` script, if it is one. Reads at most 256
 /// bytes: the kernel looks no further for the `#!` line.
-fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
+pub(crate) fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
     let file = fs::File::open(path).map_err(io_error("read", path))?;
     let mut head = Vec::new();
     file.take(256).read_to_end(&mut head).map_err(io_error("read", path))?;
-    let Some(rest) = head.strip_prefix(b"#!") else {
-        return Ok(None);
-    };
+    Ok(shebang_of(&head))
+}
+
+/// The absolute interpreter path of the `#!` line that starts `head`, if any.
+pub(crate) fn shebang_of(head: &[u8]) -> Option<PathBuf> {
+    let rest = head.strip_prefix(b"#!")?;
     let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(String::from_utf8_lossy(line)
+    String::from_utf8_lossy(line)
         .split_whitespace()
         .next()
         .filter(|interpreter| interpreter.starts_with('/'))
-        .map(PathBuf::from))
+        .map(PathBuf::from)
 }
 
 /// Adds the host file `path` at the same path in the image, recreating each symlink met

@@ -518,6 +518,15 @@ pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<A
             return Err(Error::NotExecutable { path });
         }
     }
+    for phase in PHASES {
+        if let Some(interpreter) = missing_interpreter(&archive, phase)? {
+            log::warn!(
+                "{phase} is a script for {interpreter}, which the image does not hold: it would fail at boot \
+                 with \"No such file or directory\"; add \"{interpreter}\" to host_files",
+                interpreter = interpreter.display()
+            );
+        }
+    }
     if archive.get("/app/run").is_none() {
         log::warn!(
             "{} has no app/run and no [programs] \"/app/run\": the appliance has nothing to run",
@@ -525,6 +534,21 @@ pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<A
         );
     }
     Ok(archive)
+}
+
+/// The interpreter of the `#!` script at `path` in `archive` when the archive holds no
+/// file there (symlinks followed): the kernel would fail its exec with ENOENT, which reads
+/// as if the script itself were missing. Nothing for ELF programs (their loaders come
+/// with them from `host_files`), or for files that are not scripts.
+fn missing_interpreter(archive: &Archive, path: &str) -> Result<Option<PathBuf>, Error> {
+    let interpreter = match archive.get(path).map(Entry::kind) {
+        Some(Kind::File { source }) => files::shebang(source)?,
+        Some(Kind::Data(data)) => files::shebang_of(data),
+        _ => None,
+    };
+    Ok(interpreter.filter(|i| {
+        !matches!(archive.resolve(&i.to_string_lossy()).map(Entry::kind), Some(Kind::File { .. } | Kind::Data(_)))
+    }))
 }
 
 /// Adds the files of `[trace]`: its commands traced in the reference root, its list and
@@ -718,6 +742,29 @@ mod tests {
         fs::set_permissions(image.join("app/run"), fs::Permissions::from_mode(0o644)).unwrap();
         let err = collect(&image, &manifest, &tools).unwrap_err();
         assert!(err.to_string().contains("is not executable"), "{err}");
+    }
+
+    #[test]
+    fn a_phase_script_whose_interpreter_the_image_lacks_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("run");
+        fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        let mut archive = Archive::new();
+        archive.add(Entry::file("/app/run", &script, 0o755)).unwrap();
+        archive.add(Entry::data("/app/prerun", "#!/usr/bin/env bash\n", 0o755)).unwrap();
+        archive.add(Entry::data("/app/postrun", "echo no interpreter line\n", 0o755)).unwrap();
+        assert_eq!(missing_interpreter(&archive, "/app/run").unwrap(), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(missing_interpreter(&archive, "/app/prerun").unwrap(), Some(PathBuf::from("/usr/bin/env")));
+        assert_eq!(missing_interpreter(&archive, "/app/postrun").unwrap(), None);
+        assert_eq!(missing_interpreter(&archive, "/app/absent").unwrap(), None);
+        // Through the symlinks of a merged /usr, as the host's files arrive.
+        archive.add(Entry::symlink("/bin", "usr/bin")).unwrap();
+        archive.add(Entry::data("/usr/bin/dash", "elf", 0o755)).unwrap();
+        archive.add(Entry::symlink("/usr/bin/sh", "dash")).unwrap();
+        assert_eq!(missing_interpreter(&archive, "/app/run").unwrap(), None);
+        // A directory where the interpreter should be is no interpreter.
+        archive.add(Entry::directory("/usr/bin/env", 0o755)).unwrap();
+        assert_eq!(missing_interpreter(&archive, "/app/prerun").unwrap(), Some(PathBuf::from("/usr/bin/env")));
     }
 
     #[test]
