@@ -156,13 +156,18 @@ fn missing_app_run_is_reported_and_powers_off_cleanly() {
     assert_eq!(b.end(), Some(("poweroff".into(), 127)));
 }
 
-/// Regression: a phase whose interpreter (`#!/bin/sh`) or program loader the image lacked
-/// failed with "cannot execute /app/run: No such file or directory", as if the phase
-/// itself were missing. The build now warns, and the init names what is missing.
+/// Regression: a phase whose interpreter (`#!/bin/sh`) or program loader the image lacked,
+/// or a script saved with DOS line endings, failed with "cannot execute /app/run: No such
+/// file or directory", as if the phase itself were missing. The build now warns about the
+/// scripts, and the init says what is missing.
 #[test]
 fn a_phase_whose_interpreter_or_loader_is_missing_says_which() {
     let tmp = TempDir::new().unwrap();
-    let img = image(tmp.path(), "description = \"no shell, no loader\"\n", &[("run", "#!/bin/sh\necho never\n")]);
+    let img = image(
+        tmp.path(),
+        "description = \"no shell, no loader\"\n",
+        &[("run", "#!/bin/sh\necho never\n"), ("postrun", "#!/bin/sh\r\necho never\r\n")],
+    );
     // A dynamically linked program copied as a plain file: no loader comes with it.
     std::fs::copy("/usr/bin/true", img.join("app/prerun")).unwrap();
     let out = tmp.path().join("app");
@@ -170,10 +175,12 @@ fn a_phase_whose_interpreter_or_loader_is_missing_says_which() {
     assert!(o.status.success(), "{o:?}");
     let warnings = String::from_utf8_lossy(&o.stderr);
     assert!(warnings.contains("/app/run is a script for /bin/sh, which the image does not hold"), "{warnings}");
+    assert!(warnings.contains("/app/postrun has DOS line endings"), "{warnings}");
     let b = boot(&out, &[]);
     assert_eq!(b.code, 127, "{b:?}");
     b.assert_console("cannot execute /app/run: its interpreter /bin/sh is not in the image");
     b.assert_console("cannot execute /app/prerun: its program loader /lib64/ld-linux-x86-64.so.2 is not in the image");
+    b.assert_console("cannot execute /app/postrun: its #! line ends in a carriage return (DOS line endings)");
 }
 
 #[test]

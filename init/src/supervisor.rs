@@ -371,19 +371,14 @@ impl Supervisor {
             }
         }
         let e = exec.exec();
-        // ENOENT for a program that is there: what it needs first is not (a script's
-        // interpreter, a dynamic program's loader), which the bare error hides.
-        let lacking = match e {
-            Errno::NOENT => crate::read_head(path, 4096).as_deref().and_then(needed_first),
+        // What the bare error hides: ENOENT for a program that is there means that what it
+        // needs first is not; ENOEXEC for a text file, that it has no `#!` line.
+        let why = match e {
+            Errno::NOENT | Errno::NOEXEC => crate::read_head(path, 4096).and_then(|head| explain(e, &head)),
             _ => None,
         };
-        let message = match lacking {
-            Some((what, needed)) => {
-                format!(
-                    "appliance-init: cannot execute {path}: its {what} {needed} is not in the image ({})\n",
-                    Describe(e)
-                )
-            }
+        let message = match why {
+            Some(why) => format!("appliance-init: cannot execute {path}: {why} ({})\n", Describe(e)),
             None => format!("appliance-init: cannot execute {path}: {}\n", Describe(e)),
         };
         crate::console::write_err(message.as_bytes());
@@ -587,19 +582,36 @@ fn wait_for_exec(seen: &OwnedFd, bound: Duration) {
     }
 }
 
-/// What the kernel opens before a program whose first bytes are `head` can run: a `#!`
-/// script's interpreter, or a dynamically linked ELF program's loader (its `PT_INTERP`).
-/// None for anything else (a static program, a script without an absolute interpreter).
-/// The ELF program headers are read by hand: an ELF parser in PID 1 for one field would
-/// cost more than these lines.
-fn needed_first(head: &[u8]) -> Option<(&'static str, String)> {
+/// Why execve failed with `e` (ENOENT or ENOEXEC) for the program whose first bytes are
+/// `head`, in words, when the program itself is the cause: a `#!` interpreter or an ELF
+/// loader (`PT_INTERP`) the image lacks, a `#!` line ending in a carriage return (DOS line
+/// endings: the kernel looks for an interpreter whose name ends in `\r`), a text file with
+/// no `#!` line. The ELF program headers are read by hand: an ELF parser in PID 1 for one
+/// field would cost more than these lines.
+fn explain(e: Errno, head: &[u8]) -> Option<String> {
     if let Some(rest) = head.strip_prefix(b"#!") {
         let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-        let interpreter = core::str::from_utf8(line).ok()?.split_whitespace().next()?;
-        return interpreter.starts_with('/').then(|| ("interpreter", String::from(interpreter)));
+        let line = core::str::from_utf8(line).ok()?;
+        // The kernel splits the line at spaces and tabs only.
+        let interpreter = line.trim_start_matches([' ', '\t']).split([' ', '\t']).next()?;
+        return match interpreter.strip_suffix('\r') {
+            Some(name) if e == Errno::NOENT => Some(format!(
+                "its #! line ends in a carriage return (DOS line endings), so the kernel looks for an \
+                 interpreter named \"{name}\\r\": convert the file to Unix line endings"
+            )),
+            _ if e == Errno::NOENT && interpreter.starts_with('/') => {
+                Some(format!("its interpreter {interpreter} is not in the image"))
+            }
+            _ => None,
+        };
+    }
+    if head.get(..4) != Some(b"\x7fELF") {
+        return (e == Errno::NOEXEC && !head.contains(&0)).then(|| {
+            String::from("it is a text file without a #! line naming its interpreter (add one, e.g. #!/bin/sh)")
+        });
     }
     // ELF64, little-endian: the only kind the kernel runs here.
-    if head.get(..6)? != b"\x7fELF\x02\x01" {
+    if e != Errno::NOENT || head.get(4..6)? != b"\x02\x01" {
         return None;
     }
     let u16_at = |at: usize| Some(u16::from_le_bytes(head.get(at..at + 2)?.try_into().ok()?) as usize);
@@ -614,8 +626,8 @@ fn needed_first(head: &[u8]) -> Option<(&'static str, String)> {
         }
         let (offset, size) = (u64_at(at + 8)?, u64_at(at + 32)?);
         let name = head.get(offset..offset.checked_add(size)?)?;
-        let name = name.split(|&b| b == 0).next().unwrap_or_default();
-        Some(("program loader", String::from(core::str::from_utf8(name).ok()?)))
+        let name = core::str::from_utf8(name.split(|&b| b == 0).next().unwrap_or_default()).ok()?;
+        Some(format!("its program loader {name} is not in the image"))
     })
 }
 
@@ -637,22 +649,29 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn what_a_program_needs_first_is_its_interpreter_or_its_loader() {
-        assert_eq!(needed_first(b"#!/bin/sh -e\necho\n"), Some(("interpreter", "/bin/sh".into())));
-        assert_eq!(needed_first(b"#! /usr/bin/env python3\n"), Some(("interpreter", "/usr/bin/env".into())));
-        assert_eq!(needed_first(b"#!sh\n"), None);
-        assert_eq!(needed_first(b"echo\n"), None);
-        assert_eq!(needed_first(b"\x7fELF\x02\x01"), None, "truncated");
+    fn exec_failures_are_explained_by_what_the_program_lacks() {
+        let noent = |head: &[u8]| explain(Errno::NOENT, head);
+        assert_eq!(noent(b"#!/bin/sh -e\necho\n").as_deref(), Some("its interpreter /bin/sh is not in the image"));
+        assert_eq!(
+            noent(b"#! /usr/bin/env python3\n").as_deref(),
+            Some("its interpreter /usr/bin/env is not in the image")
+        );
+        let dos = noent(b"#!/bin/bash\r\necho\r\n").unwrap();
+        assert!(dos.contains("DOS line endings") && dos.contains("\"/bin/bash\\r\""), "{dos}");
+        assert_eq!(noent(b"#!sh\n"), None);
+        assert_eq!(noent(b"echo\n"), None);
+        assert_eq!(noent(b"\x7fELF\x02\x01"), None, "truncated");
+        let text = explain(Errno::NOEXEC, b"echo no interpreter line\n").unwrap();
+        assert!(text.contains("without a #! line"), "{text}");
+        assert_eq!(explain(Errno::NOEXEC, b"\x7fELF\x01\x01"), None, "a 32-bit program: the error says enough");
+        assert_eq!(explain(Errno::NOEXEC, b"\0\x01binary"), None);
         // A dynamically linked program of the host: its loader.
         let head = crate::read_head("/usr/bin/true", 4096).unwrap();
-        let (what, loader) = needed_first(&head).unwrap();
-        assert_eq!(what, "program loader");
-        assert!(loader.starts_with('/') && loader.contains("ld-linux"), "{loader}");
-        // No program headers at all (as a static program has no PT_INTERP): nothing.
-        let mut header = head.get(..64).unwrap().to_vec();
-        header[56] = 0;
-        header[57] = 0;
-        assert_eq!(needed_first(&header), None);
+        let loader = noent(&head).unwrap();
+        assert!(loader.starts_with("its program loader /") && loader.contains("ld-linux"), "{loader}");
+        // Only the ELF header, so no program headers to read (as a static program has no
+        // PT_INTERP): nothing to say.
+        assert_eq!(noent(head.get(..64).unwrap()), None);
     }
 
     /// A child that sleeps before its exec: the wait ends at the exec, not before, and not

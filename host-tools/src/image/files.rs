@@ -99,11 +99,16 @@ pub fn add_host_libraries(archive: &mut Archive, resolver: &mut Resolver, progra
 
 /// The absolute interpreter path of a `#!` script, if it is one. Reads at most 256
 /// bytes: the kernel looks no further for the `#!` line.
-pub(crate) fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
+fn shebang(path: &Path) -> Result<Option<PathBuf>, Error> {
+    Ok(shebang_of(&head(path)?))
+}
+
+/// The first 256 bytes of the host file `path`: as far as the kernel looks for a `#!` line.
+pub(crate) fn head(path: &Path) -> Result<Vec<u8>, Error> {
     let file = fs::File::open(path).map_err(io_error("read", path))?;
     let mut head = Vec::new();
     file.take(256).read_to_end(&mut head).map_err(io_error("read", path))?;
-    Ok(shebang_of(&head))
+    Ok(head)
 }
 
 /// The absolute interpreter path of the `#!` line that starts `head`, if any.

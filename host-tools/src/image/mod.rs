@@ -519,12 +519,8 @@ pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<A
         }
     }
     for phase in PHASES {
-        if let Some(interpreter) = missing_interpreter(&archive, phase)? {
-            log::warn!(
-                "{phase} is a script for {interpreter}, which the image does not hold: it would fail at boot \
-                 with \"No such file or directory\"; add \"{interpreter}\" to host_files",
-                interpreter = interpreter.display()
-            );
+        if let Some(problem) = script_problem(&archive, phase)? {
+            log::warn!("{phase} {problem}: it would fail at boot with \"No such file or directory\"");
         }
     }
     if archive.get("/app/run").is_none() {
@@ -536,18 +532,33 @@ pub fn collect(image_dir: &Path, manifest: &Manifest, tools: &Tools) -> Result<A
     Ok(archive)
 }
 
-/// The interpreter of the `#!` script at `path` in `archive` when the archive holds no
-/// file there (symlinks followed): the kernel would fail its exec with ENOENT, which reads
-/// as if the script itself were missing. Nothing for ELF programs (their loaders come
-/// with them from `host_files`), or for files that are not scripts.
-fn missing_interpreter(archive: &Archive, path: &str) -> Result<Option<PathBuf>, Error> {
-    let interpreter = match archive.get(path).map(Entry::kind) {
-        Some(Kind::File { source }) => files::shebang(source)?,
-        Some(Kind::Data(data)) => files::shebang_of(data),
-        _ => None,
+/// What keeps the kernel from starting the `#!` script at `path` in `archive`, in words:
+/// a `#!` line that ends in a carriage return (DOS line endings: the kernel looks for an
+/// interpreter whose name ends in `\r`), or an interpreter the archive holds no file for
+/// (symlinks followed). Either fails its exec with ENOENT, which reads as if the script
+/// itself were missing. Nothing for ELF programs (their loaders come with them from
+/// `host_files`), or for files that are not scripts.
+fn script_problem(archive: &Archive, path: &str) -> Result<Option<String>, Error> {
+    let head = match archive.get(path).map(Entry::kind) {
+        Some(Kind::File { source }) => files::head(source)?,
+        Some(Kind::Data(data)) => data.clone(),
+        _ => return Ok(None),
     };
-    Ok(interpreter.filter(|i| {
-        !matches!(archive.resolve(&i.to_string_lossy()).map(Entry::kind), Some(Kind::File { .. } | Kind::Data(_)))
+    let Some(interpreter) = files::shebang_of(&head) else { return Ok(None) };
+    let first_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    if first_line.ends_with(b"\r") {
+        return Ok(Some(format!(
+            "has DOS line endings: its #! line ends in a carriage return, so the kernel would look for an \
+             interpreter named \"{}\\r\"; convert it to Unix line endings",
+            interpreter.display()
+        )));
+    }
+    let held = matches!(
+        archive.resolve(&interpreter.to_string_lossy()).map(Entry::kind),
+        Some(Kind::File { .. } | Kind::Data(_))
+    );
+    Ok((!held).then(|| {
+        format!("is a script for {0}, which the image does not hold (add \"{0}\" to host_files)", interpreter.display())
     }))
 }
 
@@ -745,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn a_phase_script_whose_interpreter_the_image_lacks_is_found() {
+    fn a_phase_script_the_kernel_could_not_start_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("run");
         fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
@@ -753,18 +764,23 @@ mod tests {
         archive.add(Entry::file("/app/run", &script, 0o755)).unwrap();
         archive.add(Entry::data("/app/prerun", "#!/usr/bin/env bash\n", 0o755)).unwrap();
         archive.add(Entry::data("/app/postrun", "echo no interpreter line\n", 0o755)).unwrap();
-        assert_eq!(missing_interpreter(&archive, "/app/run").unwrap(), Some(PathBuf::from("/bin/sh")));
-        assert_eq!(missing_interpreter(&archive, "/app/prerun").unwrap(), Some(PathBuf::from("/usr/bin/env")));
-        assert_eq!(missing_interpreter(&archive, "/app/postrun").unwrap(), None);
-        assert_eq!(missing_interpreter(&archive, "/app/absent").unwrap(), None);
+        let problem = |archive: &Archive, path| script_problem(archive, path).unwrap().unwrap_or_default();
+        assert!(problem(&archive, "/app/run").contains("a script for /bin/sh, which the image does not hold"));
+        assert!(problem(&archive, "/app/prerun").contains("a script for /usr/bin/env,"));
+        assert_eq!(script_problem(&archive, "/app/postrun").unwrap(), None);
+        assert_eq!(script_problem(&archive, "/app/absent").unwrap(), None);
         // Through the symlinks of a merged /usr, as the host's files arrive.
         archive.add(Entry::symlink("/bin", "usr/bin")).unwrap();
         archive.add(Entry::data("/usr/bin/dash", "elf", 0o755)).unwrap();
         archive.add(Entry::symlink("/usr/bin/sh", "dash")).unwrap();
-        assert_eq!(missing_interpreter(&archive, "/app/run").unwrap(), None);
+        assert_eq!(script_problem(&archive, "/app/run").unwrap(), None);
         // A directory where the interpreter should be is no interpreter.
         archive.add(Entry::directory("/usr/bin/env", 0o755)).unwrap();
-        assert_eq!(missing_interpreter(&archive, "/app/prerun").unwrap(), Some(PathBuf::from("/usr/bin/env")));
+        assert!(problem(&archive, "/app/prerun").contains("a script for /usr/bin/env,"));
+        // Saved with DOS line endings: the interpreter is there, its name is not.
+        archive.insert(Entry::data("/app/run", "#!/bin/sh\r\necho hi\r\n", 0o755)).unwrap();
+        assert!(problem(&archive, "/app/run").contains("DOS line endings"));
+        assert!(problem(&archive, "/app/run").contains("\"/bin/sh\\r\""));
     }
 
     #[test]
