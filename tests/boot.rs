@@ -183,6 +183,28 @@ fn a_phase_whose_interpreter_or_loader_is_missing_says_which() {
     b.assert_console("cannot execute /app/postrun: its #! line ends in a carriage return (DOS line endings)");
 }
 
+/// Regression: an initrd too large for the guest's memory ended in a kernel panic ("System
+/// is deadlocked on memory", "Initramfs unpacking failed") and "no status from the guest",
+/// with nothing naming the cause. `appliance run` now says so before the boot, with the
+/// memory to pass, and that memory boots it.
+#[test]
+fn an_initrd_too_large_for_the_memory_is_named_before_the_boot() {
+    let tmp = TempDir::new().unwrap();
+    let manifest = "description = \"large\"\ncompression = \"none\"\n[files]\n\"/data/blob\" = \"blob\"\n\
+                    [programs]\n\"/app/run\" = \"appliance-hello\"\n";
+    let img = image(tmp.path(), manifest, &[]);
+    std::fs::write(img.join("blob"), vec![0u8; 24 << 20]).unwrap();
+    let app = build(&img, tmp.path());
+    let b = boot(&app, &["-m", "96"]);
+    assert_eq!(b.code, 125, "the boot fails as warned: {b:?}");
+    let warning = b.stderr.lines().find(|l| l.contains("the kernel cannot unpack it")).expect("the warning");
+    let suggested = warning.split("pass --memory ").nth(1).and_then(|w| w.split(' ').next()).unwrap();
+    let b = boot(&app, &["-m", suggested]);
+    assert_eq!(b.code, 0, "{suggested} MiB: {b:?}");
+    assert!(!b.stderr.contains("cannot unpack"), "{}", b.stderr);
+    b.assert_console("hello: exiting with 0");
+}
+
 #[test]
 fn malformed_command_line_is_reported_and_defaults_apply() {
     let (_tmp, app) = hello();
