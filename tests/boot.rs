@@ -205,6 +205,25 @@ fn an_initrd_too_large_for_the_memory_is_named_before_the_boot() {
     b.assert_console("hello: exiting with 0");
 }
 
+/// Regression: `appliance exp new` writes `image = "hello"`, which was looked up only under
+/// the working directory's `images/`: outside the checkout the new experiment's first run
+/// failed with "no image". Bare names now also come from the toolkit's own `images/`.
+#[test]
+fn the_toolkits_images_are_found_from_any_directory() {
+    let tmp = TempDir::new().unwrap();
+    let o = appliance_tests::appliance()
+        .current_dir(tmp.path())
+        .args(["-q", "build", "hello", "-o", "app"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(tmp.path().join("app/initrd").is_file());
+    let o = appliance_tests::appliance().current_dir(tmp.path()).args(["build", "helo"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no image \"helo\"") && err.contains("available images: ") && err.contains("hello"), "{err}");
+}
+
 #[test]
 fn malformed_command_line_is_reported_and_defaults_apply() {
     let (_tmp, app) = hello();

@@ -22,6 +22,7 @@ use appliance_host::image::{self, BuildOptions, Tools};
 #[derive(clap::Args)]
 pub struct Args {
     /// The image: a directory holding appliance.toml, or the name of one under ./images/
+    /// or in the toolkit's own images/ (the checkout this appliance was built in)
     #[arg(value_name = "IMAGE")]
     image: String,
 
@@ -55,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds `image` (a directory or a name under ./images/) into `out`
+/// Builds `image` (a directory, or a name under ./images/ or the toolkit's images/) into `out`
 /// (default `out/<name>`) and returns the app dir. Shared with `appliance run`.
 pub fn build_image(
     image: &str,

@@ -421,7 +421,8 @@ fn role_boots(dir: &Path, def: &Definition, build: bool) -> anyhow::Result<BTree
             (_, Some(app)) => dir.join(app),
             (Some(_), None) if !build => dir.join("apps").join(&role.name),
             (Some(image), None) => {
-                // An image beside the definition, else one the build finds (./images/NAME).
+                // An image beside the definition, else one the build finds (./images/NAME, or
+                // the toolkit's own images/NAME).
                 let local = dir.join(image);
                 let target = if local.join(appliance_host::image::manifest::FILE_NAME).exists() {
                     local.display().to_string()

@@ -16,7 +16,8 @@ use appliance_host::vm::{self, TimedOut, nfs, results, running, stop};
 /// Boot an appliance in QEMU, with its console on this terminal.
 ///
 /// TARGET is an app dir in the original layout (vmlinuz, initrd, cmdline; symlinks
-/// are fine), an image (a directory with appliance.toml, or a name under ./images/),
+/// are fine), an image (a directory with appliance.toml, or a name under ./images/ or the
+/// toolkit's own images/),
 /// which is built into out/<name> first, a disk image written by `appliance image` (any
 /// format qemu-img reads), booted under UEFI firmware (OVMF) with the command line it
 /// holds, or REGISTRY/REPO:VERSION, pulled first as `appliance pull` does (into

@@ -42,8 +42,9 @@ code = [0, 1]
 # One [[node]] per role of a run. A single node may leave its name out ("app").
 [[node]]
 name = "app"
-# An image (a directory with appliance.toml, or a name under ./images/), built once per
-# batch; or `app = "out/hello"`, an app dir already built.
+# An image (a directory beside this file or with appliance.toml, or a name under ./images/
+# or the toolkit's own images/), built once per batch; or `app = "out/hello"`, an app dir
+# already built.
 image = "hello"
 # /app/run's arguments (appArgs) and commands before it (appCmds), with {placeholders}.
 args = "{greeting} exit={code}"

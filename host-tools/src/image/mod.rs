@@ -118,12 +118,13 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] FsError),
     #[error(
-        "no image {name:?}: neither a directory with {} nor {IMAGES_DIR}/{name} under {}; {}",
+        "no image {name:?}: neither a directory with {} nor {IMAGES_DIR}/{name} under {}{}; {}",
         manifest::FILE_NAME,
         cwd.display(),
+        builtin.as_ref().map(|dir| format!(" nor {name} in {}", dir.display())).unwrap_or_default(),
         available_images(available)
     )]
-    ImageNotFound { name: String, cwd: PathBuf, available: Vec<String> },
+    ImageNotFound { name: String, cwd: PathBuf, builtin: Option<PathBuf>, available: Vec<String> },
 }
 
 fn available_images(names: &[String]) -> String {
@@ -258,29 +259,48 @@ pub struct BuildReport {
 }
 
 /// The image directory `arg` names: a directory holding `appliance.toml`, else a bare
-/// name found as `images/<name>` under `cwd`.
+/// name found as `images/<name>` under `cwd`, else in the `images/` of the checkout the
+/// running executable was built in, so that `appliance run hello` and an experiment's
+/// `image = "hello"` work from any directory.
 pub fn locate_image(arg: &str, cwd: &Path) -> Result<PathBuf, Error> {
+    let builtin =
+        std::env::current_exe().ok().and_then(|exe| checkout::Checkout::of(&exe)).map(|c| c.root.join(IMAGES_DIR));
+    locate_image_in(arg, cwd, builtin.as_deref())
+}
+
+/// [`locate_image`] with `builtin` as the toolkit's own images directory.
+fn locate_image_in(arg: &str, cwd: &Path, builtin: Option<&Path>) -> Result<PathBuf, Error> {
     let direct = cwd.join(arg);
     if direct.join(manifest::FILE_NAME).is_file() {
         return Ok(PathBuf::from(arg));
     }
     let bare = Path::new(arg).components().count() == 1
         && matches!(Path::new(arg).components().next(), Some(Component::Normal(_)));
+    let dirs: Vec<PathBuf> = [Some(cwd.join(IMAGES_DIR)), builtin.map(Path::to_owned)].into_iter().flatten().collect();
     if bare {
         let named = Path::new(IMAGES_DIR).join(arg);
         if cwd.join(&named).join(manifest::FILE_NAME).is_file() {
             return Ok(named);
         }
+        if let Some(dir) = builtin
+            && dir.join(arg).join(manifest::FILE_NAME).is_file()
+        {
+            return Ok(dir.join(arg));
+        }
     }
-    let mut available: Vec<String> = fs::read_dir(cwd.join(IMAGES_DIR))
-        .into_iter()
-        .flatten()
+    let available: BTreeSet<String> = dirs
+        .iter()
+        .flat_map(|dir| fs::read_dir(dir).into_iter().flatten())
         .filter_map(Result::ok)
         .filter(|entry| entry.path().join(manifest::FILE_NAME).is_file())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect();
-    available.sort();
-    Err(Error::ImageNotFound { name: arg.to_owned(), cwd: cwd.to_owned(), available })
+    Err(Error::ImageNotFound {
+        name: arg.to_owned(),
+        cwd: cwd.to_owned(),
+        builtin: builtin.map(Path::to_owned),
+        available: available.into_iter().collect(),
+    })
 }
 
 /// The image's name: its directory's name.
@@ -715,6 +735,19 @@ mod tests {
         assert!(err.to_string().ends_with("available images: alpha, beta"), "{err}");
         let err = locate_image("gamma", &cwd.join("images")).unwrap_err();
         assert!(err.to_string().ends_with("there are no images here"), "{err}");
+
+        // The toolkit's own images, from anywhere; the working directory's come first.
+        let toolkit = tempfile::tempdir().unwrap();
+        for name in ["alpha", "hello"] {
+            fs::create_dir_all(toolkit.path().join(name)).unwrap();
+            fs::write(toolkit.path().join(name).join(manifest::FILE_NAME), "").unwrap();
+        }
+        let builtin = Some(toolkit.path());
+        assert_eq!(locate_image_in("hello", cwd, builtin).unwrap(), toolkit.path().join("hello"));
+        assert_eq!(locate_image_in("alpha", cwd, builtin).unwrap(), Path::new("images/alpha"));
+        let err = locate_image_in("gamma", cwd, builtin).unwrap_err().to_string();
+        assert!(err.contains(&format!("nor gamma in {}", toolkit.path().display())), "{err}");
+        assert!(err.ends_with("available images: alpha, beta, hello"), "{err}");
     }
 
     #[test]
