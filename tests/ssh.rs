@@ -273,11 +273,12 @@ fn ctrl_alt_del_stops_the_running_app_and_powers_off() {
 fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     let tmp = TempDir::new().unwrap();
     // The stop ends prerun too (PID 1 forwards it). Prerun then waits in a loop of
-    // builtins, not in a program it starts: a SIGTERM that reaches bash while it starts
-    // a program can be lost (bash records it in a handler of its own until the exec), so
-    // with `sleep 60` (and with `exec sleep 60`) prerun outlived the forwarded SIGTERM in
-    // about one boot in eight with two VMs at once, logged as forwarded, and the 5 s grace
-    // ended it with SIGKILL. The loop is bounded by that grace.
+    // builtins, not in a program it starts: the init's EXIT trap (which carries exports)
+    // makes bash catch SIGTERM, and bash acts on a caught signal only when its foreground
+    // program ends. A SIGTERM that arrives while bash forks that program (bash blocks it
+    // then) never reaches the program, so bash waited for `sleep 60` until the 5 s grace
+    // ended it with SIGKILL, in 4 of 27 boots with two VMs at once (docs/protocol.md,
+    // "What carries over"). The loop is bounded by that grace.
     let prerun = "#!/bin/bash\necho prerun-asks-to-stop\nkill -TERM 1\nwhile :; do :; done\n";
     let img = image(
         tmp.path(),
