@@ -1,6 +1,7 @@
 //! Boots real appliances in QEMU (TCG) and checks what came back: the console, the exit
 //! status of `appliance run`, and the init's status record.
 
+use appliance_cmdline::status::Event;
 use appliance_tests::{Boot, Session, bash_manifest, boot, build, image, root};
 use tempfile::TempDir;
 
@@ -54,6 +55,12 @@ fn run_exit_status_is_the_exit_status_of_appliance_run() {
     assert_eq!(b.code, 3, "{b:?}");
     assert_eq!(b.end(), Some(("poweroff".into(), 3)));
     b.assert_console("hello: exiting with 3");
+    // A failure that was not the memory's is not blamed on it.
+    assert!(!b.console.contains("out of memory"), "{b:?}");
+    assert!(
+        b.events.iter().all(|e| !matches!(e, Event::PhaseEnd { oom_killed, .. } if !oom_killed.is_empty())),
+        "{b:?}"
+    );
 }
 
 #[test]
@@ -289,6 +296,35 @@ fn a_run_can_write_into_app_results_without_creating_it() {
     let b = boot(&build(&img, tmp.path()), &["--", "appResultsDir=/data/deeper/out"]);
     assert_eq!(b.code, 0, "{b:?}");
     b.assert_console("read back: kept from /data/deeper/out");
+}
+
+/// Regression: a run that outgrew the guest's memory (512 MiB by default, the original's
+/// machines had 8 GiB) "exited with status 137", and only the kernel's log said why.
+#[test]
+fn a_run_ended_by_the_out_of_memory_killer_is_named() {
+    let tmp = TempDir::new().unwrap();
+    let manifest = "description = \"test image\"\nhost_files = [\"/bin/bash\", \"/usr/bin/tail\"]\n";
+    // tail keeps all of a line that never ends: it grows until the killer ends it.
+    let run = "#!/bin/bash\necho filling-the-memory\ntail /dev/zero\n";
+    let img = image(tmp.path(), manifest, &[("run", run)]);
+    let b = boot(&build(&img, tmp.path()), &["-m", "128"]);
+    assert_eq!(b.code, 137, "{b:?}");
+    let killed = b.events.iter().find_map(|e| match e {
+        Event::PhaseEnd { phase, oom_killed, .. } if phase == "run" => Some(oom_killed.clone()),
+        _ => None,
+    });
+    let killed = killed.unwrap_or_else(|| panic!("no end of run: {b:?}"));
+    assert!(killed.iter().any(|k| k.name == "tail" && k.pid > 1), "{b:?}");
+    b.assert_console(
+        "run failed after the guest ran out of memory: the kernel's out-of-memory killer ended tail (pid ",
+    );
+    assert!(
+        b.stderr.contains(
+            "run status 137, poweroff (out of memory in run: the guest's kernel killed tail; give it more with -m)"
+        ),
+        "{}",
+        b.stderr
+    );
 }
 
 /// Regression: the original sourced its phases, so what an unchanged prerun exported was

@@ -6,6 +6,7 @@
 //! so `init.t_us` is also the kernel's time to reach `/init`.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 /// Version of the record format; bumped on incompatible changes.
@@ -66,6 +67,11 @@ pub enum Event {
         status: i32,
         #[serde(default, skip_serializing_if = "is_false")]
         timed_out: bool,
+        /// For a phase that failed: the processes the kernel's out-of-memory killer ended
+        /// since boot or the last failed phase, as the kernel's log names them; the likely
+        /// reason it failed (the guest's memory, and the initramfs in it, were full).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        oom_killed: Vec<OomKill>,
     },
     /// A console shell starts on the console's terminal `tty`: `phase` is `debug`
     /// (`appDebug`) or `end` (`appEnd=shell`, or beside the SSH server). Console input the
@@ -136,6 +142,14 @@ pub enum Event {
     /// The end action is about to happen. `status` is the run phase's status (the
     /// appliance's result); `action` is what the init does now.
     End { t_us: u64, action: String, status: i32 },
+}
+
+/// A process the kernel's out-of-memory killer ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomKill {
+    pub pid: u32,
+    /// Its command name (`comm`, at most 15 bytes).
+    pub name: String,
 }
 
 /// A network interface's counters (sysfs `statistics/`).
@@ -209,6 +223,7 @@ mod tests {
                 exit: Exit::Signal(9),
                 status: 137,
                 timed_out: false,
+                oom_killed: alloc::vec![OomKill { pid: 57, name: "tail".to_string() }],
             },
             Event::PhaseEnd {
                 t_us: 4,
@@ -217,6 +232,7 @@ mod tests {
                 exit: Exit::Signal(15),
                 status: TIMED_OUT,
                 timed_out: true,
+                oom_killed: Vec::new(),
             },
             Event::Error { t_us: 4, message: "no /app/run".to_string() },
             Event::Shell { t_us: 4, phase: "debug".to_string(), tty: "/dev/ttyS0".to_string() },
@@ -271,8 +287,8 @@ mod tests {
         }
     }
 
-    /// Records written before `timed_out` existed still read, and a phase that ended in
-    /// time writes no such field.
+    /// Records written before `timed_out` and `oom_killed` existed still read, and a
+    /// phase that ended in time with nothing killed writes neither field.
     #[test]
     fn timed_out_is_written_only_when_true() {
         let line = "{\"event\":\"phase_end\",\"t_us\":3,\"phase\":\"run\",\"exit\":{\"code\":0},\"status\":0}";

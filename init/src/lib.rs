@@ -34,6 +34,7 @@ pub mod modules;
 pub mod mount;
 pub mod net;
 pub mod nic;
+pub mod oom;
 pub mod plan;
 pub mod power;
 pub mod procs;

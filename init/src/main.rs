@@ -23,8 +23,8 @@ use appliance_init::sequence::{self, Context, Outcome};
 use appliance_init::status::{self, StatusWriter, t_us};
 use appliance_init::supervisor::{Command, Stdio, Supervisor};
 use appliance_init::{
-    cli, console, exports, kexec, logger, modules, mount, net, nic, power, read_to_string, results, shutdown, sshd,
-    sys, watch,
+    cli, console, exports, kexec, logger, modules, mount, net, nic, oom, power, read_to_string, results, shutdown,
+    sshd, sys, watch,
 };
 use core::cell::OnceCell;
 use rustix::fd::OwnedFd;
@@ -67,6 +67,7 @@ fn pid1() -> ! {
         tty: OnceCell::new(),
         status: &status,
         exports,
+        oom: Some(oom::Watch::default()),
     };
     let outcome = run_phases(&mut sup, &config, &app, &image, &mut ctx, control.as_ref());
     // When no phase ran, here.
@@ -496,6 +497,7 @@ fn supervise(args: &Args) -> ! {
                 tty: OnceCell::from(String::from("/dev/tty")),
                 status: &status,
                 exports,
+                oom: None,
             };
             let phases = plan::phases(&parsed.config, &commands(&parsed.config), &app, &image);
             sequence::run(&mut sup, &phases, &mut ctx).run_status

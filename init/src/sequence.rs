@@ -7,6 +7,7 @@ use appliance_cmdline::status::{Exit, TIMED_OUT};
 use core::cell::OnceCell;
 
 use crate::exports;
+use crate::oom;
 use crate::plan::{self, Phase, PhaseKind};
 use crate::status::StatusWriter;
 use crate::supervisor::{Command, STOP, Stdio, Supervisor};
@@ -37,6 +38,9 @@ pub struct Context<'a> {
     /// `None` when they are not (`appCarryEnv=0`, or no shell in the image).
     pub exports: Option<exports::Save>,
     pub status: &'a StatusWriter,
+    /// Where failed phases look for the out-of-memory killer: the kernel's log, so PID 1
+    /// only (`None` in supervisor mode, where the log is the host's).
+    pub oom: Option<oom::Watch>,
 }
 
 impl Context<'_> {
@@ -77,8 +81,18 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
         } else {
             run_phase(sup, phase, ctx)
         };
-        ctx.status.phase_end(phase.kind, exit, timed_out);
+        let failed = timed_out || exit.status() != 0;
+        let oom_killed = match &mut ctx.oom {
+            Some(watch) if failed => watch.kills(),
+            _ => Vec::new(),
+        };
         report(phase, exit, timed_out);
+        if !oom_killed.is_empty() {
+            let message = out_of_memory(phase, &oom_killed);
+            log::error!("{message}");
+            ctx.status.error(message);
+        }
+        ctx.status.phase_end(phase.kind, exit, timed_out, oom_killed);
         if phase.kind == PhaseKind::Run {
             // As timeout(1) reports it: a run that was ended is not a success, whatever
             // its process said when it went.
@@ -146,6 +160,19 @@ fn report(phase: &Phase, exit: Exit, timed_out: bool) {
         Exit::Code(c) => log::warn!("{} exited with status {c}", label(phase.kind)),
         Exit::Signal(s) => log::warn!("{} killed by signal {s}", label(phase.kind)),
     }
+}
+
+/// What to tell the user about a phase that failed after the out-of-memory killer ended
+/// `killed`.
+fn out_of_memory(phase: &Phase, killed: &[appliance_cmdline::status::OomKill]) -> String {
+    let names: Vec<String> = killed.iter().map(|k| format!("{} (pid {})", k.name, k.pid)).collect();
+    format!(
+        "{} failed after the guest ran out of memory: the kernel's out-of-memory killer ended {}; \
+         give the guest more memory (appliance run -m MIB; the files in its initramfs, /tmp and \
+         the results use it too)",
+        label(phase.kind),
+        names.join(", ")
+    )
 }
 
 /// Adds the variables the last phase appended to the env file to every later phase.

@@ -3,7 +3,7 @@
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
-use appliance_cmdline::status::{Event, Exit, TIMED_OUT};
+use appliance_cmdline::status::{Event, Exit, OomKill, TIMED_OUT};
 use core::cell::{Cell, RefCell};
 use core::time::Duration;
 use rustix::fd::{AsFd, OwnedFd};
@@ -117,8 +117,9 @@ impl StatusWriter {
         self.emit(&Event::PhaseStart { t_us: t_us(), phase: String::from(kind.name()), index: kind.index() });
     }
 
-    /// The end of a phase; `timed_out`: the init ended it at its time limit.
-    pub fn phase_end(&self, kind: PhaseKind, exit: Exit, timed_out: bool) {
+    /// The end of a phase; `timed_out`: the init ended it at its time limit; `oom_killed`:
+    /// what the out-of-memory killer ended meanwhile.
+    pub fn phase_end(&self, kind: PhaseKind, exit: Exit, timed_out: bool, oom_killed: Vec<OomKill>) {
         self.emit(&Event::PhaseEnd {
             t_us: t_us(),
             phase: String::from(kind.name()),
@@ -126,6 +127,7 @@ impl StatusWriter {
             exit,
             status: if timed_out { TIMED_OUT } else { exit.status() },
             timed_out,
+            oom_killed,
         });
     }
 

@@ -222,21 +222,32 @@ pub fn words(name: &str, args: Option<&str>, cmds: Option<&str>, extra: &[String
     words
 }
 
-fn outcome(job: &NodeJob, report: &vm::RunReport, stream: &Path) -> Outcome {
-    let mut reason = match (report.timed_out, report.end()) {
-        (Some(TimedOut::Killed), _) => Some(format!("timed out after {} s: VM killed", job.timeout.as_secs())),
-        (Some(TimedOut::PoweredOff), _) => {
-            Some(format!("timed out after {} s: stopped gracefully", job.timeout.as_secs()))
-        }
+/// Why a node's run failed, from its report; `None` when it did not.
+fn reason(report: &vm::RunReport, timeout: Duration, memory_mib: u32) -> Option<String> {
+    match (report.timed_out, report.end()) {
+        (Some(TimedOut::Killed), _) => Some(format!("timed out after {} s: VM killed", timeout.as_secs())),
+        (Some(TimedOut::PoweredOff), _) => Some(format!("timed out after {} s: stopped gracefully", timeout.as_secs())),
         (None, Some((_, 0))) => None,
-        (None, Some((_, status))) => Some(format!("/app/run exited with {status}")),
+        (None, Some((_, status))) => Some(match report.out_of_memory() {
+            Some((phase, names)) => format!(
+                "/app/run exited with {status}; out of memory in {phase}: the guest's kernel killed {} \
+                 (the role has memory = {} MiB)",
+                names.join(", "),
+                memory_mib
+            ),
+            None => format!("/app/run exited with {status}"),
+        }),
         (None, None) => Some(
             report
                 .killed
                 .clone()
                 .unwrap_or_else(|| "no status from the guest (kernel panic or crash? see console.log)".to_string()),
         ),
-    };
+    }
+}
+
+fn outcome(job: &NodeJob, report: &vm::RunReport, stream: &Path) -> Outcome {
+    let mut reason = reason(report, job.timeout, job.memory_mib);
     let (mut files, mut bytes) = (0, 0);
     match save_results(job, report, stream) {
         Ok(Some((f, b))) => (files, bytes) = (f, b),
@@ -407,4 +418,46 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appliance_cmdline::status::{Exit, OomKill};
+
+    fn report(events: Vec<Event>) -> vm::RunReport {
+        vm::RunReport {
+            events,
+            garbled: vec![],
+            wall: Duration::from_secs(3),
+            timed_out: None,
+            qemu_status: None,
+            killed: None,
+        }
+    }
+
+    #[test]
+    fn a_run_the_out_of_memory_killer_ended_says_so_with_the_roles_memory() {
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 137 };
+        let run_end = |oom_killed| Event::PhaseEnd {
+            t_us: 8,
+            phase: "run".into(),
+            index: None,
+            exit: Exit::Code(137),
+            status: 137,
+            timed_out: false,
+            oom_killed,
+        };
+        let killed = vec![OomKill { pid: 57, name: "python3".into() }];
+        let r = report(vec![run_end(killed), end.clone()]);
+        assert_eq!(
+            reason(&r, Duration::from_secs(60), 256).as_deref(),
+            Some(
+                "/app/run exited with 137; out of memory in run: the guest's kernel killed python3 \
+                 (the role has memory = 256 MiB)"
+            )
+        );
+        let r = report(vec![run_end(vec![]), end]);
+        assert_eq!(reason(&r, Duration::from_secs(60), 256).as_deref(), Some("/app/run exited with 137"));
+    }
 }

@@ -120,6 +120,17 @@ impl RunReport {
         })
     }
 
+    /// What the guest's out-of-memory killer ended before a phase failed: the phase and
+    /// the processes' names, for the first such phase.
+    pub fn out_of_memory(&self) -> Option<(&str, Vec<&str>)> {
+        self.events.iter().find_map(|e| match e {
+            Event::PhaseEnd { phase, oom_killed, .. } if !oom_killed.is_empty() => {
+                Some((phase.as_str(), oom_killed.iter().map(|k| k.name.as_str()).collect()))
+            }
+            _ => None,
+        })
+    }
+
     /// The one-line summary `appliance run` prints.
     pub fn summary(&self) -> String {
         let ms = |us: u64| format!("{:.0} ms", us as f64 / 1000.0);
@@ -152,6 +163,13 @@ impl RunReport {
         };
         let outcome = match self.run_limit() {
             Some(phase) => format!("{outcome} ({phase} timed out in the guest: appRunTimeout)"),
+            None => outcome,
+        };
+        let outcome = match self.out_of_memory() {
+            Some((phase, names)) => format!(
+                "{outcome} (out of memory in {phase}: the guest's kernel killed {}; give it more with -m)",
+                names.join(", ")
+            ),
             None => outcome,
         };
         format!("appliance: {outcome}; {}", parts.join(", "))
@@ -452,6 +470,7 @@ mod tests {
             exit: Exit::Signal(15),
             status: appliance_cmdline::status::TIMED_OUT,
             timed_out: true,
+            oom_killed: Vec::new(),
         };
         let end = Event::End { t_us: 9, action: "poweroff".into(), status: 124 };
         let s = report(vec![limited, end], None).summary();
@@ -459,6 +478,30 @@ mod tests {
             s.starts_with("appliance: run status 124, poweroff (run timed out in the guest: appRunTimeout);"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn summary_names_what_the_guests_out_of_memory_killer_ended() {
+        let oom = Event::PhaseEnd {
+            t_us: 8,
+            phase: "run".into(),
+            index: None,
+            exit: Exit::Code(137),
+            status: 137,
+            timed_out: false,
+            oom_killed: vec![appliance_cmdline::status::OomKill { pid: 57, name: "tail".into() }],
+        };
+        let end = Event::End { t_us: 9, action: "poweroff".into(), status: 137 };
+        let s = report(vec![oom, end.clone()], None).summary();
+        assert!(
+            s.starts_with(
+                "appliance: run status 137, poweroff (out of memory in run: the guest's kernel killed tail; \
+                 give it more with -m);"
+            ),
+            "{s}"
+        );
+        let s = report(vec![end], None).summary();
+        assert!(!s.contains("memory"), "{s}");
     }
 
     /// A stand-in for QEMU: a shell script that ignores QEMU's arguments.
