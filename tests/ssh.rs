@@ -296,6 +296,35 @@ fn sigterm_to_pid_1_skips_the_remaining_phases_and_powers_off() {
     assert_eq!(b.code, 143, "{b:?}");
 }
 
+/// A program that cleans up on SIGTERM gets `appStopGrace` seconds for it, not a fixed 5.
+#[test]
+fn app_stop_grace_is_the_time_a_stopped_program_has_to_clean_up() {
+    let tmp = TempDir::new().unwrap();
+    // The cleanup's sleep starts after the stop was forwarded: it does not get SIGTERM.
+    let prerun = "#!/bin/bash\ntrap 'echo cleaning-up; sleep 3; echo cleaned-up; exit 0' TERM\n\
+                  kill -TERM 1\nwhile :; do :; done\n";
+    let manifest = bash_manifest("kernel = \"build:6.1\"\n");
+    let img = image(tmp.path(), &manifest, &[("prerun", prerun), ("run", "#!/bin/bash\necho run-ran\n")]);
+    let app = build(&img, tmp.path());
+    let b = appliance_tests::boot(&app, &["--", "appStopGrace=20"]);
+    b.assert_console("cleaned-up");
+    assert_eq!(phase_end(&b.events, "prerun"), Some(Exit::Code(0)), "{b:?}");
+    assert!(!b.console.contains("killing it"), "{}", b.console);
+    assert!(!b.console.contains("run-ran"), "{}", b.console);
+    assert_eq!(b.code, 143, "{b:?}");
+    // Control: a grace shorter than the cleanup ends it with SIGKILL.
+    let b = appliance_tests::boot(&app, &["--", "appStopGrace=1"]);
+    b.assert_console("cleaning-up");
+    b.assert_console("still running 1 s after the stop request (appStopGrace): killing it");
+    assert!(!b.console.contains("cleaned-up"), "{}", b.console);
+    assert_eq!(phase_end(&b.events, "prerun"), Some(Exit::Signal(9)), "{b:?}");
+    // A guest grace the host's would cut short is named before the boot.
+    let o =
+        appliance().arg("run").arg(&app).args(["--dry-run", "--stop-grace", "10", "--", "appStopGrace=10"]).output();
+    let err = String::from_utf8_lossy(&o.unwrap().stderr).into_owned();
+    assert!(err.contains("raise --stop-grace above 10 s"), "{err}");
+}
+
 #[test]
 fn run_ssh_forwards_a_loopback_port_and_sets_the_guest_address_unless_given() {
     let tmp = TempDir::new().unwrap();

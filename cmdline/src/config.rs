@@ -21,6 +21,10 @@ pub const APP_RUN: &str = "/app/run";
 pub const APP_POSTRUN: &str = "/app/postrun";
 pub const APP_OUT: &str = "/app/output";
 
+/// Seconds a program has to end after SIGTERM before it is killed, unless `appStopGrace`
+/// says otherwise.
+pub const DEFAULT_STOP_GRACE: u32 = 5;
+
 /// What the appliance parameters ask for. `Default` is what an empty command line means.
 /// Deserialising accepts any subset of the fields (the rest take their defaults).
 ///
@@ -75,6 +79,9 @@ pub struct Config {
     /// `appRunTimeout`: seconds after which the init ends `/app/run` (and, separately,
     /// `/app/postrun`), where no host is watching the run.
     pub run_timeout: Option<u32>,
+    /// `appStopGrace`: seconds a program has to end after the SIGTERM of a stop request or
+    /// of its time limit before the init kills it; `None` means [`DEFAULT_STOP_GRACE`].
+    pub stop_grace: Option<u32>,
     /// `appCarryEnv=0`: the variables a shell-script phase exports stay in that phase
     /// instead of reaching the later ones (see `docs/protocol.md`, "Carrying variables").
     /// Inverted so that the default, carrying them as the original did, is `false`.
@@ -94,6 +101,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// `appStopGrace`, or [`DEFAULT_STOP_GRACE`].
+    pub fn stop_grace_or_default(&self) -> u32 {
+        self.stop_grace.unwrap_or(DEFAULT_STOP_GRACE)
+    }
+
     /// `appResultsDir`, or `/app/results`.
     pub fn results_dir_or_default(&self) -> &str {
         self.results_dir.as_deref().unwrap_or(DEFAULT_RESULTS_DIR)
@@ -142,6 +154,7 @@ impl Config {
             ("APP_RESULTS_TO", self.results_to.as_ref().map(|r| r.to_string())),
             ("APP_RUNID", self.run_id.clone()),
             ("APP_RUN_TIMEOUT", self.run_timeout.map(|t| t.to_string())),
+            ("APP_STOP_GRACE", self.stop_grace.map(|t| t.to_string())),
             ("APP_KEXEC", self.kexec.as_ref().map(|k| k.to_string())),
             ("APP_SEGIP", self.seg_ip.map(|ip| ip.to_string())),
             ("APP_PEERS", self.peers.clone()),

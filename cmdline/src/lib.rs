@@ -37,7 +37,7 @@ pub mod status;
 pub mod suggest;
 
 pub use cmds::{join_cmds, parse_cmds_file, split_cmds};
-pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config};
+pub use config::{APP_DIR, APP_OUT, APP_POSTRUN, APP_PRERUN, APP_RUN, Config, DEFAULT_STOP_GRACE};
 pub use error::Error;
 pub use params::KNOWN_KEYS;
 pub use parse::{Parsed, parse, parse_strict};

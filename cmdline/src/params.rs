@@ -27,6 +27,7 @@ const CMD_EXPECTED: &str = "a trimmed, non-empty command without NUL";
 const TEXT_EXPECTED: &str = "a non-empty value without NUL (leave the field unset instead)";
 const ARG_EXPECTED: &str = "an argument without NUL";
 const SECONDS_EXPECTED: &str = "a whole number of seconds from 1 (e.g. 600)";
+const GRACE_EXPECTED: &str = "a whole number of seconds (e.g. 30; 0 kills at once)";
 
 // Here rather than in `config`, which defines the fields: the table sits above them.
 impl Config {
@@ -254,6 +255,20 @@ pub(crate) const PARAMS: &[Param] = &[
             _ => valid(),
         },
         render: |c| c.run_timeout.map(|s| Rendered::Value(s.to_string())),
+    },
+    Param {
+        key: "appStopGrace",
+        reset: |c| c.stop_grace = None,
+        bare: None,
+        parse: |c, v| match v.parse::<u32>() {
+            Ok(s) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                c.stop_grace = Some(s);
+                Ok(())
+            }
+            _ => Err(invalid("appStopGrace", v, GRACE_EXPECTED)),
+        },
+        check: |_| valid(),
+        render: |c| c.stop_grace.map(|s| Rendered::Value(s.to_string())),
     },
     // On by default: only `=0` (or another false boolean) means something, so the bare key
     // is not a flag.

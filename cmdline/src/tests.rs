@@ -314,7 +314,7 @@ fn every_parameter() {
          appMac=52-54-00-AB-CD-EF appIp=192.168.1.5/16 appNode=node_1 appCtlServer=10.0.2.2 \
          appCtlUser=me appCtlDir=/tmp/runs appCtlFile=out.txt appLog=trace appModules=virtio_net,9p \
          appGateway=192.168.1.1 appNetDown appResultsTo=nfs:10.0.2.2:/,port=2049 appResultsDir=/app/r \
-         appRunId=run-1 appRunTimeout=600 appCarryEnv=0 appStatus=ttyS0 appKexec=http://10.0.2.2:8000/app/ \
+         appRunId=run-1 appRunTimeout=600 appStopGrace=30 appCarryEnv=0 appStatus=ttyS0 appKexec=http://10.0.2.2:8000/app/ \
          appSegIp=10.77.0.2/24 appPeers=server-1=10.77.0.1,client-1=10.77.0.2 appRendezvous=10.0.2.2:4567/r1",
     );
     let want = Config {
@@ -343,6 +343,7 @@ fn every_parameter() {
         results_dir: Some("/app/r".into()),
         run_id: Some("run-1".into()),
         run_timeout: Some(600),
+        stop_grace: Some(30),
         no_carry_env: true,
         status_port: StatusPort::Serial(0),
         kexec: Some(KexecFrom::Http { addr: Ipv4Addr::new(10, 0, 2, 2), port: 8000, path: "/app/".into() }),
@@ -352,7 +353,7 @@ fn every_parameter() {
     };
     assert_eq!(c, want);
     assert_eq!(parse_strict(want.render().unwrap().as_bytes()), Ok(want));
-    assert_eq!(KNOWN_KEYS.len(), 27);
+    assert_eq!(KNOWN_KEYS.len(), 28);
 }
 
 #[test]
@@ -372,6 +373,26 @@ fn run_timeout_is_whole_seconds_from_one() {
     assert_eq!(c.to_words(), ["appRunTimeout=90"]);
     assert!(c.env().contains(&("APP_RUN_TIMEOUT".into(), "90".into())));
     assert!(Config { run_timeout: Some(0), ..Config::default() }.validate().is_err());
+}
+
+#[test]
+fn stop_grace_is_whole_seconds_from_zero() {
+    assert_eq!(clean("appStopGrace=0").stop_grace, Some(0));
+    assert_eq!(clean("appStopGrace=120").stop_grace, Some(120));
+    assert_eq!(clean("appStopGrace=5 appStopGrace=").stop_grace, None);
+    assert_eq!(Config::default().stop_grace_or_default(), DEFAULT_STOP_GRACE);
+    for bad in ["+5", "-1", "1.5", "30s", "4294967296", " 5"] {
+        let p = parsed(&format!("appStopGrace='{bad}'"));
+        assert_eq!(p.config.stop_grace, None, "{bad}");
+        assert_eq!(
+            p.diagnostics[0].to_string(),
+            format!("appStopGrace: `{bad}` is not a whole number of seconds (e.g. 30; 0 kills at once)")
+        );
+    }
+    let c = Config { stop_grace: Some(30), ..Config::default() };
+    assert_eq!(c.to_words(), ["appStopGrace=30"]);
+    assert_eq!(c.stop_grace_or_default(), 30);
+    assert!(c.env().contains(&("APP_STOP_GRACE".into(), "30".into())));
 }
 
 #[test]
@@ -526,9 +547,19 @@ fn arb_config() -> impl Strategy<Value = Config> {
     let run_timeout = prop::option::of(1u32..);
     let status_port =
         prop_oneof![(0u8..=31).prop_map(StatusPort::Serial), Just(StatusPort::Virtio), Just(StatusPort::None)];
-    let extra = (run_timeout, any::<bool>(), status_port);
+    let stop_grace = prop::option::of(any::<u32>());
+    let extra = (run_timeout, stop_grace, any::<bool>(), status_port);
     (arb_base_config(), gateway, any::<bool>(), any::<bool>(), results_to, run_id, results_dir, extra).prop_map(
-        |(c, gateway, dhcp, net_down, results_to, run_id, results_dir, (run_timeout, no_carry_env, status_port))| {
+        |(
+            c,
+            gateway,
+            dhcp,
+            net_down,
+            results_to,
+            run_id,
+            results_dir,
+            (run_timeout, stop_grace, no_carry_env, status_port),
+        )| {
             Config {
                 gateway,
                 dhcp: dhcp && c.ip.is_none(),
@@ -537,6 +568,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                 run_id,
                 results_dir,
                 run_timeout,
+                stop_grace,
                 no_carry_env,
                 status_port,
                 ..c

@@ -40,8 +40,9 @@ pub const COPY_PER_TURN: usize = 4096;
 const PIPE_TURNS: usize = 64 * 1024 / COPY_PER_TURN;
 
 /// How long the running program has to end after a stop request (it got SIGTERM)
-/// before its process group is killed: an interactive shell ignores SIGTERM.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// before its process group is killed, unless `appStopGrace` says otherwise: an
+/// interactive shell ignores SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(appliance_cmdline::DEFAULT_STOP_GRACE as u64);
 
 /// How long processes get to be gone after SIGKILL before the supervisor goes on without
 /// them (only a process stuck in the kernel takes longer).
@@ -94,6 +95,8 @@ pub struct Supervisor {
     stop_on_signals: bool,
     /// When a stop was requested (see [`STOP`]), if one was.
     stop_since: Option<core::time::Duration>,
+    /// How long a program has to end after SIGTERM before it is killed (`appStopGrace`).
+    pub grace: Duration,
     /// Power-button event devices, read in the poll loop.
     power: Vec<OwnedFd>,
     /// Console shells running in sessions of their own (hung up on a stop request).
@@ -126,6 +129,7 @@ impl Supervisor {
             terminal: None,
             stop_on_signals: false,
             stop_since: None,
+            grace: STOP_GRACE,
             power: Vec::new(),
             sessions: Vec::new(),
         })
@@ -137,7 +141,8 @@ impl Supervisor {
     }
 
     /// Makes SIGTERM, SIGINT and SIGPWR stop requests: the running program gets SIGTERM,
-    /// then SIGKILL after [`STOP_GRACE`], and [`Supervisor::stop_requested`] turns true.
+    /// then SIGKILL after the grace ([`Supervisor::grace`]), and
+    /// [`Supervisor::stop_requested`] turns true.
     pub fn stop_on_signals(&mut self) {
         self.stop_on_signals = true;
     }
@@ -218,15 +223,15 @@ impl Supervisor {
     }
 
     /// Ends a program that ran out of time, and everything it left behind: SIGTERM to its
-    /// process group, [`STOP_GRACE`] to end, then SIGKILL to the group and to every other
+    /// process group, the grace ([`Supervisor::grace`]) to end, then SIGKILL to the group and to every other
     /// process but us ([`Supervisor::kill_leftovers`]: its daemons, a fork bomb in groups
     /// or sessions of their own), so the phases after it run on a quiet system. Returns
     /// how the program ended.
     pub fn end_timed_out(&mut self, pid: Pid) -> Exit {
         let _ = sys::kill_group_raw(pid, Signal::TERM.as_raw());
-        let ended = self.wait(pid, Some(STOP_GRACE));
+        let ended = self.wait(pid, Some(self.grace));
         if ended.is_none() {
-            log::warn!("still running {} s after SIGTERM: killing it", STOP_GRACE.as_secs());
+            log::warn!("still running {} s after SIGTERM (appStopGrace): killing it", self.grace.as_secs());
         }
         let _ = sys::kill_group_raw(pid, Signal::KILL.as_raw());
         self.kill_leftovers();
@@ -402,9 +407,12 @@ impl Supervisor {
             if let Some(since) = self.stop_since
                 && !killed
             {
-                let kill_at = since + STOP_GRACE;
+                let kill_at = since + self.grace;
                 if now() >= kill_at {
-                    log::warn!("still running {} s after the stop request: killing it", STOP_GRACE.as_secs());
+                    log::warn!(
+                        "still running {} s after the stop request (appStopGrace): killing it",
+                        self.grace.as_secs()
+                    );
                     let _ = sys::kill_group_raw(pid, Signal::KILL.as_raw());
                     killed = true;
                 } else {

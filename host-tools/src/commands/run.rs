@@ -64,7 +64,8 @@ pub struct Args {
     ssh: Option<u16>,
 
     /// Seconds a graceful stop (appliance stop, SIGINT, SIGTERM, --timeout) waits for the
-    /// guest to power off before killing QEMU
+    /// guest to power off before killing QEMU; keep it above the guest's appStopGrace (5 s
+    /// by default), the time its program has to end after SIGTERM (warned otherwise)
     #[arg(long, value_name = "SECONDS", default_value_t = appliance_host::vm::stop::DEFAULT_GRACE.as_secs())]
     stop_grace: u64,
 
@@ -313,6 +314,9 @@ fn boot(
     results: Option<Results>,
     ssh_port: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(warning) = stop::grace_conflict(&spec.append, Duration::from_secs(args.stop_grace)) {
+        log::warn!("{warning}");
+    }
     if args.dry_run {
         println!("{}", qemu::shell_line(&spec.qemu, &qemu::argv(&spec)));
         return Ok(ExitCode::SUCCESS);

@@ -11,7 +11,7 @@ use appliance_host::vm::stop::{self, Outcome};
 /// Presses the guest's ACPI power button and Ctrl-Alt-Del over QEMU's control socket (QMP
 /// system_powerdown and send-key; a kernel hears one or the other without a module for
 /// it): the init stops the running program (SIGTERM, or SIGINT for Ctrl-Alt-Del, then
-/// SIGKILL after 5 s), skips the remaining phases, writes the end of the status record and
+/// SIGKILL after appStopGrace seconds, 5 by default), skips the remaining phases, writes the end of the status record and
 /// powers off. QEMU is killed if that takes longer than --grace seconds. `appliance run`
 /// then exits as usual, with the run's status.
 #[derive(clap::Args)]
@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(value_name = "APP_DIR")]
     app_dir: PathBuf,
 
-    /// Seconds to wait for the guest to power off before killing QEMU
+    /// Seconds to wait for the guest to power off before killing QEMU; keep it above the
+    /// guest's appStopGrace (5 s by default)
     #[arg(long, value_name = "SECONDS", default_value_t = stop::DEFAULT_GRACE.as_secs())]
     grace: u64,
 }

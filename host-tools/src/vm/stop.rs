@@ -23,8 +23,24 @@ use crate::vm::running::{self, Running};
 use crate::vm::{Tick, Watch};
 
 /// How long the guest gets to power off before QEMU is killed: the init gives the
-/// running program 5 s, every other process 2 s more, and TCG is slow.
+/// running program 5 s (`appStopGrace`), every other process 2 s more, and TCG is slow.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+/// A warning when the guest's own grace for its program (`appStopGrace` on the kernel
+/// command line `append`, 5 s without it) is not shorter than `grace`, the host's for the
+/// whole guest: QEMU would be killed while the program still had time to end, and before
+/// the guest saved its results and powered off.
+pub fn grace_conflict(append: &str, grace: Duration) -> Option<String> {
+    let guest = appliance_cmdline::parse(append.as_bytes()).config.stop_grace_or_default();
+    (u64::from(guest) >= grace.as_secs()).then(|| {
+        format!(
+            "the guest gives its program {guest} s to end after a stop (appStopGrace), but QEMU is killed {} s \
+             after the stop request (--stop-grace): raise --stop-grace above {guest} s, with time for the results \
+             and the power-off",
+            grace.as_secs()
+        )
+    })
+}
 /// Bound on each QMP read and write.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -191,5 +207,23 @@ impl Watch for GracefulStop {
 
     fn kill_reason(&self) -> Option<String> {
         self.killed.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_grace_not_shorter_than_the_hosts_is_named() {
+        assert_eq!(grace_conflict("console=ttyS0", DEFAULT_GRACE), None);
+        assert_eq!(grace_conflict("appStopGrace=20", DEFAULT_GRACE), None);
+        let w = grace_conflict("appStopGrace=30", DEFAULT_GRACE).unwrap();
+        assert!(w.starts_with("the guest gives its program 30 s to end after a stop (appStopGrace), but QEMU"), "{w}");
+        assert!(w.contains("killed 30 s after the stop request (--stop-grace)"), "{w}");
+        // The guest's default, against a host grace cut below it.
+        assert!(grace_conflict("", Duration::from_secs(5)).unwrap().contains("its program 5 s"));
+        // The last word wins, as in the guest.
+        assert_eq!(grace_conflict("appStopGrace=60 appStopGrace=2", Duration::from_secs(10)), None);
     }
 }
