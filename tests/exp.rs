@@ -222,10 +222,13 @@ case = ["exit=0", "exit=3", "sleep=3600"]
 image = "hello"
 args = "{case}"
 memory = 192
+kernel_words = ["appStopGrace=25"]
 "#,
     );
     let (code, out, err) = exp(&["run", e.path().to_str().unwrap(), "--stop-grace", "20"]);
     assert_eq!(code, 1, "some runs failed: {err}");
+    // The guest's grace for its program is longer than the host's for the guest: said once.
+    assert_eq!(err.matches("raise --stop-grace above 25 s").count(), 1, "{err}");
     let batch = batch_dir(&out);
     let outcome = |case: &str| read_json(&batch.join(format!("case={case}/1/app-1/outcome.json")));
     let ok = outcome("exit_0");

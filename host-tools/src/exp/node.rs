@@ -147,6 +147,11 @@ pub fn run(job: &NodeJob, stop: &AtomicBool) -> Result<Option<Outcome>, NodeErro
         Transport::Serial | Transport::NineP => None,
     };
     let spec = spec(job, &qmp, &stream, server.as_ref().map(nfs::NfsServer::port))?;
+    // Once per batch: every node of a role has the same words.
+    static GRACE_WARNED: std::sync::Once = std::sync::Once::new();
+    if let Some(warning) = crate::vm::stop::grace_conflict(&spec.append, job.grace) {
+        GRACE_WARNED.call_once(|| log::warn!("node {}: {warning}", job.name));
+    }
     let mut watch =
         StopWatch { stop, qmp: qmp.clone(), grace: job.grace, deadline: None, killed: None, stopped: false };
     let report = vm::run_logged(&spec, Some(job.timeout), &mut watch, &job.dir.join("console.log"))?;
