@@ -223,10 +223,10 @@ impl Supervisor {
     }
 
     /// Ends a program that ran out of time, and everything it left behind: SIGTERM to its
-    /// process group, the grace ([`Supervisor::grace`]) to end, then SIGKILL to the group and to every other
-    /// process but us ([`Supervisor::kill_leftovers`]: its daemons, a fork bomb in groups
-    /// or sessions of their own), so the phases after it run on a quiet system. Returns
-    /// how the program ended.
+    /// process group, the grace ([`Supervisor::grace`]) to end, then SIGKILL to the group
+    /// and to every other process but us ([`Supervisor::kill_leftovers`]: its daemons, a
+    /// fork bomb in groups or sessions of their own), so the phases after it run on a
+    /// quiet system. Returns how the program ended.
     pub fn end_timed_out(&mut self, pid: Pid) -> Exit {
         let _ = sys::kill_group_raw(pid, Signal::TERM.as_raw());
         let ended = self.wait(pid, Some(self.grace));
