@@ -78,10 +78,16 @@ fn the_power_button_hangs_up_a_debug_shell_and_powers_off_without_running_the_ap
     let tmp = TempDir::new().unwrap();
     let img = image(tmp.path(), &bash_manifest("kernel = \"build:6.1\"\n"), &[("run", "#!/bin/bash\necho run-ran\n")]);
     let app = build(&img, tmp.path());
-    let s = Session::start(&app, &["--debug"]);
+    let s = Session::start(&app, &["--debug", "--stop-grace", "45", "--", "appStopGrace=40"]);
     s.expect("debug shell on /dev/ttyS0", 0);
-    let o = appliance_tests::appliance().arg("stop").arg(&app).output().unwrap();
+    // The run records its grace and the guest's, for `appliance stop`.
+    let record = std::fs::read_to_string(app.join("running.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!((record["stop_grace_s"].as_u64(), record["guest_stop_grace_s"].as_u64()), (Some(45), Some(40)));
+    let o = appliance_tests::appliance().arg("stop").arg(&app).args(["--grace", "40"]).output().unwrap();
     assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("QEMU is killed 40 s after the stop request (--grace): raise --grace above 40 s"), "{err}");
     let b = s.finish();
     // /app/run never ran: not a success (docs/protocol.md, "Stopping").
     assert_eq!(b.code, 143, "{b:?}");

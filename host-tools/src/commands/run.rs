@@ -335,7 +335,8 @@ fn boot(
     let signals = stop::catch_stop_signals().context("cannot set up signal handling")?;
     let qmp = spec.qmp.clone().unwrap_or_default();
     let grace = Duration::from_secs(args.stop_grace);
-    let mut watch = stop::GracefulStop::new(signals, app_dir, &qmp, ssh_port, grace);
+    let guest_grace = stop::guest_grace(&spec.append);
+    let mut watch = stop::GracefulStop::new(signals, app_dir, &qmp, ssh_port, grace, guest_grace);
     let report = vm::run_watched(&spec, timeout, &mut watch)?;
     drop(watch);
     for line in &report.garbled {

@@ -21,22 +21,23 @@ pub struct Args {
     app_dir: PathBuf,
 
     /// Seconds to wait for the guest to power off before killing QEMU; keep it above the
-    /// guest's appStopGrace (5 s by default)
-    #[arg(long, value_name = "SECONDS", default_value_t = stop::DEFAULT_GRACE.as_secs())]
-    grace: u64,
+    /// guest's appStopGrace (5 s by default; warned otherwise). Default: the run's own
+    /// (`appliance run --stop-grace`, 30 s unless given)
+    #[arg(long, value_name = "SECONDS")]
+    grace: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match stop::stop(&args.app_dir, Duration::from_secs(args.grace))? {
+    match stop::stop(&args.app_dir, args.grace.map(Duration::from_secs))? {
         Outcome::PoweredOff(took) => {
             eprintln!("appliance: {} powered off in {:.1} s", args.app_dir.display(), took.as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::Killed => {
+        Outcome::Killed(grace) => {
             eprintln!(
                 "appliance: {}: QEMU killed: the guest did not power off within {} s of the stop request",
                 args.app_dir.display(),
-                args.grace
+                grace.as_secs()
             );
             Ok(ExitCode::from(1))
         }

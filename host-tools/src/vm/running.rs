@@ -31,6 +31,12 @@ pub struct Running {
     /// The loopback port forwarded to the guest's port 22 (`run --ssh`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
+    /// The run's grace for a stop (`run --stop-grace`): `appliance stop`'s default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_s: Option<u64>,
+    /// The guest's grace for its program (`appStopGrace`, or its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_stop_grace_s: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +131,14 @@ mod tests {
     fn a_record_lives_as_long_as_its_guard() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(read(dir.path()), Err(Error::NotRunning { .. })));
-        let me =
-            Running { appliance_pid: std::process::id(), qemu_pid: 1, qmp: "/tmp/q.sock".into(), ssh_port: Some(2222) };
+        let me = Running {
+            appliance_pid: std::process::id(),
+            qemu_pid: 1,
+            qmp: "/tmp/q.sock".into(),
+            ssh_port: Some(2222),
+            stop_grace_s: Some(30),
+            guest_stop_grace_s: Some(5),
+        };
         claim(dir.path()).unwrap();
         let guard = write(dir.path(), &me).unwrap();
         assert_eq!(read(dir.path()).unwrap(), me);
@@ -139,7 +151,14 @@ mod tests {
     fn a_live_run_is_not_claimed_twice_and_a_stale_one_is_cleared() {
         let dir = tempfile::tempdir().unwrap();
         // PID 1 is always alive: another run.
-        let other = Running { appliance_pid: 1, qemu_pid: 2, qmp: "/tmp/q.sock".into(), ssh_port: None };
+        let other = Running {
+            appliance_pid: 1,
+            qemu_pid: 2,
+            qmp: "/tmp/q.sock".into(),
+            ssh_port: None,
+            stop_grace_s: None,
+            guest_stop_grace_s: None,
+        };
         let guard = write(dir.path(), &other).unwrap();
         assert!(claim(dir.path()).unwrap_err().to_string().contains("already running"));
         std::mem::forget(guard);

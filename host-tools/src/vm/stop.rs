@@ -26,21 +26,32 @@ use crate::vm::{Tick, Watch};
 /// running program 5 s (`appStopGrace`), every other process 2 s more, and TCG is slow.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
+/// The guest's grace for its program: `appStopGrace` on the kernel command line `append`,
+/// or its default.
+pub fn guest_grace(append: &str) -> u32 {
+    appliance_cmdline::parse(append.as_bytes()).config.stop_grace_or_default()
+}
+
 /// A warning when the guest's own grace for its program (`appStopGrace` on the kernel
 /// command line `append`, 5 s without it) is not shorter than `grace`, the host's for the
 /// whole guest: QEMU would be killed while the program still had time to end, and before
 /// the guest saved its results and powered off.
 pub fn grace_conflict(append: &str, grace: Duration) -> Option<String> {
-    let guest = appliance_cmdline::parse(append.as_bytes()).config.stop_grace_or_default();
+    conflict(guest_grace(append), grace, "--stop-grace")
+}
+
+/// [`grace_conflict`] with the guest's grace known, and the host's from `option`.
+fn conflict(guest: u32, grace: Duration, option: &str) -> Option<String> {
     (u64::from(guest) >= grace.as_secs()).then(|| {
         format!(
             "the guest gives its program {guest} s to end after a stop (appStopGrace), but QEMU is killed {} s \
-             after the stop request (--stop-grace): raise --stop-grace above {guest} s, with time for the results \
-             and the power-off",
+             after the stop request ({option}): raise {option} above {guest} s, with time for the results and the \
+             power-off",
             grace.as_secs()
         )
     })
 }
+
 /// Bound on each QMP read and write.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,14 +63,20 @@ const STOP_SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGH
 pub enum Outcome {
     /// The guest powered off within the grace period.
     PoweredOff(Duration),
-    /// QEMU was killed: the guest did not power off in time, or QMP failed.
-    Killed,
+    /// QEMU was killed after this grace: the guest did not power off in time, or QMP
+    /// failed.
+    Killed(Duration),
 }
 
 /// `appliance stop`: asks the VM running from `app_dir` to power off, waits up to
-/// `grace` for its `appliance run` to end, then kills QEMU.
-pub fn stop(app_dir: &Path, grace: Duration) -> Result<Outcome, running::Error> {
+/// `grace` (by default the run's own, `run --stop-grace`) for its `appliance run` to end,
+/// then kills QEMU.
+pub fn stop(app_dir: &Path, grace: Option<Duration>) -> Result<Outcome, running::Error> {
     let record = running::read(app_dir)?;
+    let grace = stop_grace(&record, grace);
+    if let Some(warning) = record.guest_stop_grace_s.and_then(|guest| conflict(guest, grace, "--grace")) {
+        log::warn!("{warning}");
+    }
     let started = Instant::now();
     match qmp::request_stop(&record.qmp, QMP_TIMEOUT) {
         Ok(()) => {
@@ -74,7 +91,12 @@ pub fn stop(app_dir: &Path, grace: Duration) -> Result<Outcome, running::Error> 
         Err(e) => log::warn!("{e}: killing QEMU"),
     }
     kill(record.qemu_pid);
-    Ok(Outcome::Killed)
+    Ok(Outcome::Killed(grace))
+}
+
+/// The grace of a stop: the one asked for, else the run's own, else [`DEFAULT_GRACE`].
+fn stop_grace(record: &Running, asked: Option<Duration>) -> Duration {
+    asked.or(record.stop_grace_s.map(Duration::from_secs)).unwrap_or(DEFAULT_GRACE)
 }
 
 fn kill(pid: u32) {
@@ -104,6 +126,8 @@ pub struct GracefulStop {
     qmp: PathBuf,
     ssh_port: Option<u16>,
     grace: Duration,
+    /// The guest's grace for its program (`appStopGrace`), for the run record.
+    guest_grace: u32,
     own_group: bool,
     deadline: Option<Instant>,
     record: Option<running::Record>,
@@ -112,7 +136,16 @@ pub struct GracefulStop {
 }
 
 impl GracefulStop {
-    pub fn new(signals: SignalFd, app_dir: &Path, qmp: &Path, ssh_port: Option<u16>, grace: Duration) -> Self {
+    /// `grace` is the host's for the whole guest, `guest_grace` the guest's for its
+    /// program (`appStopGrace`): both go into the run record for `appliance stop`.
+    pub fn new(
+        signals: SignalFd,
+        app_dir: &Path,
+        qmp: &Path,
+        ssh_port: Option<u16>,
+        grace: Duration,
+        guest_grace: u32,
+    ) -> Self {
         let own_group = !nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
         GracefulStop {
             signals,
@@ -120,6 +153,7 @@ impl GracefulStop {
             qmp: qmp.to_owned(),
             ssh_port,
             grace,
+            guest_grace,
             own_group,
             deadline: None,
             record: None,
@@ -167,6 +201,8 @@ impl Watch for GracefulStop {
             qemu_pid: pid,
             qmp: self.qmp.clone(),
             ssh_port: self.ssh_port,
+            stop_grace_s: Some(self.grace.as_secs()),
+            guest_stop_grace_s: Some(self.guest_grace),
         };
         match running::write(&self.app_dir, &record) {
             Ok(guard) => self.record = Some(guard),
@@ -225,5 +261,24 @@ mod tests {
         assert!(grace_conflict("", Duration::from_secs(5)).unwrap().contains("its program 5 s"));
         // The last word wins, as in the guest.
         assert_eq!(grace_conflict("appStopGrace=60 appStopGrace=2", Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn a_stop_takes_the_grace_asked_for_else_the_runs_own() {
+        assert!(
+            conflict(60, Duration::from_secs(30), "--grace").unwrap().contains("(--grace): raise --grace above 60 s")
+        );
+        let mut record = Running {
+            appliance_pid: 1,
+            qemu_pid: 2,
+            qmp: "/tmp/q.sock".into(),
+            ssh_port: None,
+            stop_grace_s: Some(90),
+            guest_stop_grace_s: Some(60),
+        };
+        assert_eq!(stop_grace(&record, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        assert_eq!(stop_grace(&record, None), Duration::from_secs(90));
+        record.stop_grace_s = None;
+        assert_eq!(stop_grace(&record, None), DEFAULT_GRACE);
     }
 }
