@@ -428,33 +428,12 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use appliance_cmdline::status::{Exit, OomKill};
-
-    fn report(events: Vec<Event>) -> vm::RunReport {
-        vm::RunReport {
-            events,
-            garbled: vec![],
-            wall: Duration::from_secs(3),
-            timed_out: None,
-            qemu_status: None,
-            killed: None,
-        }
-    }
+    use crate::vm::fixtures::{oom_run_end, report};
 
     #[test]
     fn a_run_the_out_of_memory_killer_ended_says_so_with_the_roles_memory() {
         let end = Event::End { t_us: 9, action: "poweroff".into(), status: 137 };
-        let run_end = |oom_killed| Event::PhaseEnd {
-            t_us: 8,
-            phase: "run".into(),
-            index: None,
-            exit: Exit::Code(137),
-            status: 137,
-            timed_out: false,
-            oom_killed,
-        };
-        let killed = vec![OomKill { pid: 57, name: "python3".into() }];
-        let r = report(vec![run_end(killed), end.clone()]);
+        let r = report(vec![oom_run_end(&["python3"]), end.clone()], None);
         assert_eq!(
             reason(&r, Duration::from_secs(60), 256).as_deref(),
             Some(
@@ -462,7 +441,7 @@ mod tests {
                  (the role has memory = 256 MiB)"
             )
         );
-        let r = report(vec![run_end(vec![]), end]);
+        let r = report(vec![end], None);
         assert_eq!(reason(&r, Duration::from_secs(60), 256).as_deref(), Some("/app/run exited with 137"));
     }
 }

@@ -417,6 +417,39 @@ pub fn parse_status(text: &str) -> (Vec<Event>, Vec<String>) {
     (events, garbled)
 }
 
+/// Reports and events for the tests of the modules that read them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use appliance_cmdline::status::{Exit, OomKill};
+
+    /// A report of `events`, as QEMU leaves it after 2.5 s.
+    pub fn report(events: Vec<Event>, timed_out: Option<TimedOut>) -> RunReport {
+        RunReport {
+            events,
+            garbled: vec![],
+            wall: Duration::from_millis(2500),
+            timed_out,
+            qemu_status: None,
+            killed: None,
+        }
+    }
+
+    /// The end of a run that exited with 137 after the out-of-memory killer ended
+    /// processes of these names.
+    pub fn oom_run_end(killed: &[&str]) -> Event {
+        Event::PhaseEnd {
+            t_us: 8,
+            phase: "run".into(),
+            index: None,
+            exit: Exit::Code(137),
+            status: 137,
+            timed_out: false,
+            oom_killed: killed.iter().map(|name| OomKill { pid: 57, name: (*name).into() }).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,16 +469,7 @@ mod tests {
         assert_eq!(memory_for_initrd(64, 6 * MIB, 6 * MIB), Some(192));
     }
 
-    fn report(events: Vec<Event>, timed_out: Option<TimedOut>) -> RunReport {
-        RunReport {
-            events,
-            garbled: vec![],
-            wall: Duration::from_millis(2500),
-            timed_out,
-            qemu_status: None,
-            killed: None,
-        }
-    }
+    use super::fixtures::{oom_run_end, report};
 
     #[test]
     fn exit_code_is_the_run_status_or_says_why_not() {
@@ -482,17 +506,8 @@ mod tests {
 
     #[test]
     fn summary_names_what_the_guests_out_of_memory_killer_ended() {
-        let oom = Event::PhaseEnd {
-            t_us: 8,
-            phase: "run".into(),
-            index: None,
-            exit: Exit::Code(137),
-            status: 137,
-            timed_out: false,
-            oom_killed: vec![appliance_cmdline::status::OomKill { pid: 57, name: "tail".into() }],
-        };
         let end = Event::End { t_us: 9, action: "poweroff".into(), status: 137 };
-        let s = report(vec![oom, end.clone()], None).summary();
+        let s = report(vec![oom_run_end(&["tail"]), end.clone()], None).summary();
         assert!(
             s.starts_with(
                 "appliance: run status 137, poweroff (out of memory in run: the guest's kernel killed tail; \
