@@ -260,13 +260,7 @@ pub(crate) const PARAMS: &[Param] = &[
         key: "appStopGrace",
         reset: |c| c.stop_grace = None,
         bare: None,
-        parse: |c, v| match v.parse::<u32>() {
-            Ok(s) if v.bytes().all(|b| b.is_ascii_digit()) => {
-                c.stop_grace = Some(s);
-                Ok(())
-            }
-            _ => Err(invalid("appStopGrace", v, GRACE_EXPECTED)),
-        },
+        parse: |c, v| whole_number("appStopGrace", v, GRACE_EXPECTED).map(|s| c.stop_grace = Some(s)),
         check: |_| valid(),
         render: |c| c.stop_grace.map(|s| Rendered::Value(s.to_string())),
     },
@@ -358,9 +352,17 @@ fn parse_ip(c: &mut Config, value: &str) -> Result<(), Error> {
 
 /// A whole number of seconds, at least 1, in digits only (`u32::from_str` takes a `+`).
 fn parse_seconds(param: &str, value: &str) -> Result<u32, Error> {
+    match whole_number(param, value, SECONDS_EXPECTED)? {
+        0 => Err(invalid(param, value, SECONDS_EXPECTED)),
+        s => Ok(s),
+    }
+}
+
+/// Digits only (no sign, no space), within `u32`.
+fn whole_number(param: &str, value: &str, expected: &'static str) -> Result<u32, Error> {
     match value.parse::<u32>() {
-        Ok(s) if s > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(s),
-        _ => Err(invalid(param, value, SECONDS_EXPECTED)),
+        Ok(n) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(invalid(param, value, expected)),
     }
 }
 

@@ -57,7 +57,7 @@ fn pid1() -> ! {
     let mut control = set_up_network(&config, &status);
     let app = make_app_dirs(&config);
     let mut sup = start_supervisor(&app);
-    sup.grace = core::time::Duration::from_secs(u64::from(config.stop_grace_or_default()));
+    sup.set_grace(&config);
     let image = image_facts();
     let env = phase_env(&config, &app, control.as_ref());
     let exports = carry_exports(&config, &image, exports::SAVE_FILE);
@@ -477,7 +477,7 @@ fn supervise(args: &Args) -> ! {
             }
             // As in PID 1: SIGTERM or SIGINT to us ends the sequence after the running phase.
             sup.stop_on_signals();
-            sup.grace = core::time::Duration::from_secs(u64::from(parsed.config.stop_grace_or_default()));
+            sup.set_grace(&parsed.config);
             let app = AppPaths::new(&app_dir);
             if let Err(e) = sup.set_output(&app.output()) {
                 log::warn!("cannot write {}: {}", app.output(), Describe(e));

@@ -96,7 +96,7 @@ pub struct Supervisor {
     /// When a stop was requested (see [`STOP`]), if one was.
     stop_since: Option<core::time::Duration>,
     /// How long a program has to end after SIGTERM before it is killed (`appStopGrace`).
-    pub grace: Duration,
+    grace: Duration,
     /// Power-button event devices, read in the poll loop.
     power: Vec<OwnedFd>,
     /// Console shells running in sessions of their own (hung up on a stop request).
@@ -140,8 +140,13 @@ impl Supervisor {
         self.power = devices;
     }
 
+    /// Takes the grace of a stop or a time limit from `appStopGrace`.
+    pub fn set_grace(&mut self, config: &appliance_cmdline::Config) {
+        self.grace = Duration::from_secs(u64::from(config.stop_grace_or_default()));
+    }
+
     /// Makes SIGTERM, SIGINT and SIGPWR stop requests: the running program gets SIGTERM,
-    /// then SIGKILL after the grace ([`Supervisor::grace`]), and
+    /// then SIGKILL after the grace ([`Supervisor::set_grace`]), and
     /// [`Supervisor::stop_requested`] turns true.
     pub fn stop_on_signals(&mut self) {
         self.stop_on_signals = true;
@@ -223,7 +228,7 @@ impl Supervisor {
     }
 
     /// Ends a program that ran out of time, and everything it left behind: SIGTERM to its
-    /// process group, the grace ([`Supervisor::grace`]) to end, then SIGKILL to the group
+    /// process group, the grace ([`Supervisor::set_grace`]) to end, then SIGKILL to the group
     /// and to every other process but us ([`Supervisor::kill_leftovers`]: its daemons, a
     /// fork bomb in groups or sessions of their own), so the phases after it run on a
     /// quiet system. Returns how the program ended.

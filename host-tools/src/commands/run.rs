@@ -314,7 +314,9 @@ fn boot(
     results: Option<Results>,
     ssh_port: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(warning) = stop::grace_conflict(&spec.append, Duration::from_secs(args.stop_grace)) {
+    let grace = Duration::from_secs(args.stop_grace);
+    let guest_grace = stop::guest_grace(&spec.append);
+    if let Some(warning) = stop::guest_grace_conflict(guest_grace, grace, "--stop-grace") {
         log::warn!("{warning}");
     }
     if args.dry_run {
@@ -334,8 +336,6 @@ fn boot(
     // After the build: threads it started are gone, and later ones inherit the mask.
     let signals = stop::catch_stop_signals().context("cannot set up signal handling")?;
     let qmp = spec.qmp.clone().unwrap_or_default();
-    let grace = Duration::from_secs(args.stop_grace);
-    let guest_grace = stop::guest_grace(&spec.append);
     let mut watch = stop::GracefulStop::new(signals, app_dir, &qmp, ssh_port, grace, guest_grace);
     let report = vm::run_watched(&spec, timeout, &mut watch)?;
     drop(watch);

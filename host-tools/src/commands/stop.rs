@@ -11,9 +11,9 @@ use appliance_host::vm::stop::{self, Outcome};
 /// Presses the guest's ACPI power button and Ctrl-Alt-Del over QEMU's control socket (QMP
 /// system_powerdown and send-key; a kernel hears one or the other without a module for
 /// it): the init stops the running program (SIGTERM, or SIGINT for Ctrl-Alt-Del, then
-/// SIGKILL after appStopGrace seconds, 5 by default), skips the remaining phases, writes the end of the status record and
-/// powers off. QEMU is killed if that takes longer than --grace seconds. `appliance run`
-/// then exits as usual, with the run's status.
+/// SIGKILL after appStopGrace seconds, 5 by default), skips the remaining phases, writes
+/// the end of the status record and powers off. QEMU is killed if that takes longer than
+/// --grace seconds. `appliance run` then exits as usual, with the run's status.
 #[derive(clap::Args)]
 pub struct Args {
     /// The app dir `appliance run` was given

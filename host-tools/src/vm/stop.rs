@@ -37,11 +37,11 @@ pub fn guest_grace(append: &str) -> u32 {
 /// whole guest: QEMU would be killed while the program still had time to end, and before
 /// the guest saved its results and powered off.
 pub fn grace_conflict(append: &str, grace: Duration) -> Option<String> {
-    conflict(guest_grace(append), grace, "--stop-grace")
+    guest_grace_conflict(guest_grace(append), grace, "--stop-grace")
 }
 
 /// [`grace_conflict`] with the guest's grace known, and the host's from `option`.
-fn conflict(guest: u32, grace: Duration, option: &str) -> Option<String> {
+pub fn guest_grace_conflict(guest: u32, grace: Duration, option: &str) -> Option<String> {
     (u64::from(guest) >= grace.as_secs()).then(|| {
         format!(
             "the guest gives its program {guest} s to end after a stop (appStopGrace), but QEMU is killed {} s \
@@ -74,7 +74,7 @@ pub enum Outcome {
 pub fn stop(app_dir: &Path, grace: Option<Duration>) -> Result<Outcome, running::Error> {
     let record = running::read(app_dir)?;
     let grace = stop_grace(&record, grace);
-    if let Some(warning) = record.guest_stop_grace_s.and_then(|guest| conflict(guest, grace, "--grace")) {
+    if let Some(warning) = record.guest_stop_grace_s.and_then(|guest| guest_grace_conflict(guest, grace, "--grace")) {
         log::warn!("{warning}");
     }
     let started = Instant::now();
@@ -266,7 +266,9 @@ mod tests {
     #[test]
     fn a_stop_takes_the_grace_asked_for_else_the_runs_own() {
         assert!(
-            conflict(60, Duration::from_secs(30), "--grace").unwrap().contains("(--grace): raise --grace above 60 s")
+            guest_grace_conflict(60, Duration::from_secs(30), "--grace")
+                .unwrap()
+                .contains("(--grace): raise --grace above 60 s")
         );
         let mut record = Running {
             appliance_pid: 1,
