@@ -204,12 +204,25 @@ fn an_initrd_too_large_for_the_memory_is_named_before_the_boot() {
     let app = build(&img, tmp.path());
     let b = boot(&app, &["-m", "96"]);
     assert_eq!(b.code, 125, "the boot fails as warned: {b:?}");
+    b.assert_console("Initramfs unpacking failed");
     let warning = b.stderr.lines().find(|l| l.contains("the kernel cannot unpack it")).expect("the warning");
     let suggested = warning.split("pass --memory ").nth(1).and_then(|w| w.split(' ').next()).unwrap();
     let b = boot(&app, &["-m", suggested]);
     assert_eq!(b.code, 0, "{suggested} MiB: {b:?}");
     assert!(!b.stderr.contains("cannot unpack"), "{}", b.stderr);
     b.assert_console("hello: exiting with 0");
+
+    // Without the sizes `appliance build` records (an app dir of the original layout),
+    // and gzipped and handed to QEMU as it is: measured on the host, and named the same.
+    std::fs::remove_file(app.join("appliance.json")).unwrap();
+    let gzip = std::process::Command::new("gzip").args(["-1", "-n"]).arg(app.join("initrd")).status().unwrap();
+    assert!(gzip.success());
+    std::fs::rename(app.join("initrd.gz"), app.join("initrd")).unwrap();
+    // The kernel fails as warned, here without a panic: the loaded initrd is small.
+    let b = boot(&app, &["-m", "96", "--compressed-initrd"]);
+    let warning = b.stderr.lines().find(|l| l.contains("the kernel cannot unpack it")).expect("the warning");
+    assert!(warning.contains("the initrd unpacks to more than "), "{warning}");
+    b.assert_console("Initramfs unpacking failed");
 }
 
 /// Regression: `appliance exp new` writes `image = "hello"`, which was looked up only under

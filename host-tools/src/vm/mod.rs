@@ -13,13 +13,15 @@ pub mod stop;
 
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use appliance_cmdline::status::Event;
 
 use qemu::VmSpec;
+
+use crate::archive::cpio::read;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -248,9 +250,9 @@ fn run_with_console(
 ) -> Result<RunReport, VmError> {
     let _ = std::fs::remove_file(&spec.status_file);
     let started = Instant::now();
-    let plain = plain_initrd(spec);
+    let (plain, warning) = initrd_for_qemu(spec);
     let booted = plain.as_ref().map(|(_, initrd)| VmSpec { initrd: initrd.clone(), ..spec.clone() });
-    if let Some(warning) = initrd_room(booted.as_ref().unwrap_or(spec), plain.is_some()) {
+    if let Some(warning) = warning {
         log::warn!("{warning}");
     }
     let mut command = Command::new(&spec.qemu);
@@ -320,68 +322,125 @@ fn run_with_console(
 /// takes less room while it does.
 const PLAIN_INITRD_SHARE: u64 = 4;
 
-/// Under TCG, `spec`'s initrd decompressed on the host into a scratch directory (kept for
-/// as long as the returned value lives), when it is compressed and its plain size is at
-/// most 1/[`PLAIN_INITRD_SHARE`] of the guest's memory. The guest's decompressor runs
-/// emulated, instruction by instruction: for images/hello's 165 KB of zstd, 4.8 of the
-/// project kernel's 26.8 ms of instructions to `/init` (icount); on the host it takes
-/// well under a millisecond.
+/// The initrd QEMU gets for `spec`, kept for as long as the returned value lives when it
+/// is not the image's own, and a warning when the guest's memory cannot unpack it.
+///
+/// Under TCG, unless `initrd_as_is`, a compressed initrd is decompressed on the host into
+/// a scratch directory when its plain size is at most 1/[`PLAIN_INITRD_SHARE`] of the
+/// guest's memory. The guest's decompressor runs emulated, instruction by instruction:
+/// for images/hello's 165 KB of zstd, 4.8 of the project kernel's 26.8 ms of instructions
+/// to `/init` (icount); on the host it takes well under a millisecond.
+///
+/// The size the initrd unpacks to, for the warning: what `appliance build` recorded
+/// beside it (`appliance.json`) when that describes this initrd, else measured here by
+/// decoding it (an app dir of the original layout, or one made by hand), no further than
+/// the size at which the boot fails whatever the initrd.
 /// Anything that does not decode (a corrupt initrd) is left to the guest, which says what
 /// is wrong with it as it always did.
-fn plain_initrd(spec: &VmSpec) -> Option<(crate::host::scratch::Scratch, PathBuf)> {
-    if spec.accel != qemu::Accel::Tcg || spec.disk.is_some() || spec.initrd_as_is {
-        return None;
+fn initrd_for_qemu(spec: &VmSpec) -> (Option<(crate::host::scratch::Scratch, PathBuf)>, Option<String>) {
+    if spec.disk.is_some() {
+        return (None, None);
     }
-    let input = std::fs::read(&spec.initrd).ok()?;
-    let limit = (u64::from(spec.memory_mib) << 20) / PLAIN_INITRD_SHARE;
-    let plain = match crate::archive::cpio::read::decompressed(&input, usize::try_from(limit).ok()?) {
-        Ok(plain) => plain?,
+    let Ok(loaded) = std::fs::metadata(&spec.initrd).map(|m| m.len()) else {
+        return (None, None);
+    };
+    let recorded = recorded_unpacked_size(&spec.initrd, loaded);
+    let decompress = spec.accel == qemu::Accel::Tcg && !spec.initrd_as_is;
+    let share = (u64::from(spec.memory_mib) << 20) / PLAIN_INITRD_SHARE;
+    let fails_past = largest_unpackable(spec.memory_mib, loaded);
+    let limit = match (decompress, recorded) {
+        (false, Some(unpacked)) => return (None, initrd_room(spec.memory_mib, loaded, Unpacked::Exactly(unpacked))),
+        (true, Some(_)) => share,
+        (true, None) => share.max(fails_past),
+        (false, None) => fails_past,
+    };
+    let decoded = std::fs::read(&spec.initrd).map_err(|e| e.to_string()).and_then(|input| {
+        read::unpacked(&input, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(|e| e.to_string())
+    });
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
         Err(e) => {
             log::debug!("{}: left to the guest to decompress: {e}", spec.initrd.display());
-            return None;
+            return (None, recorded.and_then(|n| initrd_room(spec.memory_mib, loaded, Unpacked::Exactly(n))));
         }
     };
-    let dir = crate::host::scratch::dir("appliance-initrd-").ok()?;
-    let path = dir.path().join("initrd");
-    std::fs::write(&path, &plain).ok()?;
-    log::debug!("{} decompressed for the guest: {} -> {} bytes", spec.initrd.display(), input.len(), plain.len());
-    Some((dir, path))
+    let unpacked = match (&decoded, recorded) {
+        (_, Some(n)) => Unpacked::Exactly(n),
+        (Some(d), None) => Unpacked::Exactly(d.plain.len() as u64),
+        (None, None) => Unpacked::MoreThan(limit),
+    };
+    let Some(plain) = decoded.filter(|d| decompress && d.compressed && d.plain.len() as u64 <= share) else {
+        return (None, initrd_room(spec.memory_mib, loaded, unpacked));
+    };
+    let warning = initrd_room(spec.memory_mib, plain.plain.len() as u64, unpacked);
+    let written = crate::host::scratch::dir("appliance-initrd-").and_then(|dir| {
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, &plain.plain)?;
+        Ok((dir, path))
+    });
+    match written {
+        Ok(written) => {
+            log::debug!(
+                "{} decompressed for the guest: {loaded} -> {} bytes",
+                spec.initrd.display(),
+                plain.plain.len()
+            );
+            (Some(written), warning)
+        }
+        Err(e) => {
+            log::debug!("{}: left to the guest to decompress: {e}", spec.initrd.display());
+            (None, initrd_room(spec.memory_mib, loaded, unpacked))
+        }
+    }
+}
+
+/// What `appliance build` recorded as the unpacked size of the initrd in `appliance.json`
+/// beside it, if that describes an initrd of `loaded` bytes, not one replaced since.
+fn recorded_unpacked_size(initrd: &Path, loaded: u64) -> Option<u64> {
+    let facts = std::fs::read_to_string(initrd.with_file_name("appliance.json")).ok()?;
+    let facts: serde_json::Value = serde_json::from_str(&facts).ok()?;
+    (facts.get("initrd_size")?.as_u64()? == loaded).then_some(())?;
+    facts.get("initrd_uncompressed_size")?.as_u64()
 }
 
 /// What the kernel keeps for itself at boot besides the initrd (its code and data, the page
 /// structures): measured on Debian's 6.1 kernel with 320 and 512 MiB, 49-51 MiB.
 const KERNEL_RESERVE_MIB: u64 = 48;
 
-/// A warning when `spec`'s guest memory cannot hold its initrd while the kernel unpacks
-/// it: the unpacked files go into a tmpfs limited to half of the memory the kernel and the
-/// loaded initrd leave, and when they do not fit the boot ends in "Initramfs unpacking
-/// failed: write error" and a kernel panic, long before the init could say anything.
-/// Measured with a 106 MiB initrd of incompressible data: 224, 256 and 320 MiB panic, 512
-/// MiB boots. The unpacked size is the loaded one for a `plain` initrd, else what
-/// `appliance build` recorded beside it (`appliance.json`); without either, no warning.
-fn initrd_room(spec: &VmSpec, plain: bool) -> Option<String> {
-    if spec.disk.is_some() {
-        return None;
-    }
-    let loaded = std::fs::metadata(&spec.initrd).ok()?.len();
-    let unpacked = if plain {
-        loaded
-    } else {
-        let facts = std::fs::read_to_string(spec.initrd.with_file_name("appliance.json")).ok()?;
-        let facts: serde_json::Value = serde_json::from_str(&facts).ok()?;
-        // Only if it describes this initrd, not one replaced since.
-        (facts.get("initrd_size")?.as_u64()? == loaded).then_some(())?;
-        facts.get("initrd_uncompressed_size")?.as_u64()?
-    };
-    let suggested = memory_for_initrd(spec.memory_mib, loaded, unpacked)?;
+/// The size an initrd unpacks to, or the least it does when it was measured no further.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Unpacked {
+    Exactly(u64),
+    MoreThan(u64),
+}
+
+/// A warning when `memory_mib` of guest memory cannot hold an initrd of `loaded` bytes
+/// while the kernel unpacks it: the unpacked files go into a tmpfs limited to half of the
+/// memory the kernel and the loaded initrd leave, and when they do not fit the kernel says
+/// "Initramfs unpacking failed: write error" and either panics, long before the init could
+/// say anything, or (with memory to spare beside a small compressed initrd) starts `/init`
+/// without the files that did not fit. Measured with a 106 MiB initrd of incompressible
+/// data: 224, 256 and 320 MiB panic, 512 MiB boots; with 24 MiB of zeros gzipped to 2 MiB
+/// and 96 MiB, the application ran without them.
+fn initrd_room(memory_mib: u32, loaded: u64, unpacked: Unpacked) -> Option<String> {
     let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    let (least, size) = match unpacked {
+        Unpacked::Exactly(n) => (n, format!("{} MiB", mib(n))),
+        Unpacked::MoreThan(n) => (n + 1, format!("more than {} MiB", n >> 20)),
+    };
+    let suggested = memory_for_initrd(memory_mib, loaded, least)?;
     Some(format!(
-        "the initrd unpacks to {} MiB ({} MiB as loaded): with --memory {} the kernel cannot unpack it (a tmpfs of \
-         half the memory it has left) and the boot will end in a kernel panic; pass --memory {suggested} or more",
-        mib(unpacked),
+        "the initrd unpacks to {size} ({} MiB as loaded): with --memory {memory_mib} the kernel cannot unpack it (a \
+         tmpfs of half the memory it has left): the boot will end in a kernel panic, or run without the files that \
+         did not fit; pass --memory {suggested} or more",
         mib(loaded),
-        spec.memory_mib
     ))
+}
+
+/// The largest unpacked size `memory_mib` holds with an initrd of `loaded` bytes (see
+/// [`memory_for_initrd`]).
+fn largest_unpackable(memory_mib: u32, loaded: u64) -> u64 {
+    ((u64::from(memory_mib).saturating_sub(KERNEL_RESERVE_MIB) << 20).saturating_sub(loaded)) / 2
 }
 
 /// `None` when `memory_mib` holds an initrd of `loaded` bytes that unpacks to `unpacked`
@@ -467,6 +526,61 @@ mod tests {
         // images/hello on Debian's kernel, decompressed on the host: 6 MiB.
         assert_eq!(memory_for_initrd(128, 6 * MIB, 6 * MIB), None);
         assert_eq!(memory_for_initrd(64, 6 * MIB, 6 * MIB), Some(192));
+        // The largest that fits is the bound of the measurement: one byte more does not.
+        for (memory, loaded) in [(96, 24 * MIB + 3), (512, 99 * MIB), (64, 15 * MIB)] {
+            let largest = largest_unpackable(memory, loaded);
+            assert_eq!(memory_for_initrd(memory, loaded, largest), None, "{memory} {loaded}");
+            assert!(memory_for_initrd(memory, loaded, largest + 1).is_some(), "{memory} {loaded}");
+        }
+        // Memory the kernel and the loaded initrd fill holds nothing more.
+        assert_eq!(largest_unpackable(32, 0), 0);
+        assert_eq!(largest_unpackable(64, 40 * MIB), 0);
+        assert!(memory_for_initrd(64, 40 * MIB, 0).is_some());
+        let w = initrd_room(96, MIB, Unpacked::MoreThan(24 * MIB + 5)).unwrap();
+        assert!(w.starts_with("the initrd unpacks to more than 24 MiB (1 MiB as loaded): with --memory 96"), "{w}");
+    }
+
+    /// Regression: an app dir without `appliance.json` (the original layout) whose
+    /// compressed initrd was handed to QEMU as it is got no warning, however large.
+    #[test]
+    fn an_initrd_without_recorded_sizes_is_measured() {
+        use std::io::Write;
+        const MIB: usize = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = fake_qemu(dir.path(), "exit 0");
+        let mut cpio = Vec::new();
+        let blob = crate::archive::cpio::Entry::data("/blob", vec![0u8; 40 * MIB], 0o644);
+        crate::archive::cpio::write_archive(&mut cpio, [blob], 0).unwrap();
+        let mut zstd =
+            crate::archive::compress::Encoder::new(Vec::new(), crate::archive::compress::Compression::Zstd).unwrap();
+        zstd.write_all(&cpio).unwrap();
+        std::fs::write(&spec.initrd, zstd.finish().unwrap()).unwrap();
+        for (accel, as_is) in [(qemu::Accel::Tcg, true), (qemu::Accel::Kvm, false), (qemu::Accel::Tcg, false)] {
+            (spec.accel, spec.initrd_as_is) = (accel, as_is);
+            // 64 MiB: the boot fails past 8 MiB, where the measurement stops (at a
+            // quarter of the memory, 16 MiB, when it would be decompressed for QEMU).
+            spec.memory_mib = 64;
+            let (plain, warning) = initrd_for_qemu(&spec);
+            assert!(plain.is_none(), "{accel:?} {as_is}");
+            let least = if as_is || accel == qemu::Accel::Kvm { 7 } else { 16 };
+            let expected = format!("the initrd unpacks to more than {least} MiB (1 MiB as loaded): with --memory 64");
+            assert!(warning.unwrap_or_default().starts_with(&expected), "{accel:?} {as_is}: {expected}");
+            // With the memory it needs, nothing is said.
+            spec.memory_mib = 1024;
+            let (plain, warning) = initrd_for_qemu(&spec);
+            assert_eq!(warning, None);
+            assert_eq!(plain.is_some(), accel == qemu::Accel::Tcg && !as_is, "{accel:?} {as_is}");
+        }
+        // A recorded size is taken as it is, without decoding.
+        let facts = serde_json::json!({"initrd_size": std::fs::metadata(&spec.initrd).unwrap().len(),
+                                       "initrd_uncompressed_size": 600 * MIB});
+        std::fs::write(dir.path().join("appliance.json"), facts.to_string()).unwrap();
+        spec.initrd_as_is = true;
+        let warning = initrd_for_qemu(&spec).1.unwrap_or_default();
+        assert!(
+            warning.starts_with("the initrd unpacks to 600 MiB (1 MiB as loaded): with --memory 1024"),
+            "{warning}"
+        );
     }
 
     use super::fixtures::{oom_run_end, report};

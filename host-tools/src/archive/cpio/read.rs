@@ -270,9 +270,23 @@ pub fn read_bytes(input: &[u8]) -> Result<ReadArchive, ReadError> {
 /// for the next archive's header at such an offset and skips zeros up to it). `None` when
 /// the stream would be longer than `limit` bytes, or when `input` has nothing compressed.
 pub fn decompressed(input: &[u8], limit: usize) -> Result<Option<Vec<u8>>, ReadError> {
+    Ok(unpacked(input, limit)?.filter(|u| u.compressed).map(|u| u.plain))
+}
+
+/// `input` as the kernel sees it once it has decompressed it, as for [`decompressed`],
+/// whether or not anything in it was compressed.
+#[derive(Debug)]
+pub struct Unpacked {
+    /// Whether any segment was compressed.
+    pub compressed: bool,
+    /// The segments decoded, each padded to four bytes.
+    pub plain: Vec<u8>,
+}
+
+/// [`Unpacked`] `input`; `None` when it would be longer than `limit` bytes.
+pub fn unpacked(input: &[u8], limit: usize) -> Result<Option<Unpacked>, ReadError> {
     Ok(decode(input, limit, true)?
-        .filter(|(segments, _)| segments.iter().any(|c| *c != Compression::None))
-        .map(|(_, plain)| plain))
+        .map(|(segments, plain)| Unpacked { compressed: segments.iter().any(|c| *c != Compression::None), plain }))
 }
 
 /// The compression of each segment, and their contents end to end.
@@ -670,6 +684,14 @@ mod tests {
         assert!(decompressed(&input, out.len() - 1).unwrap().is_none());
         assert!(decompressed(&plain, usize::MAX).unwrap().is_none());
         assert!(decompressed(b"junk", usize::MAX).is_err());
+        // What the kernel unpacks, compressed or not.
+        let u = unpacked(&input, usize::MAX).unwrap().unwrap();
+        assert!(u.compressed);
+        assert_eq!(u.plain, out);
+        let u = unpacked(&plain, usize::MAX).unwrap().unwrap();
+        assert!(!u.compressed);
+        assert_eq!(u.plain.len(), plain.len().next_multiple_of(4));
+        assert!(unpacked(&input, out.len() - 1).unwrap().is_none());
     }
 
     #[test]
