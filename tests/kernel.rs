@@ -76,6 +76,22 @@ fn boots_hello_and_both_results_steps(series: &str) {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
 
+    // A source fetched from Debian's archive is in the cache's list, kept by a prune;
+    // anything else of its suite there (apt's lists, which a fetch now removes, or a
+    // killed fetch's work) is named for removal.
+    let suite = [("5.10", "bullseye"), ("6.12", "bookworm-backports")].into_iter().find(|(s, _)| *s == series);
+    if let Some((_, suite)) = suite {
+        let o = appliance().args(["kernel", "cache", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&o.stdout);
+        let tarball = format!("{suite}/linux-source-{series}.tar.xz");
+        let of_suite: Vec<&str> = list.lines().filter(|l| l.contains(&format!(" {suite}/"))).collect();
+        assert!(
+            of_suite.iter().any(|l| l.starts_with("tarball") && l.contains(&tarball) && l.contains("keeps: ")),
+            "{list}"
+        );
+        assert!(of_suite.iter().all(|l| l.starts_with("tarball") || l.contains("removes: ")), "{list}");
+    }
+
     // Built with the project's patches, and booted with the APIC timer's period: the
     // kernel says it skipped the calibration (with apic=verbose).
     let facts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();

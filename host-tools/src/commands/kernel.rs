@@ -41,9 +41,10 @@ enum KernelCommand {
 ///
 /// Every build of the project's kernels stays in the cache under its key, with the
 /// extracted source and the object directory it was compiled in (a gigabyte or two
-/// each), and so does every Debian kernel fetched. A changed fragment, patch or tarball
-/// leaves the older ones behind. Without a subcommand: the list, with what `prune`
-/// would do to each entry and why.
+/// each), and so does every Debian kernel fetched, and every kernel source tarball
+/// fetched from Debian's archive. A changed fragment, patch or tarball leaves the older
+/// ones behind. Without a subcommand: the list, with what `prune` would do to each entry
+/// and why.
 #[derive(clap::Args)]
 struct CacheArgs {
     #[command(subcommand)]
@@ -58,7 +59,8 @@ enum CacheAction {
     /// Debian kernels, and what killed builds left
     ///
     /// Kept: the newest build of each kind (series, base, fragments, patches, headers),
-    /// the source and object directory it records, and the Debian kernel in use. A
+    /// the source and object directory it records, the Debian kernel in use, and the
+    /// source tarballs fetched from Debian's archive (apt's lists beside them go). A
     /// later build of a removed kind extracts and compiles again. Refuses while a build
     /// or fetch runs.
     Prune {
@@ -228,7 +230,11 @@ fn cache(args: CacheArgs) -> anyhow::Result<ExitCode> {
 
 /// The cache as a table, with the totals.
 fn print_cache(cache_dir: &Path, entries: &[kernel::cache::Entry]) {
-    println!("kernel cache: {}", cache_dir.join(kernel::KERNELS_DIR).display());
+    println!(
+        "kernel cache: {} and {}",
+        cache_dir.join(kernel::KERNELS_DIR).display(),
+        cache_dir.join(kernel::source::CACHE_DIR).display()
+    );
     if entries.is_empty() {
         println!("(empty)");
         return;

@@ -5,11 +5,13 @@
 //! gigabytes each time.
 //!
 //! What a prune keeps: the newest build of each kind (series, base, fragments, patches,
-//! headers or not), the source and objects that build records (`build.json`), and the
-//! Debian kernel `kernels/debian-cloud` names. What it removes: older builds of the same
-//! kind, sources and objects no kept build records (a later build extracts or compiles
-//! them again), what a killed build or fetch left half-made, and older Debian kernels.
-//! It holds both locks, so no build or fetch runs meanwhile.
+//! headers or not), the source and objects that build records (`build.json`), the
+//! Debian kernel `kernels/debian-cloud` names, and the source tarballs fetched from
+//! Debian's archive (`apt-src/`, see [`crate::kernel::source`]). What it removes: older
+//! builds of the same kind, sources and objects no kept build records (a later build
+//! extracts or compiles them again), what a killed build or fetch left half-made, apt's
+//! lists and caches beside the tarballs, and older Debian kernels. It holds every lock,
+//! so no build or fetch runs meanwhile.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::host::fs_error::{FsError, io_error};
 use crate::kernel::kbuild::{self, Facts};
+use crate::kernel::source;
 use crate::kernel::{CURRENT_LINK, KERNELS_DIR, LOCK_FILE};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub enum Kind {
     Objects,
     /// A fetched Debian kernel package (`kernels/<package>_<version>/`).
     Debian,
+    /// A kernel source tarball fetched from Debian's archive (`apt-src/<suite>/`).
+    Tarball,
     /// A directory a killed build or fetch left half-made.
     Leftover,
 }
@@ -49,6 +54,7 @@ impl Kind {
             Kind::Source => "source",
             Kind::Objects => "objects",
             Kind::Debian => "debian",
+            Kind::Tarball => "tarball",
             Kind::Leftover => "leftover",
         }
     }
@@ -163,6 +169,33 @@ pub fn survey(cache_dir: &Path) -> Result<Vec<Entry>, Error> {
         let why = if keep { format!("what {CURRENT_LINK} names") } else { format!("not what {CURRENT_LINK} names") };
         entries.push(Entry { kind: Kind::Debian, bytes: size_of(&path), name, path, built_at: None, keep, why });
     }
+
+    // Debian's kernel sources: the tarballs stay (a later build of the series takes them
+    // instead of downloading them again); apt's state beside them goes.
+    for (suite, dir) in subdirs(&cache_dir.join(source::CACHE_DIR))? {
+        for (name, path) in children(&dir)? {
+            let name_in_suite = format!("{suite}/{name}");
+            if source::KEPT.contains(&name.as_str()) {
+                continue;
+            } else if source::is_tarball(&name) {
+                let why = String::from("Debian's source: a later build of its series takes it without a download");
+                let bytes = size_of(&path);
+                entries.push(Entry {
+                    kind: Kind::Tarball,
+                    name: name_in_suite,
+                    path,
+                    bytes,
+                    built_at: None,
+                    keep: true,
+                    why,
+                });
+            } else if name.starts_with(".fetch-") {
+                entries.push(leftover(name_in_suite, path, "a fetch that did not finish left it"));
+            } else {
+                entries.push(leftover(name_in_suite, path, "apt's lists and caches: a fetch reads them again"));
+            }
+        }
+    }
     entries.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     Ok(entries)
 }
@@ -171,12 +204,21 @@ pub fn survey(cache_dir: &Path) -> Result<Vec<Entry>, Error> {
 /// locks from the survey to the end, so that no build or fetch runs meanwhile. Returns
 /// what was removed.
 pub fn prune(cache_dir: &Path, all: bool) -> Result<Vec<Entry>, Error> {
-    let _fetch = lock(&cache_dir.join(KERNELS_DIR).join(LOCK_FILE))?;
-    let _build = lock(&cache_dir.join(kbuild::BUILD_DIR).join(kbuild::LOCK_FILE))?;
+    let mut locks = vec![
+        lock(&cache_dir.join(KERNELS_DIR).join(LOCK_FILE))?,
+        lock(&cache_dir.join(kbuild::BUILD_DIR).join(kbuild::LOCK_FILE))?,
+    ];
+    for (_, suite) in subdirs(&cache_dir.join(source::CACHE_DIR))? {
+        locks.push(lock(&suite.join(source::LOCK_FILE))?);
+    }
     let entries = survey(cache_dir)?;
     let mut removed = Vec::new();
     for entry in entries.iter().filter(|e| all || !e.keep) {
-        match fs::remove_dir_all(&entry.path) {
+        let gone = match fs::symlink_metadata(&entry.path) {
+            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&entry.path),
+            _ => fs::remove_file(&entry.path),
+        };
+        match gone {
             Ok(()) => removed.push(entry.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(FsError { action: "remove", path: entry.path.clone(), source: e }.into()),
@@ -226,25 +268,38 @@ fn leftover(name: String, path: PathBuf, why: &str) -> Entry {
 
 /// The directories in `dir` (none when it does not exist), by name.
 fn subdirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    entries_of(dir, true)
+}
+
+/// Everything in `dir` (nothing when it does not exist), by name.
+fn children(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    entries_of(dir, false)
+}
+
+fn entries_of(dir: &Path, dirs_only: bool) -> Result<Vec<(String, PathBuf)>, Error> {
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(FsError { action: "read", path: dir.to_owned(), source: e }.into()),
     };
-    let mut dirs: Vec<(String, PathBuf)> = read
+    let mut found: Vec<(String, PathBuf)> = read
         .filter_map(Result::ok)
         // Not through symlinks: `debian-cloud` is a name, not an entry.
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !dirs_only || e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
         .collect();
-    dirs.sort();
-    Ok(dirs)
+    found.sort();
+    Ok(found)
 }
 
-/// The bytes the files under `path` take on disk, in blocks as `du` counts them (a file
-/// with several links counts each time: the cache makes no hard links).
+/// The bytes `path` and the files under it take on disk, in blocks as `du` counts them
+/// (a file with several links counts each time: the cache makes no hard links).
 fn size_of(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let top = fs::symlink_metadata(path);
+    if top.as_ref().is_ok_and(|meta| !meta.is_dir()) {
+        return top.map(|meta| meta.blocks() * 512).unwrap_or(0);
+    }
     let mut total = 0;
     let mut stack = vec![path.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -316,6 +371,23 @@ mod tests {
             fs::create_dir_all(kernels.join(pkg).join("boot")).unwrap();
         }
         std::os::unix::fs::symlink("linux-image-6.1.0-2-cloud-amd64_6.1.2-1", kernels.join(CURRENT_LINK)).unwrap();
+        // A fetched 5.10 tarball, with the lists of a fetch from before they were
+        // removed after it, and a killed fetch of 6.12.
+        let bullseye = root.join(source::CACHE_DIR).join("bullseye");
+        let backports = root.join(source::CACHE_DIR).join("bookworm-backports");
+        for sub in ["sources.list.d", "lists/partial", "archives/partial"] {
+            fs::create_dir_all(bullseye.join(sub)).unwrap();
+        }
+        fs::create_dir_all(backports.join(".fetch-x4")).unwrap();
+        for (dir, file) in [
+            (&bullseye, "linux-source-5.10.tar.xz"),
+            (&bullseye, "sources.list"),
+            (&bullseye, source::LOCK_FILE),
+            (&bullseye, "pkgcache.bin"),
+            (&backports, "sources.list"),
+        ] {
+            fs::write(dir.join(file), vec![0u8; 4096]).unwrap();
+        }
         dir
     }
 
@@ -340,11 +412,18 @@ mod tests {
                 (Kind::Objects, "6.1-o3", true),
                 (Kind::Debian, "linux-image-6.1.0-1-cloud-amd64_6.1.1-1", false),
                 (Kind::Debian, "linux-image-6.1.0-2-cloud-amd64_6.1.2-1", true),
+                (Kind::Tarball, "bullseye/linux-source-5.10.tar.xz", true),
                 (Kind::Leftover, ".extract-x1", false),
                 (Kind::Leftover, ".fetch-x3", false),
                 (Kind::Leftover, ".install-x2", false),
+                (Kind::Leftover, "bookworm-backports/.fetch-x4", false),
+                (Kind::Leftover, "bullseye/archives", false),
+                (Kind::Leftover, "bullseye/lists", false),
+                (Kind::Leftover, "bullseye/pkgcache.bin", false),
             ]
         );
+        let tarball = entries.iter().find(|e| e.kind == Kind::Tarball).unwrap();
+        assert_eq!(tarball.bytes, 4096);
         let old = entries.iter().find(|e| e.name == "6.1-tinyconfig-old").unwrap();
         assert_eq!(old.why, "superseded by 6.1-tinyconfig-new");
         assert!(old.bytes >= 8192, "{old:?}");
@@ -373,6 +452,14 @@ mod tests {
         let dir = sample();
         let entries = survey(dir.path()).unwrap();
         let lock_path = dir.path().join(kbuild::BUILD_DIR).join(kbuild::LOCK_FILE);
+        let held = File::create(&lock_path).unwrap();
+        held.lock().unwrap();
+        let err = prune(dir.path(), false).unwrap_err();
+        assert!(matches!(&err, Error::Busy { lock } if *lock == lock_path), "{err}");
+        assert!(entries.iter().all(|e| e.path.exists()), "nothing is removed");
+        drop(held);
+        // So does a fetch of a source.
+        let lock_path = dir.path().join(source::CACHE_DIR).join("bullseye").join(source::LOCK_FILE);
         let held = File::create(&lock_path).unwrap();
         held.lock().unwrap();
         let err = prune(dir.path(), false).unwrap_err();

@@ -11,7 +11,10 @@
 //! of bullseye and of bookworm's backports).
 //!
 //! Cache layout, under `<cache>/apt-src/<suite>/` (see [`crate::kernel::default_cache_dir`]):
-//! - `sources.list`, `sources.list.d/` (empty), `lists/`, `archives/`: apt's private state;
+//! - `sources.list`, `sources.list.d/` (empty): apt's private configuration;
+//! - `lists/`, `archives/`, `pkgcache.bin`, `srcpkgcache.bin`: apt's private state while
+//!   fetching, removed once the tarball is in place (the next fetch reads the lists
+//!   again anyway);
 //! - `linux-source-<series>.tar.xz`: the tarball taken out of the package, renamed into
 //!   place once complete, so that its presence means a finished fetch;
 //! - `.lock`: held while fetching, so concurrent builds fetch once.
@@ -32,8 +35,13 @@ pub const DEBIAN_SOURCES: [(&str, &str); 3] =
 
 /// Where `linux-source-<series>` puts its tarball when installed on the host.
 const INSTALLED_DIR: &str = "/usr/src";
-const CACHE_DIR: &str = "apt-src";
-const LOCK_FILE: &str = ".lock";
+/// The directory of the fetched sources in the cache, a subdirectory per suite.
+pub const CACHE_DIR: &str = "apt-src";
+/// A suite's lock file, held while fetching.
+pub const LOCK_FILE: &str = ".lock";
+/// What stays in a suite's directory besides the tarballs: the private configuration and
+/// the lock. The rest is apt's lists and caches, needed only while fetching.
+pub const KEPT: [&str; 3] = ["sources.list", "sources.list.d", LOCK_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -142,17 +150,17 @@ pub fn fetch(series: &str, cache_dir: &Path, stage: &dyn Fn(String)) -> Result<P
     if tarball.is_file() {
         return Ok(tarball);
     }
+    let dir = suite_dir(cache_dir, suite);
+    let lock_path = dir.join(LOCK_FILE);
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
         if find_program(tool).is_none() {
             return Err(Error::ToolMissing { tool, series: series.to_owned() });
         }
     }
-    let dir = suite_dir(cache_dir, suite);
     for sub in ["sources.list.d", "lists/partial", "archives/partial"] {
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(io_error("create", &path))?;
     }
-    let lock_path = dir.join(LOCK_FILE);
     let lock = File::create(&lock_path).map_err(io_error("create", &lock_path))?;
     if lock.try_lock().is_err() {
         stage(format!("waiting for another fetch of {suite}'s kernel source"));
@@ -222,9 +230,38 @@ pub fn fetch(series: &str, cache_dir: &Path, stage: &dyn Fn(String)) -> Result<P
         path: tarball.clone(),
         source,
     })?;
-    // The package was only the tarball's wrapping: the work directory goes with it.
+    // The package was only the tarball's wrapping: the work directory goes with it, and
+    // so do apt's lists and caches of the suite (tens of megabytes; a later fetch, of a
+    // newer version after a prune, runs `apt-get update` first anyway).
     drop(work);
+    forget_apt_state(&dir);
     Ok(tarball)
+}
+
+/// Removes everything in a suite's directory but its tarballs and [`KEPT`]; what cannot
+/// be removed stays for `appliance kernel cache prune` to name.
+fn forget_apt_state(dir: &Path) {
+    let Ok(read) = fs::read_dir(dir) else { return };
+    for entry in read.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if KEPT.contains(&name.as_str()) || is_tarball(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = removed {
+            log::debug!("{}: not removed: {e}", path.display());
+        }
+    }
+}
+
+/// Whether a file of a suite's directory is a fetched tarball.
+pub fn is_tarball(name: &str) -> bool {
+    name.starts_with("linux-source-") && name.ends_with(".tar.xz")
 }
 
 /// A field of `apt-cache show`'s first paragraph.
@@ -248,6 +285,23 @@ mod tests {
 
     fn source(uri: &str, suite: &str) -> sources::Source {
         sources::Source { uri: uri.into(), suite: suite.into(), components: vec!["main".into()] }
+    }
+
+    #[test]
+    fn after_a_fetch_only_the_tarball_and_the_configuration_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let suite = dir.path();
+        for sub in ["sources.list.d", "lists/partial", "archives/partial", ".fetch-x"] {
+            fs::create_dir_all(suite.join(sub)).unwrap();
+        }
+        for file in ["sources.list", LOCK_FILE, "linux-source-5.10.tar.xz", "pkgcache.bin", "lists/x_Packages"] {
+            fs::write(suite.join(file), "x").unwrap();
+        }
+        forget_apt_state(suite);
+        let mut left: Vec<String> =
+            fs::read_dir(suite).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [LOCK_FILE, "linux-source-5.10.tar.xz", "sources.list", "sources.list.d"]);
     }
 
     #[test]
