@@ -218,11 +218,17 @@ fn an_initrd_too_large_for_the_memory_is_named_before_the_boot() {
     let gzip = std::process::Command::new("gzip").args(["-1", "-n"]).arg(app.join("initrd")).status().unwrap();
     assert!(gzip.success());
     std::fs::rename(app.join("initrd.gz"), app.join("initrd")).unwrap();
-    // The kernel fails as warned, here without a panic: the loaded initrd is small.
-    let b = boot(&app, &["-m", "96", "--compressed-initrd"]);
+    // The kernel fails as warned, here without a panic: the loaded initrd is small, and
+    // /init starts without the files that did not fit. When the run then fails, the init
+    // says why.
+    let b = boot(&app, &["-m", "96", "--compressed-initrd", "--", "appArgs=exit=3"]);
     let warning = b.stderr.lines().find(|l| l.contains("the kernel cannot unpack it")).expect("the warning");
     assert!(warning.contains("the initrd unpacks to more than "), "{warning}");
-    b.assert_console("Initramfs unpacking failed");
+    assert_eq!(b.code, 3, "{b:?}");
+    let said = "run failed, and the kernel could not unpack the whole initramfs at boot \
+                (\"Initramfs unpacking failed: write error\"): files of the image are missing";
+    b.assert_console(said);
+    assert!(b.events.iter().any(|e| matches!(e, Event::Error { message, .. } if message.starts_with(said))), "{b:?}");
 }
 
 /// Regression: `appliance exp new` writes `image = "hello"`, which was looked up only under

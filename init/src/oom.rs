@@ -11,6 +11,11 @@
 //! project's kernels are built without VM event counters (`CONFIG_VM_EVENT_COUNTERS`, an
 //! option of `tinyconfig`'s), and the log also says which process it was. Nothing is
 //! read while phases succeed.
+//!
+//! The same look finds the other way a guest's memory fails an application: an initramfs
+//! the kernel could not unpack whole ("Initramfs unpacking failed: write error"). With a
+//! small compressed initramfs and memory to spare the kernel starts `/init` all the same,
+//! without the files that did not fit, and the application fails for want of them.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -27,6 +32,8 @@ const RECORD_MAX: usize = 8192;
 pub struct Watch {
     /// The sequence number of the last record read.
     seen: Option<u64>,
+    /// The kernel's message when it could not unpack the whole initramfs, once read.
+    pub unpack_failed: Option<String>,
 }
 
 impl Watch {
@@ -55,10 +62,17 @@ impl Watch {
             }
             self.seen = Some(seq);
             kills.extend(parse(message));
+            if message.starts_with(UNPACK_FAILED) {
+                self.unpack_failed = Some(String::from(message));
+            }
         }
         kills
     }
 }
+
+/// How the kernel reports an initramfs it could not unpack whole (`init/initramfs.c`,
+/// the same in every series since 2.6), followed by the reason.
+pub const UNPACK_FAILED: &str = "Initramfs unpacking failed:";
 
 /// The sequence number and message of a `/dev/kmsg` record:
 /// `PRIORITY,SEQUENCE,MICROSECONDS,FLAGS[,...];MESSAGE\n` then ` KEY=value` lines.

@@ -82,13 +82,18 @@ pub fn run(sup: &mut Supervisor, phases: &[Phase], ctx: &mut Context<'_>) -> Out
             run_phase(sup, phase, ctx)
         };
         let failed = timed_out || exit.status() != 0;
-        let oom_killed = match &mut ctx.oom {
-            Some(watch) if failed => watch.kills(),
-            _ => Vec::new(),
+        let (oom_killed, unpack_failed) = match &mut ctx.oom {
+            Some(watch) if failed => (watch.kills(), watch.unpack_failed.take()),
+            _ => (Vec::new(), None),
         };
         report(phase, exit, timed_out);
         if !oom_killed.is_empty() {
             let message = out_of_memory(phase, &oom_killed);
+            log::error!("{message}");
+            ctx.status.error(message);
+        }
+        if let Some(kernel_said) = unpack_failed {
+            let message = initramfs_incomplete(phase, &kernel_said);
             log::error!("{message}");
             ctx.status.error(message);
         }
@@ -172,6 +177,14 @@ fn out_of_memory(phase: &Phase, killed: &[appliance_cmdline::status::OomKill]) -
          the results use it too)",
         label(phase.kind),
         names.join(", ")
+    )
+}
+
+fn initramfs_incomplete(phase: &Phase, kernel_said: &str) -> String {
+    format!(
+        "{} failed, and the kernel could not unpack the whole initramfs at boot (\"{kernel_said}\"): files of \
+         the image are missing; give the guest more memory (appliance run -m MIB)",
+        label(phase.kind)
     )
 }
 
