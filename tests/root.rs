@@ -170,6 +170,51 @@ fn root_create_refuses_a_directory_with_files_in_it() {
     assert_eq!(fs::read_to_string(tmp.path().join("precious")).unwrap(), "keep me");
 }
 
+/// Regression: the package cache of a suite kept every package it ever held, so each
+/// update of Debian's left the superseded versions behind for good. A create now keeps in
+/// it what the suite's lists still offer.
+#[test]
+fn a_create_drops_superseded_packages_from_the_cache() {
+    reference_root();
+    let tmp = TempDir::new().unwrap();
+    // A copy of this machine's cache of the suite (so nothing is downloaded again), with
+    // a version of a package that the suite no longer has.
+    let ours = appliance_host::kernel::default_cache_dir().unwrap().join("apt/bookworm");
+    let cache = tmp.path().join("cache");
+    fs::create_dir_all(cache.join("apt")).unwrap();
+    let copied = std::process::Command::new("cp").arg("-a").arg(&ours).arg(cache.join("apt")).status().unwrap();
+    assert!(copied.success());
+    let archives = cache.join("apt/bookworm/archives");
+    let debs = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".deb"))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = debs(&archives);
+    let real = before.iter().find(|n| n.starts_with("apt_")).expect("apt is in a minbase root's cache").clone();
+    fs::copy(archives.join(&real), archives.join("apt_0.0-superseded_amd64.deb")).unwrap();
+
+    let o = appliance()
+        .env("APPLIANCE_CACHE", &cache)
+        .args(["-q", "root", "create", "--variant", "minbase", "--suite", "bookworm"])
+        .arg(tmp.path().join("root"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The superseded version is gone; every package stays, in the version the suite has
+    // now (the same, unless Debian updated it since this machine's cache was filled).
+    let after = debs(&archives);
+    assert!(!after.iter().any(|n| n.contains("0.0-superseded")), "{after:?}");
+    let package = |name: &String| name.split('_').next().unwrap_or_default().to_owned();
+    let packages: std::collections::HashSet<String> = after.iter().map(package).collect();
+    assert!(before.iter().all(|n| packages.contains(&package(n))), "{before:?}\n{after:?}");
+}
+
 #[test]
 fn an_unknown_suite_is_named_in_the_error() {
     let tmp = TempDir::new().unwrap();

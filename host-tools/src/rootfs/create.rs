@@ -10,7 +10,8 @@
 //! The packages come from the mirrors the host's apt uses for the suite
 //! ([`crate::rootfs::sources`]), and both the package lists and the downloaded `.deb`s
 //! are kept in a cache per suite, copied into the new tree before apt runs and back out
-//! after it: a second root of the same suite downloads only what changed. The tree is
+//! after it: a second root of the same suite downloads only what changed, and what the
+//! suite no longer offers (superseded by an update) leaves the cache. The tree is
 //! made in a directory beside the target and renamed into place when complete, so an
 //! interrupted create never leaves a half-made root that looks finished.
 
@@ -237,6 +238,12 @@ pub fn mmdebstrap_args(work: &Path, options: &Options) -> Vec<OsString> {
         r#"--setup-hook=mkdir -p "$1"/var/cache/apt/archives "$1"/var/lib/apt/lists"#.to_owned(),
         "--setup-hook=sync-in archives /var/cache/apt/archives/".to_owned(),
         "--setup-hook=sync-in lists /var/lib/apt/lists/".to_owned(),
+        // The cache keeps what the suite still offers: the tree's apt removes the
+        // packages its lists no longer name (superseded by an update), the cache's copy
+        // is emptied, and what the tree kept goes out. Without this every point release
+        // left its packages behind in the cache for good.
+        r#"--customize-hook=chroot "$1" apt-get -q autoclean"#.to_owned(),
+        "--customize-hook=find archives -maxdepth 1 -name '*.deb' -delete".to_owned(),
         "--customize-hook=sync-out /var/cache/apt/archives archives".to_owned(),
         "--customize-hook=sync-out /var/lib/apt/lists lists".to_owned(),
         r#"--customize-hook=rm -f "$1"/etc/dpkg/dpkg.cfg.d/99mmdebstrap"#.to_owned(),
@@ -381,6 +388,10 @@ mod tests {
         let sync_in = args.iter().position(|a| a.contains("sync-in archives")).unwrap();
         let sync_out = args.iter().position(|a| a.contains("sync-out /var/cache/apt/archives")).unwrap();
         assert!(args[sync_in].starts_with("--setup-hook=") && args[sync_out].starts_with("--customize-hook="));
+        // Superseded packages go first, from the tree and from the cache's copy.
+        let autoclean = args.iter().position(|a| a.contains("apt-get -q autoclean")).unwrap();
+        let emptied = args.iter().position(|a| a.contains("find archives")).unwrap();
+        assert!(autoclean < emptied && emptied < sync_out, "{args:?}");
     }
 
     #[test]
