@@ -1,5 +1,6 @@
 //! The error of an I/O operation on a path: one type for the many modules whose error
-//! enums say "cannot ACTION PATH" (each holds it as a transparent `Io` variant).
+//! enums say "cannot ACTION PATH" (each holds it as a transparent `Io` variant); and
+//! removing a path whatever it is.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,14 @@ pub struct FsError {
 /// For `map_err`: the I/O error of `action` on `path`; `?` turns it into the caller's error.
 pub fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
     move |source| FsError { action, path: path.to_owned(), source }
+}
+
+/// Removes `path`: a directory with everything in it, or a file or symlink.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        _ => std::fs::remove_file(path),
+    }
 }
 
 #[cfg(test)]

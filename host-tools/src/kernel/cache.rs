@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use crate::host::fs_error::{FsError, io_error};
+use crate::host::fs_error::{FsError, io_error, remove_any};
 use crate::kernel::kbuild::{self, Facts};
 use crate::kernel::source;
 use crate::kernel::{CURRENT_LINK, KERNELS_DIR, LOCK_FILE};
@@ -214,11 +214,7 @@ pub fn prune(cache_dir: &Path, all: bool) -> Result<Vec<Entry>, Error> {
     let entries = survey(cache_dir)?;
     let mut removed = Vec::new();
     for entry in entries.iter().filter(|e| all || !e.keep) {
-        let gone = match fs::symlink_metadata(&entry.path) {
-            Ok(meta) if meta.is_dir() => fs::remove_dir_all(&entry.path),
-            _ => fs::remove_file(&entry.path),
-        };
-        match gone {
+        match remove_any(&entry.path) {
             Ok(()) => removed.push(entry.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(FsError { action: "remove", path: entry.path.clone(), source: e }.into()),

@@ -25,7 +25,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::host::fs_error::{FsError, io_error};
+use crate::host::fs_error::{FsError, io_error, remove_any};
 use crate::host::process::find_program;
 use crate::rootfs::sources;
 
@@ -150,17 +150,17 @@ pub fn fetch(series: &str, cache_dir: &Path, stage: &dyn Fn(String)) -> Result<P
     if tarball.is_file() {
         return Ok(tarball);
     }
-    let dir = suite_dir(cache_dir, suite);
-    let lock_path = dir.join(LOCK_FILE);
     for tool in ["apt-get", "apt-cache", "dpkg-deb"] {
         if find_program(tool).is_none() {
             return Err(Error::ToolMissing { tool, series: series.to_owned() });
         }
     }
+    let dir = suite_dir(cache_dir, suite);
     for sub in ["sources.list.d", "lists/partial", "archives/partial"] {
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(io_error("create", &path))?;
     }
+    let lock_path = dir.join(LOCK_FILE);
     let lock = File::create(&lock_path).map_err(io_error("create", &lock_path))?;
     if lock.try_lock().is_err() {
         stage(format!("waiting for another fetch of {suite}'s kernel source"));
@@ -248,12 +248,7 @@ fn forget_apt_state(dir: &Path) {
             continue;
         }
         let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        if let Err(e) = removed {
+        if let Err(e) = remove_any(&path) {
             log::debug!("{}: not removed: {e}", path.display());
         }
     }

@@ -348,48 +348,56 @@ fn initrd_for_qemu(spec: &VmSpec) -> (Option<(crate::host::scratch::Scratch, Pat
     let decompress = spec.accel == qemu::Accel::Tcg && !spec.initrd_as_is;
     let share = (u64::from(spec.memory_mib) << 20) / PLAIN_INITRD_SHARE;
     let fails_past = largest_unpackable(spec.memory_mib, loaded);
+    // How far to decode: nothing when the size is recorded and QEMU gets the initrd as it is.
     let limit = match (decompress, recorded) {
-        (false, Some(unpacked)) => return (None, initrd_room(spec.memory_mib, loaded, Unpacked::Exactly(unpacked))),
-        (true, Some(_)) => share,
-        (true, None) => share.max(fails_past),
-        (false, None) => fails_past,
+        (false, Some(_)) => None,
+        (true, Some(_)) => Some(share),
+        (true, None) => Some(share.max(fails_past)),
+        (false, None) => Some(fails_past),
     };
-    let decoded = std::fs::read(&spec.initrd).map_err(|e| e.to_string()).and_then(|input| {
+    // `None`: not decoded, or it does not decode; `Some(None)`: longer than the limit.
+    let decoded = limit.and_then(|limit| decode(&spec.initrd, limit));
+    let size = match (recorded, &decoded, limit) {
+        (Some(n), _, _) => Some(UnpackedSize::Exactly(n)),
+        (None, Some(Some(d)), _) => Some(UnpackedSize::Exactly(d.plain.len() as u64)),
+        (None, Some(None), Some(limit)) => Some(UnpackedSize::MoreThan(limit)),
+        _ => None,
+    };
+    let plain = decoded
+        .flatten()
+        .filter(|d| decompress && d.compressed && d.plain.len() as u64 <= share)
+        .and_then(|d| plain_copy(&spec.initrd, &d.plain));
+    let loaded_by_qemu = plain.as_ref().map_or(loaded, |(_, _, len)| *len);
+    let warning = size.and_then(|size| initrd_room(spec.memory_mib, loaded_by_qemu, size));
+    (plain.map(|(dir, path, _)| (dir, path)), warning)
+}
+
+/// `initrd` decoded no further than `limit` bytes (`Some(None)` past them); `None` when it
+/// cannot be read or does not decode, which the guest will then say.
+fn decode(initrd: &Path, limit: u64) -> Option<Option<read::Unpacked>> {
+    let decoded = std::fs::read(initrd).map_err(|e| e.to_string()).and_then(|input| {
         read::unpacked(&input, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(|e| e.to_string())
     });
-    let decoded = match decoded {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            log::debug!("{}: left to the guest to decompress: {e}", spec.initrd.display());
-            return (None, recorded.and_then(|n| initrd_room(spec.memory_mib, loaded, Unpacked::Exactly(n))));
-        }
-    };
-    let unpacked = match (&decoded, recorded) {
-        (_, Some(n)) => Unpacked::Exactly(n),
-        (Some(d), None) => Unpacked::Exactly(d.plain.len() as u64),
-        (None, None) => Unpacked::MoreThan(limit),
-    };
-    let Some(plain) = decoded.filter(|d| decompress && d.compressed && d.plain.len() as u64 <= share) else {
-        return (None, initrd_room(spec.memory_mib, loaded, unpacked));
-    };
-    let warning = initrd_room(spec.memory_mib, plain.plain.len() as u64, unpacked);
+    decoded.map_err(|e| log::debug!("{}: left to the guest to decompress: {e}", initrd.display())).ok()
+}
+
+/// `plain`, the decompressed `initrd`, written into a scratch directory for QEMU: the
+/// directory, the file and its length; `None` (QEMU gets the initrd as it is) when it
+/// cannot be written.
+fn plain_copy(initrd: &Path, plain: &[u8]) -> Option<(crate::host::scratch::Scratch, PathBuf, u64)> {
     let written = crate::host::scratch::dir("appliance-initrd-").and_then(|dir| {
         let path = dir.path().join("initrd");
-        std::fs::write(&path, &plain.plain)?;
-        Ok((dir, path))
+        std::fs::write(&path, plain)?;
+        Ok((dir, path, plain.len() as u64))
     });
     match written {
         Ok(written) => {
-            log::debug!(
-                "{} decompressed for the guest: {loaded} -> {} bytes",
-                spec.initrd.display(),
-                plain.plain.len()
-            );
-            (Some(written), warning)
+            log::debug!("{} decompressed for the guest: {} bytes", initrd.display(), plain.len());
+            Some(written)
         }
         Err(e) => {
-            log::debug!("{}: left to the guest to decompress: {e}", spec.initrd.display());
-            (None, initrd_room(spec.memory_mib, loaded, unpacked))
+            log::debug!("{}: left to the guest to decompress: {e}", initrd.display());
+            None
         }
     }
 }
@@ -409,7 +417,7 @@ const KERNEL_RESERVE_MIB: u64 = 48;
 
 /// The size an initrd unpacks to, or the least it does when it was measured no further.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Unpacked {
+enum UnpackedSize {
     Exactly(u64),
     MoreThan(u64),
 }
@@ -422,11 +430,11 @@ enum Unpacked {
 /// without the files that did not fit. Measured with a 106 MiB initrd of incompressible
 /// data: 224, 256 and 320 MiB panic, 512 MiB boots; with 24 MiB of zeros gzipped to 2 MiB
 /// and 96 MiB, the application ran without them.
-fn initrd_room(memory_mib: u32, loaded: u64, unpacked: Unpacked) -> Option<String> {
+fn initrd_room(memory_mib: u32, loaded: u64, unpacked: UnpackedSize) -> Option<String> {
     let mib = |bytes: u64| bytes.div_ceil(1 << 20);
     let (least, size) = match unpacked {
-        Unpacked::Exactly(n) => (n, format!("{} MiB", mib(n))),
-        Unpacked::MoreThan(n) => (n + 1, format!("more than {} MiB", n >> 20)),
+        UnpackedSize::Exactly(n) => (n, format!("{} MiB", mib(n))),
+        UnpackedSize::MoreThan(n) => (n + 1, format!("more than {} MiB", n >> 20)),
     };
     let suggested = memory_for_initrd(memory_mib, loaded, least)?;
     Some(format!(
@@ -536,7 +544,7 @@ mod tests {
         assert_eq!(largest_unpackable(32, 0), 0);
         assert_eq!(largest_unpackable(64, 40 * MIB), 0);
         assert!(memory_for_initrd(64, 40 * MIB, 0).is_some());
-        let w = initrd_room(96, MIB, Unpacked::MoreThan(24 * MIB + 5)).unwrap();
+        let w = initrd_room(96, MIB, UnpackedSize::MoreThan(24 * MIB + 5)).unwrap();
         assert!(w.starts_with("the initrd unpacks to more than 24 MiB (1 MiB as loaded): with --memory 96"), "{w}");
     }
 
